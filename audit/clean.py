@@ -1,0 +1,172 @@
+"""The ``clean`` check: how accurate and how confident is the model on the given data?
+
+Metrics: ``accuracy`` (overall and per class), ``mean_confidence`` (mean max-softmax),
+``expected_calibration_error`` (Guo et al. 2017, "On Calibration of Modern Neural
+Networks": equal-width confidence bins, sum over bins of |accuracy - confidence| weighted by
+the bin's share of samples), ``nll`` (mean negative log-likelihood of the true class).
+Images: confusion matrix, reliability diagram, the most confidently wrong samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .imaging import figure_png, image_grid, new_figure
+from .registry import Check, register_check
+from .results import CheckResult
+
+
+def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> tuple[float, list[dict]]:
+    """ECE with ``bins`` equal-width bins over (0, 1]; also returns the per-bin table."""
+    edges = torch.linspace(0, 1, bins + 1)
+    ece, table = 0.0, []
+    n = len(conf)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        k = int(m.sum())
+        if k == 0:
+            continue
+        acc, c = float(correct[m].float().mean()), float(conf[m].mean())
+        ece += k / n * abs(acc - c)
+        table.append({"lo": float(lo), "hi": float(hi), "n": k, "accuracy": acc, "confidence": c})
+    return ece, table
+
+
+@register_check("clean")
+class CleanCheck(Check):
+    description = "accuracy (overall and per class), confidence, calibration (ECE), confusion matrix, confident mistakes"
+    metrics = {
+        "accuracy": "share of samples whose top-1 prediction is the label (per class with `class`)",
+        "mean_confidence": "mean max-softmax probability over all samples",
+        "expected_calibration_error": "|accuracy - confidence| averaged over confidence bins (Guo et al. 2017)",
+        "nll": "mean negative log-likelihood of the true class",
+        "samples": "number of evaluated samples",
+    }
+    findings = {
+        "model.probability_outputs": "the model returns probabilities, not logits: gradients through softmax saturate",
+        "model.output_adapted": "the model's output was adapted to a logits tensor (tuple or dict output)",
+        "clean.near_chance": "accuracy is at or near chance level: the model or its preprocessing is wrong",
+        "clean.weak_class": "one class is far less accurate than the others",
+        "clean.miscalibrated": "confidence does not match accuracy (ECE above the threshold)",
+    }
+
+    @dataclass
+    class Options:
+        ece_bins: int = 15
+        ece_warn: float = 0.1  #: ECE above this raises clean.miscalibrated
+        weak_class_ratio: float = 0.5  #: a class below this fraction of overall accuracy is weak
+        mistakes: int = 12  #: most confidently wrong examples shown
+
+    def run(self, ctx) -> CheckResult:
+        o = self.options
+        res = CheckResult(self.name)
+        data, model = ctx.data, ctx.model
+        names = model.class_names
+        y = data.y
+        probs = ctx.probs
+        conf, pred = probs.max(1)
+        correct = pred == y
+        acc = float(correct.float().mean())
+        ece, table = expected_calibration_error(conf, correct, o.ece_bins)
+        nll = float(-torch.log(probs[torch.arange(len(y)), y].clamp_min(1e-12)).mean())
+        res.metric("accuracy", acc)
+        res.metric("mean_confidence", float(conf.mean()))
+        res.metric("expected_calibration_error", ece, bins=o.ece_bins)
+        res.metric("nll", nll)
+        res.metric("samples", len(y))
+        k = model.num_classes
+        per_class = {}
+        for c in range(k):
+            m = y == c
+            if m.any():
+                per_class[c] = float(correct[m].float().mean())
+                res.metric("accuracy", per_class[c], **{"class": names[c]})
+
+        # findings
+        if model.output_kind == "probabilities":
+            res.finding("warn", "model.probability_outputs",
+                        "The model outputs probabilities (rows sum to 1), not logits; gradients through a softmax "
+                        "saturate, which weakens gradient attacks and attributions. Export the pre-softmax logits.")
+        for note in model.adaptations:
+            if "probabilit" not in note:
+                res.finding("info", "model.output_adapted", f"Model output adapted: {note}.")
+        present = len(per_class)
+        chance = 1.0 / max(present, 1)
+        if present > 1 and acc <= chance + 0.5 * (1 - chance) * 0.2:
+            res.finding("fail", "clean.near_chance",
+                        f"Accuracy {acc:.1%} is near chance ({chance:.1%} for {present} classes): check the labels, "
+                        "the class-name mapping and the --mean/--std normalization.")
+        elif present > 1:
+            for c, a in per_class.items():
+                if a < o.weak_class_ratio * acc:
+                    res.finding("warn", "clean.weak_class",
+                                f"Class {names[c]} has accuracy {a:.1%}, under {o.weak_class_ratio:.0%} of the overall {acc:.1%}.",
+                                class_=names[c])
+        if ece > o.ece_warn:
+            direction = "over" if float(conf.mean()) > acc else "under"
+            res.finding("warn", "clean.miscalibrated",
+                        f"Expected calibration error is {ece:.3f} (> {o.ece_warn}): the model is {direction}confident "
+                        f"(mean confidence {float(conf.mean()):.1%} vs accuracy {acc:.1%}).")
+
+        # images
+        res.image("confusion.png", _confusion_png(y, pred, names), "Confusion matrix (rows: true class, columns: predicted)")
+        res.image("reliability.png", _reliability_png(table, ece), f"Reliability diagram, ECE {ece:.3f}")
+        wrong = (~correct).nonzero().flatten()
+        if len(wrong):
+            order = wrong[conf[wrong].argsort(descending=True)][: o.mistakes]
+            caps = [f"{names[int(y[i])]} → {names[int(pred[i])]} {float(conf[i]):.1%}" for i in order]
+            res.image("confident_mistakes.png", image_grid([data.x[i] for i in order], caps),
+                      f"The {len(order)} most confidently wrong predictions (true → predicted, confidence)")
+        res.summary = f"accuracy {acc:.1%}, mean confidence {float(conf.mean()):.1%}, ECE {ece:.3f}, n={len(y)}"
+        # per-sample records: merge across shards, diff between runs
+        res.data["records"] = {"id": data.ids, "label": y.tolist(), "pred": pred.tolist(),
+                               "confidence": [round(float(v), 5) for v in conf]}
+        res.data["calibration_bins"] = table
+        return res
+
+
+def _confusion_png(y: torch.Tensor, pred: torch.Tensor, names: list[str]) -> bytes:
+    k = len(names)
+    present = sorted(set(y.tolist()) | set(pred.tolist()))
+    if k > 30:  # keep it legible: the classes that occur, at most 30
+        present = present[:30]
+    idx = {c: i for i, c in enumerate(present)}
+    cm = np.zeros((len(present), len(present)), dtype=int)
+    for t, p in zip(y.tolist(), pred.tolist()):
+        if t in idx and p in idx:
+            cm[idx[t], idx[p]] += 1
+    size = max(3.5, 0.45 * len(present) + 1.5)
+    fig, ax = new_figure(size + 0.8, size)
+    im = ax.imshow(cm, cmap="Blues")
+    labels = [names[c] for c in present]
+    ax.set_xticks(range(len(present)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(present)), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(present) <= 15:
+        for i in range(len(present)):
+            for j in range(len(present)):
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return figure_png(fig)
+
+
+def _reliability_png(table: list[dict], ece: float) -> bytes:
+    fig, ax = new_figure(4.2, 4.0)
+    ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="perfect calibration")
+    if table:
+        mids = [(b["lo"] + b["hi"]) / 2 for b in table]
+        width = table[0]["hi"] - table[0]["lo"]
+        ax.bar(mids, [b["accuracy"] for b in table], width=width * 0.9, alpha=0.7, label="accuracy", edgecolor="black")
+        ax.plot([b["confidence"] for b in table], [b["accuracy"] for b in table], "o", color="C3", ms=3, label="bin mean")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability (ECE {ece:.3f})", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    return figure_png(fig)

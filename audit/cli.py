@@ -1,0 +1,241 @@
+"""The ``audit`` command. Thin: arguments -> one AuditConfig -> the same ``run_audit`` the
+API offers -> reports -> an :class:`~audit.errors.ExitCode`. ``main(argv)`` runs in-process
+(that is how it is tested) and never raises: errors become one line on stderr."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import AuditError, ExitCode, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 by default; ours is 4, one line
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", help="architecture for a state_dict/safetensors file: a torchvision model name or gymnet")
+    g.add_argument("--num-classes", type=int, help="number of classes (for a state_dict)")
+    g.add_argument("--weights", help="torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V2): class names, "
+                   "mean/std and input size from its metadata; weights from the local torch hub cache when no file is given")
+    g.add_argument("--input-size", help="CxHxW, e.g. 3x224x224")
+    g.add_argument("--mean", help="per-channel mean the model was trained with, e.g. 0.485,0.456,0.406")
+    g.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225")
+    g.add_argument("--labels", help="class names file, one name a line in output order")
+    g.add_argument("--trust", action="store_true",
+                   help="allow a pickled model whose loading runs code from the file (only for files you trust)")
+    g.add_argument("--device", default=None, help="auto (default: the GPU when there is one), cpu, cuda, cuda:N")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="ImageFolder directory (one subfolder per class) or a .pt/.npz with x and y")
+    g.add_argument("--resize", action="store_true", help="resize images to the model's input size")
+    g.add_argument("--convert-channels", action="store_true", help="convert images to the model's channel count")
+    g.add_argument("--samples", type=int, help="use a seeded, class-stratified subset of N samples")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("battery")
+    g.add_argument("--config", help="audit.toml: [audit], [checks.NAME] options and [gates]")
+    g.add_argument("--checks", help="comma-separated checks to run (default: all; `audit list` shows them)")
+    g.add_argument("--seed", type=int, help="seed for every random choice (default 0)")
+    g.add_argument("--batch-size", type=int, help="inference batch size (default 128)")
+    g.add_argument("--fail-on", choices=("none", "warn", "fail"),
+                   help="also fail the run (exit 1) on findings of this severity or worse")
+    g.add_argument("--out", default="audit-out", help="output folder (default audit-out/)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="audit", description="Robustness and interpretability audit for PyTorch image classifiers.")
+    parser.add_argument("--version", action="version", version=f"audit {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="audit a model file on a data set")
+    run.add_argument("model", nargs="?", help="model file (TorchScript, .pt2, state_dict, .safetensors, pickle with --trust)")
+    _model_args(run)
+    _data_args(run)
+    _run_args(run)
+    _common(run)
+
+    demo = sub.add_parser("demo", help="run the whole battery on the bundled gym demo model (the dumbbell with an arm)")
+    demo.add_argument("--out", default="audit-out", help="output folder (default audit-out/)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--samples-per-class", type=int, default=16, help="demo images per class (default 16)")
+    demo.add_argument("--checks", help="comma-separated checks to run (default: all)")
+    demo.add_argument("--device", default=None)
+    _common(demo)
+
+    rep = sub.add_parser("report", help="re-render the report files from a saved results.json")
+    rep.add_argument("results", help="results.json (or the folder holding it)")
+    rep.add_argument("--out", help="output folder (default: the results' folder)")
+    _common(rep)
+
+    lst = sub.add_parser("list", help="list the registered checks (and, with --archs, known architectures)")
+    lst.add_argument("--archs", action="store_true", help="also list the architecture names --arch accepts")
+    _common(lst)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help / --version
+            return int(e.code or 0)
+        if args.command is None:
+            parser.print_help()
+            return ExitCode.USAGE_ERROR
+        return int({"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "list": _cmd_list}[args.command](args))
+    except KeyboardInterrupt:
+        print("audit: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except AuditError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"audit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 3
+        if debug:
+            traceback.print_exc()
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"audit: internal error: {type(e).__name__}: {msg} (re-run with --debug for the traceback)", file=sys.stderr)
+        return ExitCode.INTERNAL_ERROR
+
+
+def _logger(quiet: bool):
+    def log(msg: str) -> None:
+        if not quiet:
+            print(f"audit: {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def _config_from_args(args) -> "AuditConfig":
+    from .config import AuditConfig
+
+    cfg = AuditConfig.load(args.config) if getattr(args, "config", None) else AuditConfig()
+    checks = [c.strip() for c in args.checks.split(",") if c.strip()] if getattr(args, "checks", None) else None
+    return cfg.replace(seed=getattr(args, "seed", None), samples=getattr(args, "samples", None), device=args.device,
+                       checks=checks, fail_on=getattr(args, "fail_on", None),
+                       batch_size=getattr(args, "batch_size", None))
+
+
+def _cmd_run(args) -> int:
+    from .data import load_data
+    from .model import load_model
+
+    log = _logger(args.quiet)
+    cfg = _config_from_args(args)  # config errors before any heavy work
+    if args.model is None and not args.weights:
+        raise UsageError("give a model file: audit run MODEL --data DIR (or --weights NAME for torchvision weights)")
+    model = load_model(args.model, arch=args.arch, num_classes=args.num_classes, weights=args.weights,
+                       input_size=args.input_size, mean=args.mean, std=args.std, labels=args.labels,
+                       trust=args.trust, device=cfg.device)
+    log(f"model {model.info['path']}: {model.info['format']}, device {model.device}"
+        + (f", input {'x'.join(map(str, model.spec.input_shape))}" if model.spec.input_shape else ""))
+    data = None
+    if args.data:
+        data = load_data(args.data, model=model, resize=args.resize, convert_channels=args.convert_channels,
+                         samples=cfg.samples, seed=cfg.seed, progress=not args.quiet)
+        log(f"data {args.data}: {len(data)} images, {len(data.class_names)} classes")
+    return _run_and_write(model, data, cfg, Path(args.out), log, quiet=args.quiet, path_hint=args.model)
+
+
+def _run_and_write(model, data, cfg, out: Path, log, *, quiet: bool, path_hint=None) -> int:
+    from .runner import run_audit
+
+    result = run_audit(model, data, cfg, progress=not quiet, log=log)
+    result.save(out)
+    log(f"wrote {out / 'report.html'} ({result.status.upper()})")
+    if not quiet:
+        print(result.summary(), file=sys.stderr)
+    return exit_code_for(result)
+
+
+def exit_code_for(result) -> ExitCode:
+    """Interrupted -> 2; a check crashed -> 3; a gate on a missing metric -> 4; a gate failed -> 1."""
+    if result.interrupted:
+        return ExitCode.INTERRUPTED
+    if result.errored_checks():
+        return ExitCode.INTERNAL_ERROR
+    if any(g.status == "error" for g in result.gates):
+        return ExitCode.USAGE_ERROR
+    if result.failed_gates():
+        return ExitCode.GATE_FAILED
+    return ExitCode.OK
+
+
+def _cmd_demo(args) -> int:
+    from .demo_run import load_demo
+
+    log = _logger(args.quiet)
+    cfg = _config_from_args(args)
+    out = Path(args.out)
+    model, data, cfg = load_demo(out, cfg, samples_per_class=args.samples_per_class, log=log)
+    return _run_and_write(model, data, cfg, out, log, quiet=args.quiet)
+
+
+def _cmd_report(args) -> int:
+    from .results import AuditResult
+
+    log = _logger(args.quiet)
+    src = Path(args.results)
+    if not src.exists():
+        raise UsageError(f"results file {src} does not exist")
+    try:
+        result = AuditResult.load(src)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{src} is not an audit results.json ({e})") from None
+    out = Path(args.out) if args.out else Path(result.base_dir)
+    if out.resolve() != Path(result.base_dir).resolve():
+        _copy_artifacts(result, Path(result.base_dir), out)
+    from reports import write_all
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_all(result, out)
+    log(f"wrote {out / 'report.html'}")
+    return ExitCode.OK
+
+
+def _copy_artifacts(result, src: Path, out: Path) -> None:
+    for c in result.checks:
+        for a in c.artifacts:
+            data = a.read(src)
+            if data is not None:
+                p = out / a.path
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(data)
+    result.base_dir = str(out)
+
+
+def _cmd_list(args) -> int:
+    from .registry import registered_checks
+
+    for name, cls in registered_checks().items():
+        print(f"{name:<14} {cls.description}")
+    if args.archs:
+        from .zoo import list_archs
+
+        print("\narchitectures (--arch):")
+        print("  " + ", ".join(list_archs()))
+    return ExitCode.OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

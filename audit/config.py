@@ -1,0 +1,204 @@
+"""``AuditConfig``: one object the CLI and the API both build, from a TOML file, a dict or
+keyword options.
+
+```toml
+[audit]
+seed = 0
+samples = 500          # class-stratified subset
+device = "auto"
+checks = ["clean", "adversarial"]
+fail_on = "none"       # also fail the run on findings of this severity: none | warn | fail
+
+[checks.clean]
+ece_bins = 15
+
+[gates]
+"clean.accuracy" = ">= 0.9"
+"clean.accuracy[class=*]" = { condition = ">= 0.7", severity = "warn" }
+"adversarial.robust_accuracy[attack=worst,norm=linf,epsilon=0.0078]" = ">= 0.3"
+```
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+AUDIT_KEYS = {"seed", "samples", "device", "checks", "fail_on", "batch_size"}
+FAIL_ON = ("none", "warn", "fail")
+_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
+_GATE_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\.([A-Za-z_][\w]*)\s*(?:\[(.*)\])?\s*$")
+_COND_RE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+0-9.eE]+|nan|inf)\s*$")
+
+
+@dataclass
+class Gate:
+    """``check.metric[qualifier=value,...]`` compared by ``op`` with ``threshold``. A
+    qualifier value ``*`` matches every row (then every matched row must pass)."""
+
+    expr: str
+    check: str
+    metric: str
+    qualifiers: dict[str, str]
+    op: str
+    threshold: float
+    severity: str = "fail"
+
+    @property
+    def condition(self) -> str:
+        return f"{self.op} {self.threshold:g}"
+
+    def holds(self, value: float | None) -> bool:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return False
+        return bool(_OPS[self.op](value, self.threshold))
+
+
+def parse_gate(expr: str, spec: Any) -> Gate:
+    m = _GATE_RE.match(expr)
+    if not m:
+        raise ConfigError(f"[gates] {expr!r} is not check.metric or check.metric[key=value,...]")
+    check, metric, quals = m.group(1), m.group(2), m.group(3)
+    qualifiers: dict[str, str] = {}
+    if quals:
+        for part in quals.split(","):
+            if "=" not in part:
+                raise ConfigError(f"[gates] {expr!r}: qualifier {part.strip()!r} is not key=value")
+            k, v = part.split("=", 1)
+            qualifiers[k.strip()] = v.strip()
+    severity = "fail"
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"condition", "severity"}
+        if unknown:
+            raise ConfigError(f"[gates] {expr!r}: unknown key {sorted(unknown)[0]!r} (known: condition, severity)")
+        cond = spec.get("condition")
+        severity = spec.get("severity", "fail")
+    else:
+        cond = spec
+    if isinstance(cond, str) and ":" in cond:  # "warn: >= 0.9"
+        severity, cond = (s.strip() for s in cond.split(":", 1))
+    if severity not in ("warn", "fail"):
+        raise ConfigError(f"[gates] {expr!r}: severity {severity!r} must be warn or fail")
+    cm = _COND_RE.match(cond) if isinstance(cond, str) else None
+    if not cm:
+        raise ConfigError(f"[gates] {expr!r} = {cond!r}: the condition must be like \">= 0.9\" (ops: >= > <= < == !=)")
+    return Gate(expr, check, metric, qualifiers, cm.group(1), float(cm.group(2)), severity)
+
+
+@dataclass
+class AuditConfig:
+    """Everything that decides what an audit does. Keyword-only; validated on build."""
+
+    seed: int = 0
+    samples: int | None = None
+    device: str = "auto"
+    checks: list[str] | None = None  #: None runs every registered check
+    fail_on: str = "none"
+    batch_size: int = 128
+    check_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gates: list[Gate] = field(default_factory=list)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
+            raise ConfigError(f"samples must be a positive integer, got {self.samples!r}")
+        if self.fail_on not in FAIL_ON:
+            raise ConfigError(f"fail_on must be one of {', '.join(FAIL_ON)}, got {self.fail_on!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        from .registry import get_check
+
+        for name in self.checks or []:
+            get_check(name)
+        for name, table in self.check_options.items():
+            get_check(name).parse_options(table)
+        for g in self.gates:
+            cls = get_check(g.check)
+            if cls.metrics and g.metric not in cls.metrics:
+                raise ConfigError(f"[gates] {g.expr!r}: check {g.check!r} has no metric {g.metric!r} "
+                                  f"(it has: {', '.join(cls.metrics)})")
+            if self.checks is not None and g.check not in self.checks:
+                raise ConfigError(f"[gates] {g.expr!r} gates check {g.check!r}, which is not selected to run")
+
+    def selected_checks(self) -> list[str]:
+        from .registry import registered_checks
+
+        return list(self.checks) if self.checks is not None else list(registered_checks())
+
+    def options_for(self, name: str) -> Any:
+        from .registry import get_check
+
+        return get_check(name).parse_options(self.check_options.get(name))
+
+    def replace(self, **changes: Any) -> "AuditConfig":
+        """A copy with some fields changed (``None`` values are ignored)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str | None = None) -> "AuditConfig":
+        unknown = set(d) - {"audit", "checks", "gates"}
+        if unknown:
+            raise ConfigError(f"config{_where(source)}: unknown table or key {sorted(unknown)[0]!r} "
+                              "(known: [audit], [checks.NAME], [gates])")
+        audit = dict(d.get("audit", {}))
+        bad = set(audit) - AUDIT_KEYS
+        if bad:
+            raise ConfigError(f"config{_where(source)}: unknown key {sorted(bad)[0]!r} in [audit] "
+                              f"(known: {', '.join(sorted(AUDIT_KEYS))})")
+        checks_tbl = d.get("checks", {})
+        if not isinstance(checks_tbl, dict) or any(not isinstance(v, dict) for v in checks_tbl.values()):
+            raise ConfigError(f"config{_where(source)}: [checks] must hold tables like [checks.clean]")
+        gates_tbl = d.get("gates", {})
+        if not isinstance(gates_tbl, dict):
+            raise ConfigError(f"config{_where(source)}: [gates] must be a table of \"check.metric\" = \">= value\"")
+        checks = audit.get("checks")
+        if isinstance(checks, str):
+            checks = [c.strip() for c in checks.split(",") if c.strip()]
+        return cls(seed=audit.get("seed", 0), samples=audit.get("samples"), device=audit.get("device", "auto"),
+                   checks=checks, fail_on=audit.get("fail_on", "none"), batch_size=audit.get("batch_size", 128),
+                   check_options={k: dict(v) for k, v in checks_tbl.items()},
+                   gates=[parse_gate(k, v) for k, v in gates_tbl.items()], source=source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "AuditConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            d = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        return cls.from_dict(d, source=str(p))
+
+    @classmethod
+    def coerce(cls, config: "AuditConfig | str | os.PathLike | dict | None") -> "AuditConfig":
+        if config is None:
+            return cls()
+        if isinstance(config, AuditConfig):
+            return config
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        return cls.load(config)
+
+
+def _where(source: str | None) -> str:
+    return f" {source}" if source else ""

@@ -1,0 +1,275 @@
+"""Loading evaluation data: an ImageFolder-style directory or a tensor file.
+
+Every check receives :class:`AuditData`: ``x`` float32 (N, C, H, W) in [0, 1] on the CPU,
+``y`` int64 labels indexed like the model's outputs, and the class names.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
+
+
+@dataclass
+class AuditData:
+    """Images in [0, 1] with labels. ``ids`` name each sample (relative paths or indices)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    class_names: list[str]
+    ids: list[str]
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, idx: Sequence[int] | torch.Tensor) -> "AuditData":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return AuditData(self.x[idx], self.y[idx], self.class_names, [self.ids[i] for i in idx.tolist()],
+                         self.source, list(self.notes))
+
+    def describe(self) -> dict[str, Any]:
+        counts = torch.bincount(self.y, minlength=len(self.class_names)).tolist() if len(self) else []
+        return {"source": self.source, "n": len(self), "input_shape": list(self.input_shape),
+                "per_class": dict(zip(self.class_names, counts)), "notes": list(self.notes)}
+
+
+def stratified_indices(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """A seeded subset of ``n`` indices with each class represented in proportion
+    (at least one per present class while ``n`` allows), sorted."""
+    if n >= len(y):
+        return torch.arange(len(y))
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.unique(y)
+    perms = {int(c): (y == c).nonzero().flatten()[torch.randperm(int((y == c).sum()), generator=g)] for c in classes}
+    # largest-remainder allocation of n over classes
+    sizes = np.array([len(perms[int(c)]) for c in classes], dtype=float)
+    quota = sizes / sizes.sum() * n
+    take = np.minimum(np.floor(quota).astype(int), sizes.astype(int))
+    if n >= len(classes):
+        take = np.maximum(take, 1)
+    order = np.argsort(-(quota - np.floor(quota)))
+    i = 0
+    while take.sum() < n:
+        c = order[i % len(order)]
+        if take[c] < sizes[c]:
+            take[c] += 1
+        i += 1
+    while take.sum() > n:
+        c = int(np.argmax(take))
+        take[c] -= 1
+    chosen = torch.cat([perms[int(c)][:k] for c, k in zip(classes, take.tolist())])
+    return torch.sort(chosen).values
+
+
+def _decode_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{path} is not a readable image ({e.__class__.__name__}); remove it or fix it") from None
+
+
+def _to_tensor(im, channels: int | None, size: tuple[int, int] | None, path: Path, convert: bool,
+               resize: bool, notes: list[str]) -> torch.Tensor:
+    from PIL import Image
+
+    mode_channels = {"L": 1, "LA": 1, "I": 1, "I;16": 1, "F": 1, "1": 1, "P": 3, "RGB": 3, "RGBA": 3, "CMYK": 3, "YCbCr": 3}
+    c = mode_channels.get(im.mode, 3)
+    im = im.convert("L" if c == 1 else "RGB")  # alpha is dropped (composited on black)
+    if channels is not None and c != channels:
+        if not convert:
+            raise DataError(f"{path} has {c} channel(s) but the model takes {channels}; "
+                            f"pass --convert-channels to convert the images to {channels}")
+        im = im.convert("L" if channels == 1 else "RGB")
+    if size is not None and (im.height, im.width) != tuple(size):
+        if not resize:
+            raise DataError(f"{path} is {im.height}x{im.width} but the model takes {size[0]}x{size[1]}; "
+                            "pass --resize to resize the images to the model's input size")
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def _match_classes(folder_names: list[str], model_names: list[str] | None, num_classes: int | None) -> tuple[list[int], list[str] | None]:
+    """Map folder names to model output indices. Returns (index per folder, class names to
+    adopt for the model when it has none)."""
+    if model_names is not None:
+        idx = {n: i for i, n in enumerate(model_names)}
+        missing = [f for f in folder_names if f not in idx]
+        if missing:
+            if all(f.isdigit() for f in folder_names):
+                out = [int(f) for f in folder_names]
+                if max(out) >= len(model_names):
+                    raise DataError(f"data class folder {max(out)} is out of range for a model with {len(model_names)} classes")
+                return out, None
+            raise DataError(f"data class folder {missing[0]!r} is not one of the model's class names "
+                            f"({', '.join(model_names[:6])}{', ...' if len(model_names) > 6 else ''}); "
+                            "rename the folders or pass --labels FILE with the model's class names")
+        return [idx[f] for f in folder_names], None
+    if all(f.isdigit() for f in folder_names):
+        out = [int(f) for f in folder_names]
+        if num_classes is not None and max(out) >= num_classes:
+            raise DataError(f"data class folder {max(out)} is out of range for a model with {num_classes} classes")
+        return out, None
+    if num_classes is not None and len(folder_names) != num_classes:
+        raise DataError(f"the data has {len(folder_names)} class folders but the model has {num_classes} outputs, "
+                        "and no class names to match them by; pass --labels FILE (one model class name a line)")
+    return list(range(len(folder_names))), list(folder_names)
+
+
+def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int] | None = None,
+              class_names: Sequence[str] | None = None, num_classes: int | None = None,
+              resize: bool = False, convert_channels: bool = False, samples: int | None = None,
+              seed: int = 0, progress: bool = False) -> AuditData:
+    """Load an ImageFolder directory (one subfolder per class) or a ``.pt``/``.npz`` tensor
+    file holding ``x`` (N, C, H, W) in [0, 1] (uint8 0..255 is scaled) and ``y``.
+
+    With ``model`` (an :class:`~audit.model.AuditModel`), its input shape and class names
+    are the reference; a mismatch is a :class:`DataError` naming both shapes and the flag
+    (``resize`` / ``convert_channels``) that converts. ``samples`` takes a seeded,
+    class-stratified subset.
+    """
+    p = Path(path)
+    if model is not None:
+        input_shape = input_shape or model.spec.input_shape
+        class_names = class_names or model.spec.class_names
+        num_classes = num_classes or model.spec.num_classes
+    if not p.exists():
+        raise DataError(f"data path {p} does not exist")
+    if p.is_dir():
+        data = _load_folder(p, input_shape, class_names, num_classes, resize, convert_channels, samples, seed, progress)
+    else:
+        data = _load_tensor_file(p, input_shape, class_names, num_classes, resize, convert_channels)
+        if samples is not None:
+            data = data.subset(stratified_indices(data.y, samples, seed))
+    if samples is not None:
+        data.notes.append(f"class-stratified subset of {len(data)} samples (seed {seed})")
+    return data
+
+
+def _load_folder(p: Path, input_shape, class_names, num_classes, resize, convert, samples, seed, progress) -> AuditData:
+    subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not subdirs:
+        loose = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS]
+        hint = " (the images must sit in one subfolder per class)" if loose else ""
+        raise DataError(f"data folder {p} has no class subfolders{hint}")
+    files: list[tuple[Path, int]] = []
+    for ci, d in enumerate(subdirs):
+        for f in sorted(d.rglob("*")):
+            if not f.is_file() or f.name.startswith(".") or f.name.lower() in IGNORED:
+                continue
+            if f.suffix.lower() not in IMAGE_EXTS:
+                raise DataError(f"{f} is not an image ({', '.join(IMAGE_EXTS)}); remove it from the data folder")
+            files.append((f, ci))
+    if not files:
+        raise DataError(f"data folder {p} has class subfolders but no images in them")
+    folder_names = [d.name for d in subdirs]
+    index, adopt = _match_classes(folder_names, list(class_names) if class_names else None, num_classes)
+    names = list(class_names) if class_names else (adopt or [str(i) for i in range(max(num_classes or 0, max(index) + 1))])
+    y_all = torch.tensor([index[ci] for _, ci in files], dtype=torch.long)
+    keep = stratified_indices(y_all, samples, seed).tolist() if samples is not None else range(len(files))
+    notes: list[str] = []
+    channels = int(input_shape[0]) if input_shape else None
+    size = (int(input_shape[1]), int(input_shape[2])) if input_shape else None
+    tensors, ids = [], []
+    it = keep
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(keep, desc="loading images", unit="img", leave=False)
+    for i in it:
+        f, _ = files[i]
+        im = _decode_image(f)
+        if size is None:  # infer from the first image; all others must match it
+            channels = channels or (1 if im.mode in ("L", "LA", "I", "I;16", "F", "1") else 3)
+            size = (im.height, im.width)
+            notes.append(f"input size {channels}x{size[0]}x{size[1]} inferred from {f.name}")
+        tensors.append(_to_tensor(im, channels, size, f, convert, resize, notes))
+        ids.append(str(f.relative_to(p)))
+    x = torch.stack(tensors)
+    return AuditData(x, y_all[list(keep)], names, ids, str(p), notes)
+
+
+def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, convert) -> AuditData:
+    if p.suffix.lower() == ".npz":
+        try:
+            z = np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DataError(f"{p} is not a readable .npz file ({e})") from None
+        d = {k: z[k] for k in z.files}
+    else:
+        try:
+            d = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{p} is not a tensor file this tool reads (.pt with x and y, or .npz): "
+                            f"{str(e).strip().splitlines()[0][:160]}") from None
+    if not isinstance(d, dict) or "x" not in d or "y" not in d:
+        raise DataError(f"{p} must hold a dict with 'x' (N, C, H, W in [0, 1]) and 'y' (N labels)")
+    x = torch.as_tensor(np.asarray(d["x"]) if not isinstance(d["x"], torch.Tensor) else d["x"])
+    y = torch.as_tensor(np.asarray(d["y"]) if not isinstance(d["y"], torch.Tensor) else d["y"]).long().flatten()
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    if x.ndim != 4:
+        raise DataError(f"{p}: x has shape {list(x.shape)}, expected (N, C, H, W)")
+    if x.shape[0] == 0:
+        raise DataError(f"{p} holds no samples")
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{p}: x has {x.shape[0]} samples but y has {y.shape[0]} labels")
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    x = x.float()
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise DataError(f"{p}: x must be finite and in [0, 1] (found {float(x.min()):.3g}..{float(x.max()):.3g})")
+    notes = []
+    if input_shape is not None:
+        c, h, w = (int(v) for v in input_shape)
+        if x.shape[1] != c:
+            if not convert:
+                raise DataError(f"{p}: images have {x.shape[1]} channel(s) but the model takes {c}; "
+                                f"pass --convert-channels to convert them")
+            x = convert_channels_tensor(x, c)
+            notes.append(f"converted to {c} channel(s)")
+        if tuple(x.shape[2:]) != (h, w):
+            if not resize:
+                raise DataError(f"{p}: images are {x.shape[2]}x{x.shape[3]} but the model takes {h}x{w}; "
+                                "pass --resize to resize them")
+            x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
+            notes.append(f"resized to {h}x{w}")
+    names = [str(v) for v in d["class_names"]] if "class_names" in d else None
+    names = list(class_names) if class_names else names
+    n = len(names) if names else (num_classes or int(y.max()) + 1)
+    if y.min() < 0 or y.max() >= n:
+        raise DataError(f"{p}: labels range {int(y.min())}..{int(y.max())} outside the model's {n} classes")
+    return AuditData(x.contiguous(), y, names or [str(i) for i in range(n)], [str(i) for i in range(len(y))], str(p), notes)
+
+
+def convert_channels_tensor(x: torch.Tensor, c: int) -> torch.Tensor:
+    """Gray -> RGB by repetition; RGB -> gray by ITU-R 601 luma."""
+    if x.shape[1] == c:
+        return x
+    if c == 3 and x.shape[1] == 1:
+        return x.repeat(1, 3, 1, 1)
+    if c == 1 and x.shape[1] == 3:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (x * w).sum(1, keepdim=True)
+    raise DataError(f"cannot convert {x.shape[1]} channels to {c}")

@@ -1,0 +1,29 @@
+"""``audit demo``: the whole battery on the bundled gym model (the dumbbell with an arm)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import AuditConfig, parse_gate
+
+#: gates the demo shows; a new user's audit.toml can start from these
+DEMO_GATES = {"clean.accuracy": ">= 0.85", "clean.accuracy[class=*]": {"condition": ">= 0.6", "severity": "warn"}}
+
+
+def load_demo(out: Path, cfg: AuditConfig, *, samples_per_class: int = 16, log=print):
+    """Generate the demo's evaluation data under ``out/demo-data`` (deterministic for the
+    seed), load the shipped model, and return (model, data, config)."""
+    from . import demo
+    from .data import load_data
+    from .model import load_model
+
+    root = Path(out) / "demo-data"
+    paths = demo.prepare(root, n_per_class=samples_per_class, seed=cfg.seed)
+    log(f"demo data written to {root}")
+    model = load_model(demo.MODEL_PATH, device=cfg.device)
+    data = load_data(paths["val"], model=model, samples=cfg.samples, seed=cfg.seed)
+    if not cfg.gates:
+        cfg = cfg.replace(gates=[parse_gate(k, v) for k, v in DEMO_GATES.items()])
+    opts = dict(cfg.check_options)
+    if "concepts" in paths and "bias" in cfg.selected_checks():
+        opts.setdefault("bias", {}).setdefault("concepts", str(paths["concepts"]))
+    return model, data, cfg.replace(check_options=opts)

@@ -1,0 +1,39 @@
+"""Exit codes and the error types the CLI turns into them."""
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What ``audit`` returns to the shell (documented in README.md)."""
+
+    OK = 0  #: every gate passed (warnings allowed)
+    GATE_FAILED = 1  #: a gate (or a finding at --fail-on severity) failed
+    INTERRUPTED = 2  #: Ctrl-C; what finished is still written
+    INTERNAL_ERROR = 3  #: a check crashed or the tool itself failed
+    USAGE_ERROR = 4  #: bad model, data, flags or config
+
+
+class AuditError(Exception):
+    """Base of the errors we report as one line."""
+
+    exit_code = ExitCode.INTERNAL_ERROR
+
+
+class UsageError(AuditError):
+    """The user's input is wrong: bad model file, data, flags or config. One line that says
+    what is wrong and what to do; exit code 4."""
+
+    exit_code = ExitCode.USAGE_ERROR
+
+
+class ModelLoadError(UsageError):
+    """The model file cannot be loaded (missing, foreign, truncated, untrusted pickle)."""
+
+
+class DataError(UsageError):
+    """The data cannot be loaded or does not match the model."""
+
+
+class ConfigError(UsageError):
+    """The config file or options are invalid."""

@@ -1,0 +1,310 @@
+"""The results contract: what every check returns and what every report reads.
+
+``results.json`` (schema ``audit-result/1``, documented in docs/results.md) is the
+serialized :class:`AuditResult`. Reports import this module and nothing from
+``attacks/`` or ``probes/``; a saved ``results.json`` re-renders to the same report.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA = "audit-result/1"
+
+#: Severity/status order, worst last. ``error`` means the tool could not answer.
+STATUS_ORDER = ("pass", "info", "warn", "fail", "error")
+SEVERITIES = ("info", "warn", "fail")
+
+
+def worst(statuses: Iterable[str], default: str = "pass") -> str:
+    """The worst of several statuses (``info`` counts as ``pass`` for a verdict)."""
+    out = default
+    for s in statuses:
+        if STATUS_ORDER.index(s) > STATUS_ORDER.index(out):
+            out = s
+    return "pass" if out == "info" else out
+
+
+def _clean_number(v: Any) -> Any:
+    """JSON has no NaN/inf: they are written as null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+@dataclass
+class Metric:
+    """One tidy metric row: ``name``, ``value`` and its qualifiers (attack, norm, epsilon,
+    method, class, concept, ...)."""
+
+    name: str
+    value: float | None
+    qualifiers: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "value": _clean_number(self.value), **self.qualifiers}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Metric":
+        d = dict(d)
+        name = d.pop("name")
+        value = d.pop("value")
+        return cls(name=name, value=value, qualifiers=d)
+
+
+@dataclass
+class Finding:
+    """Something a reviewer should know. ``code`` is dotted and stable (docs/findings.md)."""
+
+    severity: str
+    code: str
+    message: str
+    class_: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"finding severity must be one of {SEVERITIES}, got {self.severity!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"severity": self.severity, "code": self.code, "message": self.message,
+                "class": self.class_, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Finding":
+        d = dict(d)
+        return cls(severity=d.pop("severity"), code=d.pop("code"), message=d.pop("message"),
+                   class_=d.pop("class", None), extra=d)
+
+
+@dataclass
+class Artifact:
+    """A file a check produced (an image, a plot). ``path`` is relative to the output
+    folder; ``data`` holds the bytes until :meth:`AuditResult.save` writes them."""
+
+    kind: str
+    path: str
+    caption: str = ""
+    data: bytes | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.path, "caption": self.caption}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Artifact":
+        return cls(kind=d["kind"], path=d["path"], caption=d.get("caption", ""))
+
+    def read(self, base: str | os.PathLike | None) -> bytes | None:
+        """The artifact's bytes: in memory, or from ``base/path`` on disk."""
+        if self.data is not None:
+            return self.data
+        if base is None:
+            return None
+        p = Path(base) / self.path
+        return p.read_bytes() if p.is_file() else None
+
+
+@dataclass
+class CheckResult:
+    """What one check returns. ``status`` is derived from findings unless the check
+    errored; ``summary`` is the check's one-line key numbers for the report table."""
+
+    name: str
+    status: str = "pass"
+    duration_s: float = 0.0
+    error: str | None = None
+    metrics: list[Metric] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
+    summary: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+    # -- helpers for checks -------------------------------------------------
+    def metric(self, name: str, value: float | None, **qualifiers: Any) -> Metric:
+        m = Metric(name, None if value is None else float(value), qualifiers)
+        self.metrics.append(m)
+        return m
+
+    def finding(self, severity: str, code: str, message: str, *, class_: str | None = None,
+                **extra: Any) -> Finding:
+        f = Finding(severity, code, message, class_, extra)
+        self.findings.append(f)
+        return f
+
+    def image(self, name: str, png: bytes, caption: str = "") -> Artifact:
+        a = Artifact("image", f"artifacts/{self.name}/{name}", caption, png)
+        self.artifacts.append(a)
+        return a
+
+    def finalize_status(self) -> None:
+        if self.error is not None:
+            self.status = "error"
+        else:
+            self.status = worst(f.severity for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, "status": self.status, "duration_s": round(self.duration_s, 3),
+             "error": self.error, "summary": self.summary,
+             "metrics": [m.to_dict() for m in self.metrics],
+             "findings": [f.to_dict() for f in self.findings],
+             "artifacts": [a.to_dict() for a in self.artifacts]}
+        if self.data:
+            d["data"] = self.data
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CheckResult":
+        return cls(name=d["name"], status=d["status"], duration_s=d.get("duration_s", 0.0),
+                   error=d.get("error"), summary=d.get("summary", ""),
+                   metrics=[Metric.from_dict(m) for m in d.get("metrics", [])],
+                   findings=[Finding.from_dict(f) for f in d.get("findings", [])],
+                   artifacts=[Artifact.from_dict(a) for a in d.get("artifacts", [])],
+                   data=d.get("data", {}))
+
+
+@dataclass
+class GateResult:
+    """One CI gate evaluated: ``metric`` (e.g. ``clean.accuracy[class=cat]``) compared with
+    ``condition`` (e.g. ``>= 0.9``). ``status`` is pass, or ``severity`` when unmet."""
+
+    gate: str
+    condition: str
+    severity: str
+    status: str
+    value: float | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gate": self.gate, "condition": self.condition, "severity": self.severity,
+                "status": self.status, "value": _clean_number(self.value), "message": self.message}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GateResult":
+        return cls(**{k: d.get(k) for k in ("gate", "condition", "severity", "status", "value", "message")})
+
+
+@dataclass
+class AuditResult:
+    """All check results plus run metadata and evaluated gates."""
+
+    model: dict[str, Any]
+    run: dict[str, Any]
+    checks: list[CheckResult] = field(default_factory=list)
+    gates: list[GateResult] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    status: str = "pass"
+    interrupted: bool = False
+    schema: str = SCHEMA
+    #: folder the result was loaded from or saved to (artifact files live under it)
+    base_dir: str | None = field(default=None, repr=False, compare=False)
+
+    def finalize_status(self) -> None:
+        self.status = worst([c.status for c in self.checks] + [g.status for g in self.gates])
+
+    # -- views ----------------------------------------------------------------
+    @property
+    def passed(self) -> bool:
+        """True when no gate failed and no check errored (warnings pass)."""
+        return not self.failed_gates() and not self.errored_checks() and not self.interrupted
+
+    def failed_gates(self) -> list[GateResult]:
+        return [g for g in self.gates if g.status == "fail"]
+
+    def errored_checks(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.status == "error"]
+
+    def check(self, name: str) -> CheckResult | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    @property
+    def frame(self):
+        """The tidy pandas DataFrame of all metric rows, with a ``check`` column."""
+        import pandas as pd
+
+        rows = [{"check": c.name, **m.to_dict()} for c in self.checks for m in c.metrics]
+        df = pd.DataFrame(rows)
+        if df.empty:
+            df = pd.DataFrame(columns=["check", "name", "value"])
+        return df
+
+    def findings(self) -> list[tuple[str, Finding]]:
+        """All findings as (check name, finding), worst severity first."""
+        allf = [(c.name, f) for c in self.checks for f in c.findings]
+        return sorted(allf, key=lambda cf: -STATUS_ORDER.index(cf[1].severity))
+
+    def summary(self) -> str:
+        """A few lines a person reads in a failing assertion or a CI log."""
+        lines = [f"audit {self.status.upper()}: model {self.model.get('path')}"]
+        for c in self.checks:
+            extra = f" ({c.error})" if c.error else (f": {c.summary}" if c.summary else "")
+            lines.append(f"  check {c.name}: {c.status}{extra}")
+        for g in self.gates:
+            lines.append(f"  gate {g.gate} {g.condition}: {g.status} ({g.message})")
+        return "\n".join(lines)
+
+    # -- (de)serialization -----------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = {"schema": self.schema, "status": self.status, "model": self.model, "run": self.run,
+             "checks": [c.to_dict() for c in self.checks],
+             "gates": [g.to_dict() for g in self.gates]}
+        if self.data:
+            d["data"] = self.data
+        if self.interrupted:
+            d["interrupted"] = True
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AuditResult":
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"unsupported results schema {d.get('schema')!r} (expected {SCHEMA!r})")
+        return cls(model=d["model"], run=d["run"], status=d["status"],
+                   checks=[CheckResult.from_dict(c) for c in d["checks"]],
+                   gates=[GateResult.from_dict(g) for g in d.get("gates", [])],
+                   data=d.get("data", {}), interrupted=d.get("interrupted", False))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "AuditResult":
+        p = Path(path)
+        if p.is_dir():
+            p = p / "results.json"
+        res = cls.from_dict(json.loads(p.read_text()))
+        res.base_dir = str(p.parent)
+        return res
+
+    def save(self, out: str | os.PathLike = "audit-out") -> Path:
+        """Write artifacts, results.json, metrics.csv, report.html, junit.xml, summary.md."""
+        from reports import write_all
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for c in self.checks:
+            for a in c.artifacts:
+                if a.data is not None:
+                    p = out / a.path
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    p.write_bytes(a.data)
+        self.base_dir = str(out)
+        write_all(self, out)
+        return out
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return _clean_number(o.item())
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")

@@ -1,0 +1,162 @@
+"""The battery runner: one context, each selected check run in turn, gates applied.
+
+The context computes what every check needs once (clean logits, predictions), gives each
+check its own seeded generator, and carries what a check publishes for the checks after
+it (``ctx.publish(name, value)`` / ``ctx.published.get(name)``). A check that raises
+becomes ``status="error"`` with the message; the others still run. Ctrl-C stops the
+battery and keeps what finished (``result.interrupted``).
+"""
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import torch
+
+from .config import AuditConfig
+from .data import AuditData
+from .errors import UsageError
+from .model import AuditModel, resolve_device
+from .policy import evaluate_gate
+from .registry import get_check
+from .results import AuditResult, CheckResult, GateResult, STATUS_ORDER
+
+
+def derive_seed(seed: int, name: str) -> int:
+    """A check's own seed: stable across runs and independent of which other checks run."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
+
+
+@dataclass
+class Context:
+    """What a check reads. ``logits``/``probs``/``preds`` are the clean outputs on
+    ``data`` (CPU tensors), computed once."""
+
+    model: AuditModel
+    data: AuditData | None
+    config: AuditConfig
+    seed: int
+    device: torch.device
+    progress: bool = True
+    logits: torch.Tensor | None = None
+    published: dict[str, Any] = field(default_factory=dict)
+    check_name: str = ""
+    generator: torch.Generator | None = None
+
+    @property
+    def probs(self) -> torch.Tensor | None:
+        return None if self.logits is None else self.logits.softmax(1)
+
+    @property
+    def preds(self) -> torch.Tensor | None:
+        return None if self.logits is None else self.logits.argmax(1)
+
+    def publish(self, name: str, value: Any) -> None:
+        """Offer something to later checks under a documented name (docs/results.md)."""
+        self.published[name] = value
+
+    def bar(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it"):
+        """A progress bar on stderr (silent with --quiet)."""
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=f"{self.check_name}: {desc}" if desc else self.check_name,
+                    unit=unit, disable=not self.progress, leave=False, dynamic_ncols=True)
+
+
+def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditConfig | str | dict | None = None, *,
+              progress: bool = False, log=None) -> AuditResult:
+    """Run the configured battery on ``model`` and ``data`` and return an :class:`AuditResult`
+    (nothing is written; call ``result.save(out)``)."""
+    cfg = AuditConfig.coerce(config)
+    device = resolve_device(cfg.device) if cfg.device != "auto" else model.device
+    if device != model.device:
+        model.to(device)
+    if not model.ready:
+        model.finalize(data.input_shape if data is not None else None, "data",
+                       class_names=data.class_names if data is not None else None)
+    names = cfg.selected_checks()
+    checks = [(n, get_check(n)) for n in names]
+    if data is None:
+        need = [n for n, c in checks if c.needs_data]
+        if need:
+            raise UsageError(f"check(s) {', '.join(need)} need data: pass --data DIR (or select data-free checks with --checks)")
+    elif tuple(data.input_shape) != tuple(model.spec.input_shape):
+        raise UsageError(f"the data is {_shape(data.input_shape)} but the model takes {_shape(model.spec.input_shape)}; "
+                         "pass --resize / --convert-channels")
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    ctx = Context(model=model, data=data, config=cfg, seed=cfg.seed, device=model.device, progress=progress)
+    if data is not None:
+        ctx.logits = model.logits(data.x, batch_size=cfg.batch_size)
+        bad = ~torch.isfinite(ctx.logits).all(1)
+        if bad.any():
+            raise UsageError(f"the model outputs NaN or infinite values on {int(bad.sum())} of {len(data)} images "
+                             f"(first: {data.ids[int(bad.nonzero()[0])]}); check its weights and normalization")
+    results: list[CheckResult] = []
+    interrupted = False
+    for name, cls in checks:
+        res = CheckResult(name=name)
+        ctx.check_name = name
+        s = derive_seed(cfg.seed, name)
+        ctx.generator = torch.Generator().manual_seed(s)
+        torch.manual_seed(s)
+        t = time.perf_counter()
+        if log:
+            log(f"check {name}: running")
+        try:
+            res = cls(cfg.options_for(name)).run(ctx)
+            res.name = name
+        except KeyboardInterrupt:
+            interrupted = True
+            res.error = "interrupted"
+        except Exception as e:  # noqa: BLE001 - a crashing check must not sink the battery
+            res.error = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500]
+            res.data["traceback"] = traceback.format_exc()[-4000:]
+        res.duration_s = time.perf_counter() - t
+        res.finalize_status()
+        results.append(res)
+        if log:
+            log(f"check {name}: {res.status} ({res.duration_s:.1f} s){' - ' + res.error if res.error else ''}")
+        if interrupted:
+            break
+    duration = time.perf_counter() - t0
+    gates = [evaluate_gate(g, results) for g in cfg.gates]
+    if cfg.fail_on != "none":
+        gates.append(_findings_gate(results, cfg.fail_on))
+    run = {"seed": cfg.seed, "device": str(model.device), "torch": torch.__version__,
+           "python": platform.python_version(), "platform": platform.platform(terse=True),
+           "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3),
+           "checks": names, "config": cfg.source, "fail_on": cfg.fail_on, "samples": cfg.samples,
+           "tool_version": _version()}
+    if torch.cuda.is_available() and model.device.type == "cuda":
+        run["gpu"] = torch.cuda.get_device_name(model.device)
+    result = AuditResult(model=model.describe(), run=run, checks=results, gates=gates,
+                         data=data.describe() if data is not None else {}, interrupted=interrupted)
+    result.finalize_status()
+    return result
+
+
+def _findings_gate(results: list[CheckResult], fail_on: str) -> GateResult:
+    level = STATUS_ORDER.index(fail_on)
+    hits = [(c.name, f) for c in results for f in c.findings if STATUS_ORDER.index(f.severity) >= level]
+    expr = f"findings[severity>={fail_on}]"
+    if hits:
+        first = f"{hits[0][0]}: {hits[0][1].code}"
+        return GateResult(expr, "== 0", "fail", "fail", float(len(hits)),
+                          f"{len(hits)} finding(s) at severity >= {fail_on} (--fail-on {fail_on}), first {first}")
+    return GateResult(expr, "== 0", "fail", "pass", 0.0, f"no findings at severity >= {fail_on}")
+
+
+def _shape(s) -> str:
+    return "x".join(str(int(v)) for v in s) if s else "unknown"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

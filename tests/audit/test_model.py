@@ -1,0 +1,161 @@
+"""audit/model.py: format detection, safe loading, spec, output adaptation."""
+import json
+import pickle
+
+import pytest
+import torch
+
+from audit.errors import ModelLoadError, UsageError
+from audit.model import detect_format, load_model, parse_input_size
+from tests.tinymodels import PATTERNS, DictNet, NaNNet, SoftmaxNet
+
+
+@pytest.mark.parametrize("name,fmt,kw", [
+    ("ts.pt", "torchscript", {"input_size": "3x16x16"}),
+    ("dyn.pt2", "export", {}),
+    ("static.pt2", "export", {}),
+    ("sd.pth", "state_dict", {"arch": "tinynet", "input_size": "3x16x16"}),
+    ("ckpt.pt", "state_dict", {"arch": "tinynet", "input_size": "3x16x16"}),
+    ("w.safetensors", "safetensors", {"arch": "tinynet", "input_size": "3x16x16"}),
+    ("pickle.pt", "pickle", {"trust": True, "input_size": "3x16x16"}),
+])
+def test_every_format_gives_the_same_logits(model_files, tiny_net, pattern_data, name, fmt, kw):
+    x, _ = pattern_data
+    m = load_model(model_files / name, device="cpu", **kw)
+    assert m.info["format"] == fmt
+    assert m.num_classes == 4 and m.spec.input_shape == (3, 16, 16)
+    with torch.no_grad():
+        want = tiny_net(x)
+    got = m.logits(x, batch_size=7)  # 7: not a multiple of the static export's batch of 3
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_format_is_detected_from_content_not_extension(model_files, tmp_path):
+    renamed = tmp_path / "model.safetensors"
+    renamed.write_bytes((model_files / "ts.pt").read_bytes())
+    assert detect_format(renamed) == "torchscript"
+    st = tmp_path / "weights.pt"
+    st.write_bytes((model_files / "w.safetensors").read_bytes())
+    assert detect_format(st) == "safetensors"
+
+
+def test_untrusted_pickle_is_refused_and_its_code_never_runs(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    p = tmp_path / "evil.pt"
+    p.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ModelLoadError, match="--trust"):
+        load_model(p, device="cpu")
+    assert not marker.exists()
+
+
+def test_pickled_module_needs_trust(model_files):
+    with pytest.raises(ModelLoadError, match="needs Python code.*--trust"):
+        load_model(model_files / "pickle.pt", device="cpu")
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "empty"),
+    (b"hello, I am a text file\n", "not a model file"),
+    (b"PK\x03\x04garbage-not-really-a-zip" * 3, "truncated or corrupt"),
+])
+def test_foreign_files(tmp_path, content, match):
+    p = tmp_path / "m.pt"
+    p.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=match):
+        load_model(p, device="cpu")
+
+
+@pytest.mark.parametrize("name", ["ts.pt", "sd.pth", "w.safetensors", "dyn.pt2"])
+def test_truncated_files(model_files, tmp_path, name):
+    data = (model_files / name).read_bytes()
+    p = tmp_path / name
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError):
+        load_model(p, device="cpu", arch="tinynet", input_size="3x16x16")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(tmp_path / "nope.pt")
+
+
+def test_state_dict_needs_arch_and_must_fit(model_files):
+    with pytest.raises(ModelLoadError, match="--arch"):
+        load_model(model_files / "sd.pth", device="cpu")
+    with pytest.raises(ModelLoadError, match="do not fit --arch resnet18"):
+        load_model(model_files / "sd.pth", arch="resnet18", device="cpu")
+    with pytest.raises(ModelLoadError, match="unknown --arch"):
+        load_model(model_files / "sd.pth", arch="no_such_net", device="cpu")
+
+
+def test_sidecar_supplies_the_spec(model_files, tmp_path):
+    p = tmp_path / "sd.pth"
+    p.write_bytes((model_files / "sd.pth").read_bytes())
+    (tmp_path / "sd.pth.json").write_text(json.dumps({"arch": "tinynet", "input_size": [3, 16, 16],
+                                                      "class_names": list(PATTERNS), "mean": [0.0], "std": [1.0]}))
+    m = load_model(p, device="cpu")
+    assert m.class_names == list(PATTERNS)
+    assert m.spec.sources["class_names"] == "sidecar"
+    (tmp_path / "sd.pth.json").write_text(json.dumps({"arch": "tinynet", "colour": "red"}))
+    with pytest.raises(UsageError, match="unknown key 'colour'"):
+        load_model(p, device="cpu")
+
+
+def test_normalization_is_folded_into_forward(tiny_net, pattern_data, tmp_path):
+    x, _ = pattern_data
+    p = tmp_path / "ts.pt"
+    torch.jit.save(torch.jit.script(tiny_net), p)
+    m = load_model(p, input_size="3x16x16", mean="0.5,0.4,0.3", std="0.2,0.2,0.25", device="cpu")
+    mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.2, 0.25]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), tiny_net((x - mean) / std))
+
+
+def test_output_adaptation_probabilities_and_dicts(tiny_net, pattern_data, tmp_path):
+    x, _ = pattern_data
+    p = tmp_path / "soft.pt"
+    torch.save(SoftmaxNet(tiny_net), p)
+    m = load_model(p, trust=True, input_size="3x16x16", device="cpu")
+    assert m.output_kind == "probabilities"
+    with torch.no_grad():
+        torch.testing.assert_close(m(x).softmax(1), tiny_net(x).softmax(1), atol=1e-5, rtol=1e-4)
+    p2 = tmp_path / "dict.pt"
+    torch.save(DictNet(tiny_net), p2)
+    m2 = load_model(p2, trust=True, input_size="3x16x16", device="cpu")
+    assert m2.output_kind == "logits" and any("logits" in a for a in m2.adaptations)
+    with torch.no_grad():
+        torch.testing.assert_close(m2(x), tiny_net(x))
+
+
+def test_nan_model_is_a_usage_error(tmp_path):
+    p = tmp_path / "nan.pt"
+    torch.save(NaNNet(), p)
+    with pytest.raises(UsageError, match="NaN"):
+        load_model(p, trust=True, input_size="3x16x16", device="cpu")
+
+
+def test_labels_file_with_too_few_names(model_files, tmp_path):
+    lab = tmp_path / "labels.txt"
+    lab.write_text("a\nb\n")
+    with pytest.raises(UsageError, match="2 class names.*4 outputs"):
+        load_model(model_files / "dyn.pt2", labels=lab, device="cpu")
+
+
+def test_parse_input_size():
+    assert parse_input_size("3x224x224") == (3, 224, 224)
+    assert parse_input_size("64") == (3, 64, 64)
+    with pytest.raises(UsageError):
+        parse_input_size("3xax2")
+
+
+def test_device_auto_and_bad_device(model_files):
+    m = load_model(model_files / "dyn.pt2", device="auto")
+    assert m.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UsageError, match="--device"):
+        load_model(model_files / "dyn.pt2", device="tpu")

@@ -1,0 +1,67 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(2)
+
+from tests.tinymodels import PATTERNS, make_patterns, train_tiny  # noqa: E402
+
+
+def write_imagefolder(root: Path, x: torch.Tensor, y: torch.Tensor, names) -> Path:
+    from PIL import Image
+
+    for i, (img, c) in enumerate(zip(x, y.tolist())):
+        d = root / names[c]
+        d.mkdir(parents=True, exist_ok=True)
+        a = (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(a).save(d / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_net():
+    return train_tiny()
+
+
+@pytest.fixture(scope="session")
+def pattern_data():
+    return make_patterns(10, seed=7)
+
+
+@pytest.fixture(scope="session")
+def pattern_folder(tmp_path_factory, pattern_data):
+    x, y = pattern_data
+    return write_imagefolder(tmp_path_factory.mktemp("patterns"), x, y, PATTERNS)
+
+
+@pytest.fixture(scope="session")
+def labels_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("labels") / "labels.txt"
+    p.write_text("\n".join(PATTERNS) + "\n")
+    return p
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory, tiny_net):
+    """The tiny model saved in every supported format."""
+    import warnings
+
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("models")
+    ex = torch.rand(2, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(tiny_net, ex), d / "ts.pt")
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        torch.export.save(torch.export.export(tiny_net, (ex,), dynamic_shapes=({0: batch},)), d / "dyn.pt2")
+        torch.export.save(torch.export.export(tiny_net, (torch.rand(3, 3, 16, 16),)), d / "static.pt2")
+    torch.save(tiny_net.state_dict(), d / "sd.pth")
+    torch.save({"epoch": 3, "model_state_dict": tiny_net.state_dict()}, d / "ckpt.pt")
+    save_file({k: v.contiguous() for k, v in tiny_net.state_dict().items()}, d / "w.safetensors")
+    torch.save(tiny_net, d / "pickle.pt")
+    return d

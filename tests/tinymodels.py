@@ -1,0 +1,93 @@
+"""Tiny models and data for the tests: trained in seconds, deterministic."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from audit.zoo import register_arch
+
+PATTERNS = ("hstripes", "vstripes", "checker", "blob")
+
+
+def make_patterns(n_per_class: int, *, seed: int = 0, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """4 classes of 3x16x16 images in [0, 1]: horizontal stripes, vertical stripes, a
+    checkerboard and a centred blob, with random phase, colour and noise."""
+    g = torch.Generator().manual_seed(seed)
+    xs, ys = [], []
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for c in range(len(PATTERNS)):
+        for _ in range(n_per_class):
+            period = int(torch.randint(3, 6, (1,), generator=g))
+            phase = int(torch.randint(0, period, (1,), generator=g))
+            if c == 0:
+                m = ((yy + phase) // max(period // 2, 1)) % 2
+            elif c == 1:
+                m = ((xx + phase) // max(period // 2, 1)) % 2
+            elif c == 2:
+                m = (((yy + phase) // 2) + ((xx + phase) // 2)) % 2
+            else:
+                cy, cx = torch.randint(5, size - 5, (2,), generator=g).tolist()
+                m = (((yy - cy) ** 2 + (xx - cx) ** 2) < period**2).long()
+            fg = torch.rand(3, generator=g) * 0.5 + 0.5
+            bg = torch.rand(3, generator=g) * 0.4
+            img = bg.view(3, 1, 1) + (fg - bg).view(3, 1, 1) * m.float()
+            img = img + 0.08 * torch.randn(3, size, size, generator=g)
+            xs.append(img.clamp(0, 1))
+            ys.append(c)
+    return torch.stack(xs), torch.tensor(ys)
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+@register_arch("tinynet")
+def tinynet(*, num_classes: int = 4) -> nn.Module:
+    return TinyNet(num_classes)
+
+
+class SoftmaxNet(nn.Module):
+    """Returns probabilities: the kind of model a gradient attack is weak against."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x).softmax(1)
+
+
+class DictNet(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return {"logits": self.inner(x), "features": x.mean((2, 3))}
+
+
+class NaNNet(nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3))[:, :1].repeat(1, 4) * float("nan")
+
+
+def train_tiny(seed: int = 0, steps: int = 150) -> TinyNet:
+    torch.manual_seed(seed)
+    x, y = make_patterns(40, seed=seed + 100)
+    net = TinyNet()
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (64,), generator=g)
+        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
