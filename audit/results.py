@@ -30,9 +30,13 @@ def worst(statuses: Iterable[str], default: str = "pass") -> str:
 
 
 def _clean_number(v: Any) -> Any:
-    """JSON has no NaN/inf: they are written as null."""
+    """JSON has no NaN/inf: they are written as null (recursively in lists and dicts)."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
+    if isinstance(v, dict):
+        return {k: _clean_number(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean_number(x) for x in v]
     return v
 
 
@@ -258,7 +262,7 @@ class AuditResult:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default)
+        return json.dumps(_clean_number(self.to_dict()), indent=2, allow_nan=False, default=_json_default)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AuditResult":

@@ -117,7 +117,7 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
         except Exception as e:  # noqa: BLE001 - a crashing check must not sink the battery
             res.error = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500]
             res.data["traceback"] = traceback.format_exc()[-4000:]
-        res.duration_s = time.perf_counter() - t
+        res.duration_s = round(time.perf_counter() - t, 3)  # as saved, so a re-render is identical
         res.finalize_status()
         results.append(res)
         if log:

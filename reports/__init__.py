@@ -1,0 +1,102 @@
+"""Renderers from an :class:`audit.results.AuditResult` to files.
+
+Reports only read results: this package imports :mod:`audit.results` and nothing from
+``attacks/`` or ``probes/``, so a saved ``results.json`` re-renders to the same report.
+
+:func:`write_all` writes, into one folder:
+
+==============  ===========================================================
+``results.json``  the stable contract (``AuditResult.to_json()``)
+``metrics.csv``   the tidy metric frame (``AuditResult.frame``)
+``report.html``   one self-contained page a person reviews (works offline)
+``junit.xml``     one testcase per check and per gate, for CI test views
+``summary.md``    a short summary for a CI job page (``$GITHUB_STEP_SUMMARY``)
+==============  ===========================================================
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from .html import render_html
+from .junit import render_junit
+from .markdown import render_markdown
+
+if TYPE_CHECKING:  # pragma: no cover
+    from audit.results import AuditResult
+
+__all__ = ["write_all", "render_html", "render_junit", "render_markdown", "FILES"]
+
+#: report kind -> file name written by :func:`write_all`
+FILES = {
+    "json": "results.json",
+    "csv": "metrics.csv",
+    "html": "report.html",
+    "junit": "junit.xml",
+    "markdown": "summary.md",
+}
+
+
+def write_all(result: "AuditResult", out: str | os.PathLike) -> dict[str, Path]:
+    """Write every report of ``result`` into the folder ``out``; return ``{kind: path}``.
+
+    Kinds are ``json``, ``csv``, ``html``, ``junit`` and ``markdown`` (see :data:`FILES`).
+    Each writer is independent: when one raises, the others are still written and the
+    first exception is re-raised at the end (the others are attached as notes). When the
+    environment variable ``GITHUB_STEP_SUMMARY`` names a file, the Markdown summary is
+    appended to it. Image artifacts are read from ``result.base_dir``, or from ``out`` when
+    the result has no base folder yet.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = result.base_dir if result.base_dir is not None else str(out)
+
+    # Looked up at call time (module globals), so a renderer can be swapped or patched.
+    renderers: dict[str, Callable[[], str]] = {
+        "json": lambda: result.to_json() + "\n",
+        "csv": lambda: result.frame.to_csv(index=False),
+        "html": lambda: render_html(result, base_dir=base),
+        "junit": lambda: render_junit(result),
+        "markdown": lambda: render_markdown(result),
+    }
+
+    written: dict[str, Path] = {}
+    errors: list[tuple[str, BaseException]] = []
+    texts: dict[str, str] = {}
+    for kind, render in renderers.items():
+        path = out / FILES[kind]
+        try:
+            text = render()
+            _write_text(path, text)
+        except Exception as exc:  # noqa: BLE001 - every writer must get its chance
+            errors.append((FILES[kind], exc))
+            continue
+        texts[kind] = text
+        written[kind] = path
+
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary and "markdown" in texts:
+        try:
+            with open(step_summary, "a", encoding="utf-8") as fh:
+                text = texts["markdown"]
+                fh.write(text if text.endswith("\n") else text + "\n")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(("$GITHUB_STEP_SUMMARY", exc))
+
+    if errors:
+        name, first = errors[0]
+        if hasattr(first, "add_note"):
+            first.add_note(f"while writing {name} into {out}")
+            for other_name, other in errors[1:]:
+                first.add_note(f"also failed: {other_name}: {type(other).__name__}: {other}")
+        raise first
+    return written
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write atomically: a failed write never leaves a half-written report behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

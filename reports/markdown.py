@@ -1,0 +1,137 @@
+"""summary.md: a short GitHub-flavoured Markdown summary for a CI job page
+(appended to ``$GITHUB_STEP_SUMMARY`` by :func:`reports.write_all`).
+
+Verdict line (a plain status word, no emoji), checks table, gates table, the top
+findings, the model path. Text from the model or a check is escaped so that it can
+neither break a table nor inject HTML into the rendered page.
+"""
+from __future__ import annotations
+
+import html
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from audit.results import AuditResult
+
+__all__ = ["render_markdown", "MAX_FINDINGS"]
+
+#: findings listed at most (worst first)
+MAX_FINDINGS = 20
+
+_RANK = {"fail": 0, "warn": 1, "info": 2}
+
+
+def _text(s: Any) -> str:
+    """Escape for a GFM table cell: HTML-escape, fold newlines, escape pipes and the
+    characters that start Markdown emphasis, links or code."""
+    if s is None:
+        return ""
+    out = html.escape(str(s), quote=False)
+    out = " ".join(out.split())
+    for ch in ("\\", "|", "`", "*", "_", "[", "]"):
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def _code(s: Any, *, table: bool = True) -> str:
+    """An inline code span that survives any content (backticks; pipes in a table cell)."""
+    if s is None or str(s) == "":
+        return ""
+    s = " ".join(str(s).split())
+    if table:
+        s = s.replace("|", "\\|")
+    return f"`` {s} ``" if "`" in s else f"`{s}`"
+
+
+def _num(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() and abs(v) < 1e6 else f"{v:.4g}"
+    return _text(v)
+
+
+def _dur(s: Any) -> str:
+    if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):
+        return "n/a"
+    return f"{s:.1f} s" if s < 600 else f"{s / 60:.1f} min"
+
+
+def _status(s: str) -> str:
+    return f"**{s.upper()}**" if s in ("fail", "error") else s.upper()
+
+
+def render_markdown(result: "AuditResult") -> str:
+    """``result`` as a Markdown summary (GitHub job-summary flavour)."""
+    model = result.model or {}
+    run = result.run or {}
+    lines: list[str] = []
+    lines.append(f"## Model audit: {result.status.upper()}")
+    lines.append("")
+    verdict = f"**Verdict: {result.status.upper()}**"
+    verdict += " (passes CI)" if result.passed else " (does not pass CI)"
+    lines.append(verdict)
+    lines.append("")
+    lines.append(f"- Model: {_code(model.get('path'), table=False) or 'unknown'}")
+    if model.get("sha256"):
+        lines.append(f"- SHA-256: {_code(model['sha256'], table=False)}")
+    extra = []
+    if run.get("duration_s") is not None:
+        extra.append(f"duration {_dur(run.get('duration_s'))}")
+    if run.get("device"):
+        extra.append(f"device {_text(run['device'])}")
+    if run.get("seed") is not None:
+        extra.append(f"seed {_text(run['seed'])}")
+    if extra:
+        lines.append("- Run: " + ", ".join(extra))
+    if result.interrupted:
+        lines.append("- **The run was interrupted: results are incomplete.**")
+    lines.append("")
+
+    lines.append("### Checks")
+    lines.append("")
+    if result.checks:
+        lines.append("| Check | Status | Time | Summary |")
+        lines.append("|---|---|---:|---|")
+        for c in result.checks:
+            summary = _text(c.summary)
+            if c.error:
+                err = _text(c.error)
+                summary = f"{summary}<br>error: {err}" if summary else f"error: {err}"
+            lines.append(f"| {_text(c.name)} | {_status(c.status)} | {_dur(c.duration_s)} | {summary} |")
+    else:
+        lines.append("No checks ran.")
+    lines.append("")
+
+    lines.append("### Gates")
+    lines.append("")
+    if result.gates:
+        lines.append("| Gate | Condition | Value | Status | Message |")
+        lines.append("|---|---|---:|---|---|")
+        for g in result.gates:
+            lines.append(f"| {_code(g.gate)} | {_code(g.condition)} | {_num(g.value)} | "
+                         f"{_status(g.status)} | {_text(g.message)} |")
+    else:
+        lines.append("No gates configured.")
+    lines.append("")
+
+    findings = sorted(result.findings(), key=lambda cf: _RANK.get(cf[1].severity, 9))
+    shown = findings[:MAX_FINDINGS]
+    title = "### Findings"
+    if len(findings) > len(shown):
+        title += f" (top {len(shown)} of {len(findings)})"
+    lines.append(title)
+    lines.append("")
+    if shown:
+        lines.append("| Severity | Code | Check | Class | Message |")
+        lines.append("|---|---|---|---|---|")
+        for check, f in shown:
+            lines.append(f"| {_status(f.severity)} | {_code(f.code)} | {_text(check)} | "
+                         f"{_text(f.class_)} | {_text(f.message)} |")
+    else:
+        lines.append("No findings.")
+    lines.append("")
+    lines.append("The full report with images is in `report.html` next to `results.json`.")
+    lines.append("")
+    return "\n".join(lines)

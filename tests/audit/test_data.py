@@ -1,0 +1,97 @@
+"""audit/data.py: ImageFolder and tensor files, class matching, shape checks, subsets."""
+import numpy as np
+import pytest
+import torch
+
+from audit.data import load_data, stratified_indices
+from audit.errors import DataError
+from audit.model import load_model
+from tests.tinymodels import PATTERNS
+
+
+@pytest.fixture()
+def model(model_files, labels_file):
+    return load_model(model_files / "dyn.pt2", labels=labels_file, device="cpu")
+
+
+def test_imagefolder_matches_folders_to_class_names(pattern_folder, pattern_data, model):
+    x, y = pattern_data
+    d = load_data(pattern_folder, model=model)
+    assert len(d) == len(y) and d.input_shape == (3, 16, 16)
+    assert d.class_names == list(PATTERNS)
+    # the PNG round trip is lossless up to 8-bit quantization; order is by sorted folder
+    for c in range(4):
+        assert int((d.y == c).sum()) == int((y == c).sum())
+    assert torch.all((d.x >= 0) & (d.x <= 1))
+
+
+def test_tensor_files(tmp_path, pattern_data, model):
+    x, y = pattern_data
+    torch.save({"x": x, "y": y}, tmp_path / "d.pt")
+    np.savez(tmp_path / "d.npz", x=(x.numpy() * 255).astype(np.uint8), y=y.numpy())
+    a = load_data(tmp_path / "d.pt", model=model)
+    b = load_data(tmp_path / "d.npz", model=model)
+    torch.testing.assert_close(a.x, x)
+    assert torch.equal(a.y, b.y) and (a.x - b.x).abs().max() < 1 / 255 + 1e-6
+    torch.save({"x": x * 2, "y": y}, tmp_path / "bad.pt")
+    with pytest.raises(DataError, match=r"in \[0, 1\]"):
+        load_data(tmp_path / "bad.pt", model=model)
+
+
+def test_empty_and_foreign_folders(tmp_path, model):
+    with pytest.raises(DataError, match="no class subfolders"):
+        load_data(tmp_path, model=model)
+    (tmp_path / "blob").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        load_data(tmp_path, model=model)
+    (tmp_path / "blob" / "notes.txt").write_text("hi")
+    with pytest.raises(DataError, match="notes.txt is not an image"):
+        load_data(tmp_path, model=model)
+    (tmp_path / "blob" / "notes.txt").unlink()
+    (tmp_path / "blob" / "fake.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="fake.png is not a readable image"):
+        load_data(tmp_path, model=model)
+
+
+def test_unknown_class_folder_is_an_error(tmp_path, pattern_folder, model):
+    import shutil
+
+    shutil.copytree(pattern_folder, tmp_path / "d")
+    (tmp_path / "d" / "blob").rename(tmp_path / "d" / "giraffe")
+    with pytest.raises(DataError, match="'giraffe' is not one of the model's class names"):
+        load_data(tmp_path / "d", model=model)
+
+
+def _write(path, size, mode):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color=128 if mode == "L" else (10, 200, 30)).save(path)
+
+
+def test_size_and_channel_mismatch_name_the_flag(tmp_path, model):
+    _write(tmp_path / "a" / "blob" / "0.png", (20, 20), "RGB")
+    with pytest.raises(DataError, match=r"20x20 but the model takes 16x16; pass --resize"):
+        load_data(tmp_path / "a", model=model)
+    d = load_data(tmp_path / "a", model=model, resize=True)
+    assert d.input_shape == (3, 16, 16)
+    _write(tmp_path / "b" / "blob" / "0.png", (16, 16), "L")
+    with pytest.raises(DataError, match=r"1 channel\(s\) but the model takes 3; pass --convert-channels"):
+        load_data(tmp_path / "b", model=model)
+    d = load_data(tmp_path / "b", model=model, convert_channels=True)
+    assert d.input_shape == (3, 16, 16) and torch.allclose(d.x[0, 0], d.x[0, 2])
+
+
+def test_stratified_subset_is_seeded_and_keeps_every_class():
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    a = stratified_indices(y, 10, seed=3)
+    assert len(a) == 10 and torch.equal(a, stratified_indices(y, 10, seed=3))
+    assert not torch.equal(a, stratified_indices(y, 10, seed=4))
+    counts = torch.bincount(y[a], minlength=3).tolist()
+    assert counts == [5, 3, 2]
+    assert len(stratified_indices(y, 2, seed=0)) == 2
+
+
+def test_samples_option(pattern_folder, model):
+    d = load_data(pattern_folder, model=model, samples=8, seed=1)
+    assert len(d) == 8 and torch.bincount(d.y, minlength=4).tolist() == [2, 2, 2, 2]
