@@ -1,0 +1,26 @@
+# The two commands of the README. Each creates .venv and installs into it when missing.
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed-stamp
+OUT    ?= audit-out
+
+.PHONY: demo test install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+## make demo: the whole battery on the bundled gym model; writes $(OUT)/report.html
+demo: $(STAMP)
+	$(VENV)/bin/audit demo --out $(OUT)
+
+## make test: the test suite
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+clean-venv:
+	rm -rf $(VENV)

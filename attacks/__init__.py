@@ -1,0 +1,1 @@
+"""Checks that try to break the model: adversarial perturbation, fooling images."""
