@@ -211,3 +211,59 @@ def test_bad_input_is_one_line_exit_4(bad_inputs, model_files, pattern_folder, l
     assert len(err.splitlines()) == 1 and err.startswith("audit: error: "), err
     assert "Traceback" not in err and match in err
     assert not (bad_inputs / "pwned").exists()
+
+
+class MysteryMLP(torch.nn.Module):
+    """A kind of model nothing else in the repo uses: an MLP with LayerNorm that returns a
+    (logits, embedding) tuple and normalizes its input itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(768, 64), torch.nn.LayerNorm(64),
+                                        torch.nn.GELU())
+        self.head = torch.nn.Linear(64, 4)
+
+    def forward(self, x):
+        e = self.body(x * 2 - 1)
+        return self.head(e), e
+
+
+@pytest.fixture(scope="module")
+def mystery_files(tmp_path_factory):
+    import warnings
+
+    from tests.tinymodels import make_patterns
+
+    torch.manual_seed(1)
+    x, y = make_patterns(30, seed=11)
+    net = MysteryMLP()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(120):
+        loss = torch.nn.functional.cross_entropy(net(x)[0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    d = tmp_path_factory.mktemp("mystery")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(net, x[:2]), d / "m.ts")
+        torch.export.save(torch.export.export(net, (x[:5],)), d / "m.pt2")
+    torch.save(net, d / "m.pkl")
+    return net, d
+
+
+@pytest.mark.parametrize("fname,extra", [("m.ts", []), ("m.pt2", []), ("m.pkl", ["--trust"])])
+def test_unseen_model_kind_in_three_formats(mystery_files, pattern_folder, labels_file, tmp_path, fname, extra):
+    from tests.tinymodels import PATTERNS
+
+    net, d = mystery_files
+    out = tmp_path / "out"
+    rc = main(["run", str(d / fname), "--data", str(pattern_folder), "--labels", str(labels_file),
+               "--out", str(out), "-q", *extra])
+    assert rc == ExitCode.OK
+    res = json.loads((out / "results.json").read_text())
+    acc = next(m["value"] for m in res["checks"][0]["metrics"] if m["name"] == "accuracy" and "class" not in m)
+    want = _plain_accuracy(lambda x: net(x)[0], pattern_folder, PATTERNS)
+    assert acc == pytest.approx(want, abs=1e-9) and 0.3 < want
+    assert any("tuple" in a for a in res["model"]["adaptations"])

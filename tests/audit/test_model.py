@@ -159,3 +159,35 @@ def test_device_auto_and_bad_device(model_files):
     assert m.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(UsageError, match="--device"):
         load_model(model_files / "dyn.pt2", device="tpu")
+
+
+def test_torchvision_weights_from_the_local_hub_cache(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    name = "MobileNet_V3_Small_Weights.IMAGENET1K_V1"
+    with pytest.raises(ModelLoadError, match="not in the local torch hub cache"):
+        load_model(weights=name, device="cpu")
+    ckpt = tmp_path / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v3_small(num_classes=1000).eval()
+    torch.save(net.state_dict(), ckpt / "mobilenet_v3_small-047dcff4.pth")
+    m = load_model(weights=name, device="cpu")
+    assert m.info["format"] == "torchvision" and m.info["arch"] == "mobilenet_v3_small"
+    assert m.spec.input_shape == (3, 224, 224) and m.num_classes == 1000
+    assert m.class_names[0] == "tench" and m.spec.sources["class_names"] == "weights"
+    assert m.spec.mean == pytest.approx((0.485, 0.456, 0.406))
+    x = torch.rand(2, 3, 224, 224)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), net((x - mean) / std), atol=1e-4, rtol=1e-4)
+
+
+def test_python_dash_m_audit_works():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "audit", "--version"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().startswith("audit ")
