@@ -51,6 +51,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fail-on", choices=("none", "warn", "fail"),
                    help="also fail the run (exit 1) on findings of this severity or worse")
     g.add_argument("--out", default="audit-out", help="output folder (default audit-out/)")
+    g.add_argument("--baseline", help="a previous results.json: report per-metric deltas, exit 1 on a regression")
+    g.add_argument("--tolerance", type=float, default=0.01,
+                   help="how much worse than the baseline a metric may get before it is a regression (default 0.01)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -83,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="output folder (default: the results' folder)")
     _common(rep)
 
+    dif = sub.add_parser("diff", help="what got worse between two results.json (exit 1 on a regression)")
+    dif.add_argument("base", help="baseline results.json (or its folder)")
+    dif.add_argument("new", help="new results.json (or its folder)")
+    dif.add_argument("--tolerance", type=float, default=0.01, help="allowed worsening per metric (default 0.01)")
+    dif.add_argument("--all", action="store_true", help="show unchanged metrics too")
+    _common(dif)
+
+    ini = sub.add_parser("init", help="write a commented audit.toml to start from")
+    ini.add_argument("path", nargs="?", default="audit.toml")
+    ini.add_argument("--force", action="store_true", help="overwrite an existing file")
+    _common(ini)
+
     lst = sub.add_parser("list", help="list the registered checks (and, with --archs, known architectures)")
     lst.add_argument("--archs", action="store_true", help="also list the architecture names --arch accepts")
     _common(lst)
@@ -101,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return ExitCode.USAGE_ERROR
-        return int({"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "list": _cmd_list}[args.command](args))
+        return int({"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "list": _cmd_list,
+                    "diff": _cmd_diff, "init": _cmd_init}[args.command](args))
     except KeyboardInterrupt:
         print("audit: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
@@ -154,13 +170,33 @@ def _cmd_run(args) -> int:
         data = load_data(args.data, model=model, resize=args.resize, convert_channels=args.convert_channels,
                          samples=cfg.samples, seed=cfg.seed, progress=not args.quiet)
         log(f"data {args.data}: {len(data)} images, {len(data.class_names)} classes")
-    return _run_and_write(model, data, cfg, Path(args.out), log, quiet=args.quiet, path_hint=args.model)
+    baseline = _load_result(args.baseline) if args.baseline else None
+    return _run_and_write(model, data, cfg, Path(args.out), log, quiet=args.quiet, baseline=baseline,
+                          tolerance=args.tolerance)
 
 
-def _run_and_write(model, data, cfg, out: Path, log, *, quiet: bool, path_hint=None) -> int:
+def _load_result(path: str):
+    from .results import AuditResult
+
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"results file {p} does not exist")
+    try:
+        return AuditResult.load(p)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{p} is not an audit results.json ({e})") from None
+
+
+def _run_and_write(model, data, cfg, out: Path, log, *, quiet: bool, baseline=None, tolerance: float = 0.01) -> int:
     from .runner import run_audit
 
     result = run_audit(model, data, cfg, progress=not quiet, log=log)
+    if baseline is not None:
+        from .compare import compare, regression_gate
+
+        result.baseline = compare(baseline, result, tolerance=tolerance)
+        result.gates.append(regression_gate(result.baseline))
+        result.finalize_status()
     result.save(out)
     log(f"wrote {out / 'report.html'} ({result.status.upper()})")
     if not quiet:
@@ -192,16 +228,8 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .results import AuditResult
-
     log = _logger(args.quiet)
-    src = Path(args.results)
-    if not src.exists():
-        raise UsageError(f"results file {src} does not exist")
-    try:
-        result = AuditResult.load(src)
-    except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{src} is not an audit results.json ({e})") from None
+    result = _load_result(args.results)
     out = Path(args.out) if args.out else Path(result.base_dir)
     if out.resolve() != Path(result.base_dir).resolve():
         _copy_artifacts(result, Path(result.base_dir), out)
@@ -210,6 +238,26 @@ def _cmd_report(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_all(result, out)
     log(f"wrote {out / 'report.html'}")
+    return ExitCode.OK
+
+
+def _cmd_diff(args) -> int:
+    from .compare import compare, format_comparison
+
+    base, new = _load_result(args.base), _load_result(args.new)
+    comp = compare(base, new, tolerance=args.tolerance)
+    print(format_comparison(comp, all_rows=args.all))
+    return ExitCode.GATE_FAILED if comp["regressions"] else ExitCode.OK
+
+
+def _cmd_init(args) -> int:
+    from .config import TEMPLATE
+
+    p = Path(args.path)
+    if p.exists() and not args.force:
+        raise UsageError(f"{p} exists; pass --force to overwrite it")
+    p.write_text(TEMPLATE, encoding="utf-8")
+    _logger(args.quiet)(f"wrote {p}; edit it, then: audit run MODEL --data DIR --config {p}")
     return ExitCode.OK
 
 

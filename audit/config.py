@@ -202,3 +202,30 @@ class AuditConfig:
 
 def _where(source: str | None) -> str:
     return f" {source}" if source else ""
+
+
+#: what `audit init` writes: a commented starting point whose active lines parse as they are
+TEMPLATE = '''# audit.toml: what `audit run MODEL --data DIR --config audit.toml` runs and gates on.
+# Flags on the command line override these values. Unknown keys are errors.
+
+[audit]
+seed = 0                 # every random choice derives from it; same seed, same numbers
+# samples = 500          # a seeded, class-stratified subset of the data
+device = "auto"          # auto (GPU when there is one) | cpu | cuda | cuda:N
+# checks = ["clean", "adversarial", "fooling", "class_viz", "attribution", "bias"]   # default: all
+fail_on = "none"         # none | warn | fail: also fail the run on findings this severe
+
+# Per-check options; `docs/<check>.md` lists each check's keys and defaults.
+[checks.clean]
+ece_bins = 15
+
+# Gates: "check.metric[qualifier=value,...]" = "<op> <threshold>", op one of >= > <= < == !=.
+# A qualifier value * matches every row (each must pass). A gate on a metric that does
+# not exist is an error. { condition = "...", severity = "warn" } only warns when unmet.
+[gates]
+"clean.accuracy" = ">= 0.9"
+"clean.accuracy[class=*]" = { condition = ">= 0.7", severity = "warn" }
+"clean.expected_calibration_error[bins=15]" = { condition = "<= 0.1", severity = "warn" }
+# "adversarial.robust_accuracy[attack=worst,norm=linf,epsilon=0.0078]" = ">= 0.3"
+# "fooling.fooling_rate[method=gradient]" = { condition = "<= 0.5", severity = "warn" }
+'''

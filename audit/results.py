@@ -202,6 +202,8 @@ class AuditResult:
     data: dict[str, Any] = field(default_factory=dict)
     status: str = "pass"
     interrupted: bool = False
+    #: comparison with a baseline result (``audit run --baseline``), see audit.compare
+    baseline: dict[str, Any] | None = None
     schema: str = SCHEMA
     #: folder the result was loaded from or saved to (artifact files live under it)
     base_dir: str | None = field(default=None, repr=False, compare=False)
@@ -259,6 +261,8 @@ class AuditResult:
             d["data"] = self.data
         if self.interrupted:
             d["interrupted"] = True
+        if self.baseline is not None:
+            d["baseline"] = self.baseline
         return d
 
     def to_json(self) -> str:
@@ -271,7 +275,7 @@ class AuditResult:
         return cls(model=d["model"], run=d["run"], status=d["status"],
                    checks=[CheckResult.from_dict(c) for c in d["checks"]],
                    gates=[GateResult.from_dict(g) for g in d.get("gates", [])],
-                   data=d.get("data", {}), interrupted=d.get("interrupted", False))
+                   data=d.get("data", {}), interrupted=d.get("interrupted", False), baseline=d.get("baseline"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AuditResult":

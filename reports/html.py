@@ -249,7 +249,23 @@ def build_context(result: "AuditResult", base_dir: str | os.PathLike | None = No
     run_rows += [(str(k), fmt_value(v)) for k, v in run.items()]
 
     n_images = sum(len(c["images"]) for c in checks)
+    baseline = None
+    if result.baseline:
+        b = result.baseline
+        changed = [r for r in b.get("rows", []) if r.get("status") != "same"]
+        order = {"regressed": 0, "missing": 1, "new": 2, "improved": 3}
+        changed.sort(key=lambda r: order.get(r.get("status"), 9))
+        baseline = {
+            "path": (b.get("base") or {}).get("path"), "sha256": (b.get("base") or {}).get("sha256"),
+            "tolerance": fmt_value(b.get("tolerance")),
+            "n_regressions": len(b.get("regressions", [])), "n_improvements": len(b.get("improvements", [])),
+            "rows": [{"metric": r.get("metric"), "base": fmt_value(r.get("base")), "new": fmt_value(r.get("new")),
+                      "delta": "" if r.get("delta") is None else f"{r['delta']:+.4g}", "status": r.get("status"),
+                      "better": r.get("better")} for r in changed],
+            "flips": b.get("flips", []),
+        }
     return {
+        "baseline": baseline,
         "status": result.status,
         "status_word": _STATUS_WORD.get(result.status, str(result.status).upper()),
         "interrupted": result.interrupted,

@@ -65,7 +65,7 @@ def test_run_reports_the_accuracy_plain_pytorch_computes(model_files, pattern_fo
 
     out = tmp_path / "out"
     rc = main(["run", str(model_files / name), "--data", str(pattern_folder), "--labels", str(labels_file),
-               "--out", str(out), "--quiet", "--device", "cpu", *extra])
+               "--out", str(out), "--quiet", "--device", "cpu", "--checks", "clean", *extra])
     assert rc == ExitCode.OK
     for f in OUTPUTS:
         assert (out / f).is_file(), f
@@ -80,7 +80,7 @@ def test_gate_failure_exits_1_and_writes_everything(model_files, pattern_folder,
     cfg.write_text('[gates]\n"clean.accuracy" = ">= 1.01"\n')
     out = tmp_path / "out"
     rc = main(["run", str(model_files / "dyn.pt2"), "--data", str(pattern_folder), "--labels", str(labels_file),
-               "--config", str(cfg), "--out", str(out), "-q"])
+               "--config", str(cfg), "--out", str(out), "--checks", "clean", "-q"])
     assert rc == ExitCode.GATE_FAILED
     assert all((out / f).is_file() for f in OUTPUTS)
     res = json.loads((out / "results.json").read_text())
@@ -113,7 +113,7 @@ def test_ctrl_c_keeps_what_finished(test_checks, model_files, pattern_folder, la
 def test_fail_on_warn(model_files, pattern_folder, tmp_path):
     # without --labels the folders map in sorted order: accuracy collapses, a fail finding
     out = tmp_path / "out"
-    args = ["run", str(model_files / "dyn.pt2"), "--data", str(pattern_folder), "--out", str(out), "-q"]
+    args = ["run", str(model_files / "dyn.pt2"), "--data", str(pattern_folder), "--out", str(out), "--checks", "clean", "-q"]
     assert main(args) == ExitCode.OK
     assert main(args + ["--fail-on", "warn"]) == ExitCode.GATE_FAILED
 
@@ -123,7 +123,7 @@ def test_same_seed_same_numbers(model_files, pattern_folder, labels_file, tmp_pa
     for i in range(2):
         out = tmp_path / f"o{i}"
         main(["run", str(model_files / "dyn.pt2"), "--data", str(pattern_folder), "--labels", str(labels_file),
-              "--samples", "12", "--seed", "5", "--out", str(out), "-q"])
+              "--samples", "12", "--seed", "5", "--out", str(out), "--checks", "clean", "-q"])
         res = json.loads((out / "results.json").read_text())
         runs.append((res["run"]["seed"], res["checks"][0]["metrics"], res["checks"][0]["data"]["records"]["id"]))
     assert runs[0] == runs[1] and runs[0][0] == 5
@@ -132,7 +132,7 @@ def test_same_seed_same_numbers(model_files, pattern_folder, labels_file, tmp_pa
 def test_report_rerenders_a_saved_result(model_files, pattern_folder, labels_file, tmp_path):
     out = tmp_path / "out"
     main(["run", str(model_files / "dyn.pt2"), "--data", str(pattern_folder), "--labels", str(labels_file),
-          "--out", str(out), "-q"])
+          "--out", str(out), "--checks", "clean", "-q"])
     first = (out / "report.html").read_text()
     (out / "report.html").unlink()
     assert main(["report", str(out / "results.json"), "-q"]) == ExitCode.OK
@@ -205,6 +205,8 @@ BAD = [
 def test_bad_input_is_one_line_exit_4(bad_inputs, model_files, pattern_folder, labels_file, tmp_path, capsys,
                                       what, argv, match):
     argv = [a.format(d=bad_inputs, m=model_files, data=pattern_folder, labels=labels_file) for a in argv]
+    if "--checks" not in argv and argv[-1] != "--frobnicate":
+        argv += ["--checks", "clean"]
     rc = main(argv + ["--out", str(tmp_path / "out"), "-q"])
     err = capsys.readouterr().err.strip()
     assert rc == ExitCode.USAGE_ERROR, err
@@ -260,7 +262,7 @@ def test_unseen_model_kind_in_three_formats(mystery_files, pattern_folder, label
     net, d = mystery_files
     out = tmp_path / "out"
     rc = main(["run", str(d / fname), "--data", str(pattern_folder), "--labels", str(labels_file),
-               "--out", str(out), "-q", *extra])
+               "--out", str(out), "--checks", "clean", "-q", *extra])
     assert rc == ExitCode.OK
     res = json.loads((out / "results.json").read_text())
     acc = next(m["value"] for m in res["checks"][0]["metrics"] if m["name"] == "accuracy" and "class" not in m)

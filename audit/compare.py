@@ -1,0 +1,130 @@
+"""Comparing two audit results: what got worse between a baseline model and a new one.
+
+``compare(base, new)`` matches metric rows by (check, name, qualifiers), computes deltas,
+and flags a **regression** where a metric with a known direction got worse by more than
+``tolerance`` (absolute). It also lists the samples whose per-sample outcome flipped: a
+check's ``data.records`` with ``id`` and ``label``/``pred`` (clean correctness) or boolean
+columns (e.g. ``robust``) are compared id by id.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .results import AuditResult, GateResult
+
+#: metrics where a higher value is better / worse; others are reported but never flagged
+HIGHER_IS_BETTER = {"accuracy", "robust_accuracy", "median_min_perturbation", "insertion_auc",
+                    "mean_min_perturbation"}
+LOWER_IS_BETTER = {"expected_calibration_error", "nll", "attack_success_rate", "fooling_rate",
+                   "median_best_confidence", "deletion_auc", "garbage_confidence_share", "flip_rate"}
+
+
+def _key(check: str, m: dict[str, Any]) -> tuple:
+    quals = tuple(sorted((k, str(v)) for k, v in m.items() if k not in ("name", "value") and v is not None))
+    return (check, m["name"], quals)
+
+
+def _label(key: tuple) -> str:
+    check, name, quals = key
+    q = "[" + ",".join(f"{k}={v}" for k, v in quals) + "]" if quals else ""
+    return f"{check}.{name}{q}"
+
+
+def direction(name: str) -> str:
+    if name in HIGHER_IS_BETTER:
+        return "higher"
+    if name in LOWER_IS_BETTER:
+        return "lower"
+    return "neutral"
+
+
+def _records(res: AuditResult) -> dict[str, dict[str, dict[str, bool]]]:
+    """check -> outcome name -> {sample id: bool}."""
+    out: dict[str, dict[str, dict[str, bool]]] = {}
+    for c in res.checks:
+        rec = c.data.get("records") if isinstance(c.data, dict) else None
+        if not isinstance(rec, dict) or "id" not in rec:
+            continue
+        ids = [str(i) for i in rec["id"]]
+        cols: dict[str, dict[str, bool]] = {}
+        if "label" in rec and "pred" in rec:
+            cols["correct"] = {i: a == b for i, a, b in zip(ids, rec["label"], rec["pred"])}
+        for k, v in rec.items():
+            if isinstance(v, list) and len(v) == len(ids) and v and all(isinstance(b, bool) for b in v):
+                cols[k] = dict(zip(ids, v))
+        if cols:
+            out[c.name] = cols
+    return out
+
+
+def compare(base: AuditResult, new: AuditResult, *, tolerance: float = 0.01) -> dict[str, Any]:
+    """The comparison block (also stored as ``baseline`` in the new results.json)."""
+    bm = {_key(c.name, m.to_dict()): m.value for c in base.checks for m in c.metrics}
+    nm = {_key(c.name, m.to_dict()): m.value for c in new.checks for m in c.metrics}
+    rows, regressions, improvements = [], [], []
+    for key in sorted(set(bm) | set(nm), key=_label):
+        b, n = bm.get(key), nm.get(key)
+        d = direction(key[1])
+        delta = None if (b is None or n is None) else n - b
+        status = "same"
+        if key not in bm:
+            status = "new"
+        elif key not in nm:
+            status = "missing"
+        elif delta is not None and d != "neutral":
+            worse = -delta if d == "higher" else delta
+            if worse > tolerance:
+                status = "regressed"
+            elif worse < -tolerance:
+                status = "improved"
+        row = {"metric": _label(key), "base": b, "new": n, "delta": delta, "better": d, "status": status}
+        rows.append(row)
+        if status == "regressed":
+            regressions.append(row)
+        elif status == "improved":
+            improvements.append(row)
+    flips = []
+    br, nr = _records(base), _records(new)
+    for check in sorted(set(br) & set(nr)):
+        for col in sorted(set(br[check]) & set(nr[check])):
+            b, n = br[check][col], nr[check][col]
+            common = [i for i in n if i in b]
+            lost = [i for i in common if b[i] and not n[i]]
+            gained = [i for i in common if not b[i] and n[i]]
+            if lost or gained:
+                flips.append({"check": check, "outcome": col, "samples": len(common),
+                              "newly_false": lost[:50], "newly_true": gained[:50],
+                              "n_newly_false": len(lost), "n_newly_true": len(gained)})
+    return {"base": {"path": base.model.get("path"), "sha256": base.model.get("sha256"), "status": base.status},
+            "tolerance": tolerance, "rows": rows, "regressions": regressions, "improvements": improvements,
+            "flips": flips}
+
+
+def regression_gate(comparison: dict[str, Any]) -> GateResult:
+    regs = comparison["regressions"]
+    tol = comparison["tolerance"]
+    if regs:
+        worst = max(regs, key=lambda r: abs(r["delta"] or 0))
+        return GateResult("baseline.regressions", "== 0", "fail", "fail", float(len(regs)),
+                          f"{len(regs)} metric(s) worse than the baseline by more than {tol:g}; largest: "
+                          f"{worst['metric']} {worst['base']:.4g} -> {worst['new']:.4g}")
+    return GateResult("baseline.regressions", "== 0", "fail", "pass", 0.0,
+                      f"no metric worse than the baseline by more than {tol:g}")
+
+
+def format_comparison(comparison: dict[str, Any], *, all_rows: bool = False) -> str:
+    """Plain-text table for `audit diff`."""
+    lines = [f"baseline: {comparison['base']['path']}  (tolerance {comparison['tolerance']:g})"]
+    rows = comparison["rows"] if all_rows else [r for r in comparison["rows"] if r["status"] != "same"]
+    for r in rows:
+        b = "-" if r["base"] is None else f"{r['base']:.4g}"
+        n = "-" if r["new"] is None else f"{r['new']:.4g}"
+        d = "" if r["delta"] is None else f"{r['delta']:+.4g}"
+        lines.append(f"  {r['status'].upper():<9} {r['metric']:<60} {b:>10} -> {n:<10} {d}")
+    for f in comparison["flips"]:
+        lines.append(f"  FLIPS     {f['check']}.{f['outcome']}: {f['n_newly_false']} newly false, "
+                     f"{f['n_newly_true']} newly true of {f['samples']}"
+                     + (f" (e.g. {', '.join(f['newly_false'][:3])})" if f["newly_false"] else ""))
+    n = len(comparison["regressions"])
+    lines.append(f"{n} regression(s), {len(comparison['improvements'])} improvement(s)")
+    return "\n".join(lines)
