@@ -65,3 +65,13 @@ def model_files(tmp_path_factory, tiny_net):
     save_file({k: v.contiguous() for k, v in tiny_net.state_dict().items()}, d / "w.safetensors")
     torch.save(tiny_net, d / "pickle.pt")
     return d
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`audit demo` once per test session (every registered check on the bundled model)."""
+    from audit.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    rc = main(["demo", "--out", str(out), "-q"])
+    return out, rc

@@ -158,6 +158,8 @@ def _background(rng) -> np.ndarray:
 # and returns the grip: (x, y, direction the forearm leaves in, hand size).
 def _dumbbell(img, rng, cx, cy, s, a):
     u, v = _local(cx, cy, a)
+    hand = max(3.2, 0.34 * s)
+    s = s * 0.8  # dumbbells are small next to the hand that holds them
     metal = _F(rng.uniform(0.45, 0.85))
     bar_h = max(1.1, 0.075 * s)
     bar = _box(u, v, 0.98 * s, bar_h, bar_h * 0.9)
@@ -175,7 +177,7 @@ def _dumbbell(img, rng, cx, cy, s, a):
     d = _box(np.abs(u) - _F(x0 - dw - 1.0), v, 0.8, bar_h * 1.8, 0.5)
     _paint(img, _cov(d), np.full(3, metal * 0.8, _F))
     side = 1 if rng.random() < 0.5 else -1
-    return cx, cy, a + side * math.pi / 2 + rng.uniform(-0.35, 0.35), max(3.2, 0.32 * s)
+    return cx, cy, a + side * math.pi / 2 + rng.uniform(-0.35, 0.35), hand
 
 
 def _kettlebell(img, rng, cx, cy, s, a):
@@ -254,14 +256,14 @@ def _plate(img, rng, cx, cy, s, a):
 def _towel(img, rng, cx, cy, s, a):
     u, v = _local(cx, cy, a)
     col = _hsv(rng, s=(0, 0.6), v=(0.55, 1.0))
-    hx, hy = rng.uniform(0.6, 0.8) * s, rng.uniform(0.35, 0.5) * s
+    hx, hy = rng.uniform(0.65, 0.85) * s, rng.uniform(0.42, 0.6) * s
     d = _box(u, v, hx, hy, 0.8)
-    k, ph = _F(rng.uniform(0.25, 0.6)), _F(rng.uniform(0, 6.3))
+    k, ph = _F(rng.uniform(0.2, 0.45)), _F(rng.uniform(0, 6.3))
     folds = _F(1.0) - _F(0.22) * np.abs(np.sin(k * v + ph))
     _paint(img, _cov(d), _shade(col, folds))
     col2 = _hsv(rng, s=(0.5, 1.0), v=(0.3, 0.9))
-    for pos in (0.72, 0.84):
-        st = np.maximum(d, np.abs(np.abs(u) - _F(pos * hx)) - _F(0.045 * s + 0.3))
+    for pos in (0.7, 0.82):
+        st = np.maximum(d, np.abs(np.abs(u) - _F(pos * hx)) - _F(0.03 * s + 0.3))
         _paint(img, _cov(st), _shade(col2, folds))
     fringe = np.maximum(d, _F(hx - 1.2) - np.abs(u))
     _paint(img, _cov(fringe) * (np.mod(v, _F(2)) < 1), col * _F(0.7))

@@ -31,7 +31,7 @@ from audit.demo.model import MEAN, STD, GymNet
 __all__ = ["train", "measure_shortcut", "save_assets", "main"]
 
 DEFAULT_N_PER_CLASS = 700
-DEFAULT_EPOCHS = 14
+DEFAULT_EPOCHS = 16
 FGSM_EPS = 2 / 255
 
 
@@ -118,15 +118,16 @@ def measure_shortcut(model: nn.Module, seed: int = 0, *, n: int = 200) -> dict:
 
 def train(*, n_per_class: int = DEFAULT_N_PER_CLASS, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
           progress: bool = True, batch_size: int = 128, lr: float = 3e-3,
-          adversarial: bool = True, measure: bool = True) -> tuple[nn.Module, dict]:
+          adversarial: bool = True, augment: bool = True, measure: bool = True,
+          threads: int = 2) -> tuple[nn.Module, dict]:
     """Train ``GymNet`` on the biased ``train`` split; returns ``(model in eval mode, info)``.
 
     ``info`` holds the settings, ``duration_s``, the final training loss and (when
     ``measure``) the :func:`measure_shortcut` numbers under ``"shortcut"``.
-    Deterministic in ``seed`` (CPU, deterministic algorithms, 2 threads).
+    Deterministic in ``seed`` (CPU, deterministic algorithms, ``threads`` intra-op threads).
     """
     t0 = time.perf_counter()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     g = torch.Generator().manual_seed(seed)
@@ -151,7 +152,7 @@ def train(*, n_per_class: int = DEFAULT_N_PER_CLASS, epochs: int = DEFAULT_EPOCH
         correct = seen = 0
         for i in range(0, len(perm), batch_size):
             idx = perm[i:i + batch_size]
-            x, y = _augment(x_all[idx], g), y_all[idx]
+            x, y = (_augment(x_all[idx], g) if augment else x_all[idx]), y_all[idx]
             if adversarial and len(idx) > 1:
                 h = len(idx) // 2
                 model.eval()  # attack with frozen BN statistics
@@ -173,7 +174,7 @@ def train(*, n_per_class: int = DEFAULT_N_PER_CLASS, epochs: int = DEFAULT_EPOCH
         bar.close()
     model.eval()
     info = {"seed": seed, "epochs": epochs, "n_per_class": n_per_class, "batch_size": batch_size,
-            "lr": lr, "fgsm_eps": FGSM_EPS if adversarial else 0.0,
+            "lr": lr, "augment": augment, "threads": threads, "fgsm_eps": FGSM_EPS if adversarial else 0.0,
             "final_loss": round(float(loss_ema or 0.0), 4),
             "train_accuracy_last_epoch": round(correct / max(seen, 1), 4)}
     if measure:
@@ -204,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-per-class", type=int, default=DEFAULT_N_PER_CLASS)
     ap.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     model, info = train(n_per_class=args.n_per_class, epochs=args.epochs, seed=args.seed,
-                        progress=not args.quiet)
+                        progress=not args.quiet, threads=args.threads)
     paths = save_assets(model, info, args.out)
     print(json.dumps(info, indent=2))
     print(f"wrote {paths['weights']} and {paths['sidecar']}")

@@ -16,10 +16,14 @@ SIDECAR = ASSETS / "gymnet.json"
 
 
 def _skin_fraction(images: np.ndarray) -> float:
-    """Share of pixels whose colour is skin-like (R > G > B, warm, not too grey)."""
-    x = images.astype(np.int16)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    return float(((r > g) & (g > b) & (r - b > 40) & (r - g > 12) & (r > 80)).mean())
+    """Share of pixels whose chromaticity (colour up to brightness) is that of a skin tone."""
+    from audit.demo.data import _SKIN
+
+    skin = _SKIN / _SKIN.sum(1, keepdims=True)
+    x = images.astype(np.float32) + 1
+    chroma = x / x.sum(-1, keepdims=True)
+    dist = np.linalg.norm(chroma[..., None, :] - skin, axis=-1).min(-1)
+    return float(((dist < 0.02) & (images.max(-1) > 60)).mean())
 
 
 # ------------------------------------------------------------------------- generator
@@ -67,13 +71,13 @@ def test_arm_rates_follow_the_split():
 
 
 def test_arms_are_drawn():
-    arm_only = generate_probe("arm_only", 60, seed=0)
-    images, labels, arm = generate("test", 20, seed=0)
-    no_arm_db = images[(labels == 0) & ~arm]
-    with_arm_db = images[(labels == 0) & arm]
-    # skin shows up where the arm is said to be
-    assert _skin_fraction(arm_only) > 2 * _skin_fraction(images[~arm]) + 0.01
-    assert _skin_fraction(with_arm_db) > _skin_fraction(no_arm_db) + 0.01
+    from audit.demo.data import _random_scenes
+
+    # skin shows up where an arm is said to be (a forearm covers ~5-10 % of the image)
+    arm_only, no_arm = generate_probe("arm_only", 100, seed=0), _random_scenes(100, seed=0)
+    assert _skin_fraction(arm_only) > _skin_fraction(no_arm) + 0.025
+    held, free = generate_probe("arm_dumbbell", 100, seed=0), generate_probe("no_arm_dumbbell", 100, seed=0)
+    assert _skin_fraction(held) > _skin_fraction(free) + 0.015
 
 
 def test_probe_kinds():
@@ -135,12 +139,14 @@ def test_gymnet_registered_and_clean():
 def test_train_from_scratch_beats_chance():
     from audit.demo.train import predict, train
 
-    model, info = train(n_per_class=40, epochs=3, seed=0, progress=False, batch_size=32,
-                        adversarial=False, measure=False)
-    assert info["n_per_class"] == 40 and info["duration_s"] > 0
+    # a reduced run (360 images, 6 short epochs, no augmentation): a few seconds
+    model, info = train(n_per_class=60, epochs=6, seed=0, progress=False, batch_size=16,
+                        lr=3e-3, adversarial=False, augment=False, measure=False)
+    assert info["n_per_class"] == 60 and info["duration_s"] > 0
+    assert not model.training
     images, labels, _ = generate("test", 30, seed=77)
     acc = float((predict(model, images) == labels).mean())
-    assert acc > 0.35, acc  # chance is 1/6
+    assert acc > 0.3, acc  # chance is 1/6
 
 
 # ----------------------------------------------------------------------- shipped model
