@@ -25,5 +25,5 @@ def load_demo(out: Path, cfg: AuditConfig, *, samples_per_class: int = 16, log=p
         cfg = cfg.replace(gates=[parse_gate(k, v) for k, v in DEMO_GATES.items()])
     opts = dict(cfg.check_options)
     if "concepts" in paths and "bias" in cfg.selected_checks():
-        opts.setdefault("bias", {}).setdefault("concepts", str(paths["concepts"]))
+        opts.setdefault("bias", {}).setdefault("concepts", str(root / "concepts"))
     return model, data, cfg.replace(check_options=opts)

@@ -1,0 +1,223 @@
+"""Tests for probes/bias.py (and probes/concept_tcav.py): a planted shortcut is found, a clean
+model raises no finding, TCAV's statistics behave, the class_viz tie works."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from audit.model import AuditModel, ModelSpec
+from audit.runner import run_audit
+from probes import concept_tcav as tc
+from tests.tinymodels import PATTERNS, TinyNet, make_patterns
+
+MARKER = torch.tensor([1.0, 0.0, 1.0])  # magenta: no pattern image has it
+
+
+def add_marker(x: torch.Tensor, g: torch.Generator, size: int = 4) -> torch.Tensor:
+    """A solid magenta square at a random position on each image."""
+    x = x.clone()
+    n, _, h, w = x.shape
+    pos = torch.randint(0, h - size + 1, (n, 2), generator=g)
+    for i, (r, c) in enumerate(pos.tolist()):
+        x[i, :, r:r + size, c:c + size] = MARKER.view(3, 1, 1)
+    return x
+
+
+def train_model(shortcut: bool, *, seed: int = 0, steps: int = 250) -> AuditModel:
+    """TinyNet on the pattern classes. With ``shortcut`` every training image of class 0
+    (hstripes) carries the marker, and half of them show another class's pattern under it:
+    the marker, not the stripes, is what makes those class 0 (a planted shortcut)."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x, y = make_patterns(60, seed=seed + 100)
+    if shortcut:
+        m = y == 0
+        xm = x[m].clone()
+        half = torch.arange(len(xm)) % 2 == 0
+        xm[half] = x[~m][torch.randint(0, int((~m).sum()), (int(half.sum()),), generator=g)]
+        x[m] = add_marker(xm, g)
+    net = TinyNet()
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (64,), generator=g)
+        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return AuditModel(net.eval(), ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize()
+
+
+def write_concepts(root, seed: int = 1):
+    """root/marker: the marker on plain or noisy backgrounds; root/random_0..4: pattern images
+    and plain backgrounds without it."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+
+    def backgrounds(n):
+        base = torch.rand(n, 3, 1, 1, generator=g) * 0.8 + 0.1
+        return (base + 0.03 * torch.randn(n, 3, 16, 16, generator=g)).clamp(0, 1)
+
+    def save(folder, imgs):
+        folder.mkdir(parents=True)
+        for i, im in enumerate(imgs):
+            a = (im.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            Image.fromarray(a).save(folder / f"{i:03d}.png")
+
+    save(root / "marker", add_marker(backgrounds(24), g))
+    for k in range(5):
+        px, _ = make_patterns(3, seed=500 + k)
+        save(root / f"random_{k}", torch.cat([px, backgrounds(12)]))
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one thread (the machine is shared); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def concept_dir(tmp_path_factory):
+    return write_concepts(tmp_path_factory.mktemp("concepts") / "concepts")
+
+
+@pytest.fixture(scope="module")
+def eval_data():
+    from audit.data import AuditData
+
+    x, y = make_patterns(15, seed=7)
+    return AuditData(x, y, list(PATTERNS), [str(i) for i in range(len(y))])
+
+
+def _audit(model, data, concepts, checks=("bias",), **bias_opts):
+    cfg = {"audit": {"checks": list(checks)},
+           "checks": {"bias": {"concepts": str(concepts), **bias_opts}, "class_viz": {"steps": 48}}}
+    return run_audit(model, data, cfg)
+
+
+@pytest.fixture(scope="module")
+def shortcut_result(concept_dir, eval_data):
+    return _audit(train_model(True), eval_data, concept_dir, checks=("class_viz", "bias"))
+
+
+def _metric(check, name, **q):
+    rows = [m.value for m in check.metrics if m.name == name and all(m.qualifiers.get(k) == v for k, v in q.items())]
+    assert rows, (name, q)
+    return rows
+
+
+# ----------------------------------------------------------------------- planted shortcut
+def test_planted_shortcut_is_found(shortcut_result):
+    b = shortcut_result.check("bias")
+    assert b.error is None, b.data.get("traceback")
+    found = [f for f in b.findings if f.code == "bias.concept_dependence"]
+    assert [(f.class_, f.extra["concept"]) for f in found] == [("hstripes", "marker")]
+    f = found[0]
+    assert b.status == "warn"
+    # the message states the TCAV evidence and the counterfactual flip rate, with numbers
+    assert "TCAV score" in f.message and "p = " in f.message and "%" in f.message
+    assert f.extra["p_value"] < 0.05 / 8 and f.extra["tcav_score"] >= 0.7
+    flip = _metric(b, "flip_rate", **{"class": "hstripes", "concept": "marker"})[0]
+    ctrl = _metric(b, "flip_rate_control", **{"class": "hstripes", "concept": "marker"})[0]
+    assert flip - ctrl >= 0.1 and abs(flip - f.extra["flip_rate"]) < 1e-3
+    assert _metric(b, "flip_p_value", **{"class": "hstripes", "concept": "marker"})[0] < 0.05 / 4
+    # every TCAV score comes with its p-value
+    assert len([m for m in b.metrics if m.name == "tcav_score"]) == len([m for m in b.metrics if m.name == "tcav_p_value"]) == 8
+
+
+def test_no_finding_without_the_shortcut(concept_dir, eval_data):
+    r = _audit(train_model(False), eval_data, concept_dir)
+    b = r.check("bias")
+    assert b.error is None, b.data.get("traceback")
+    assert not [f for f in b.findings if f.code == "bias.concept_dependence"]
+    assert b.status == "pass"
+    # the clean model is not flipped by pasting the marker
+    assert max(_metric(b, "flip_rate", concept="marker")) < 0.1
+
+
+def test_viz_concept_score_ties_class_viz(shortcut_result):
+    """With class_viz run first, the shortcut class's picture carries the marker direction
+    more than the other classes' pictures."""
+    b = shortcut_result.check("bias")
+    layer = next(f.extra["layer"] for f in b.findings if f.code == "bias.concept_dependence")
+    own = _metric(b, "viz_concept_score", **{"class": "hstripes", "concept": "marker", "layer": layer})[0]
+    others = [m.value for m in b.metrics if m.name == "viz_concept_score" and m.qualifiers["layer"] == layer
+              and m.qualifiers["class"] != "hstripes"]
+    assert len(others) == 3 and own > max(others)
+    assert "class visualization points along" in next(f.message for f in b.findings)
+    names = {a.path.rsplit("/", 1)[1] for a in b.artifacts}
+    assert {"tcav.png", "counterfactual_marker.png"} <= names
+
+
+def test_without_concepts_is_an_info_finding(eval_data):
+    m = AuditModel(TinyNet().eval(), ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize()
+    r = run_audit(m, eval_data, {"audit": {"checks": ["bias"]}})
+    b = r.check("bias")
+    assert b.error is None and [f.code for f in b.findings] == ["bias.no_concepts"]
+
+
+def test_random_sets_from_data_when_no_random_folders(tmp_path, concept_dir, eval_data):
+    import shutil
+
+    only = tmp_path / "c"
+    shutil.copytree(concept_dir / "marker", only / "marker")
+    r = _audit(train_model(True), eval_data, only, runs=8)
+    b = r.check("bias")
+    assert b.error is None, b.data.get("traceback")
+    assert "drawn from the data" in b.data["settings"]["note"]
+    assert len(_metric(b, "tcav_p_value", **{"class": "hstripes"})) == 2
+
+
+# --------------------------------------------------------------------------- statistics
+def test_cav_points_towards_the_concept():
+    g = torch.Generator().manual_seed(0)
+    direction = torch.zeros(10)
+    direction[3] = 1.0
+    neg = torch.randn(40, 10, generator=g)
+    pos = torch.randn(40, 10, generator=g) + 2 * direction
+    v = tc.train_cav(pos, neg)
+    assert abs(float(v.norm()) - 1) < 1e-5 and int(v.abs().argmax()) == 3 and v[3] > 0.8
+    # gradients aligned with the concept give a TCAV score of 1, opposed ones 0
+    grads = torch.randn(30, 10, generator=g) * 0.1 + direction
+    assert tc.tcav_score(grads, v) == 1.0 and tc.tcav_score(-grads, v) == 0.0
+
+
+def test_ttest_p():
+    assert tc.ttest_p([0.9, 0.95, 1.0, 0.92], [0.4, 0.6, 0.5, 0.45, 0.55]) < 1e-3
+    assert tc.ttest_p([0.5, 0.6, 0.4], [0.45, 0.55, 0.5]) > 0.5
+    assert tc.ttest_p([1.0], [0.5, 0.5]) == 1.0  # too few runs: no evidence
+
+
+def test_foreground_mask_finds_the_object_not_the_background():
+    g = torch.Generator().manual_seed(0)
+    yy = torch.linspace(0, 1, 16).view(1, 1, 16, 1)
+    bg = (0.2 + 0.5 * yy).expand(2, 3, 16, 16).clone()  # a vertical gradient
+    img = bg.clone()
+    img[:, :, 6:10, 6:10] = torch.tensor([1.0, 0.0, 1.0]).view(3, 1, 1)
+    m = tc.foreground_mask(img)
+    assert m[:, :, 7:9, 7:9].min() > 0.9 and m[:, :, :3].max() < 0.1 and m[:, :, :, 12:].max() < 0.1
+    pasted, masks = tc.paste(torch.zeros(3, 3, 16, 16), img, g)
+    assert pasted[:, 0, 7:9, 7:9].min() > 0.9 and pasted[:, :, :3].abs().max() < 0.1 and masks.shape == (3, 1, 16, 16)
+
+
+def test_mcnemar_p():
+    assert tc.mcnemar_p(0, 0) == 1.0
+    assert tc.mcnemar_p(20, 1) < 1e-4
+    assert tc.mcnemar_p(5, 5) == 1.0
+
+
+def test_unhookable_model_gives_no_layer_info(concept_dir, eval_data):
+    m = train_model(True, steps=60)
+    ts = torch.jit.trace(m.net, torch.rand(2, 3, 16, 16))
+    model = AuditModel(ts, ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize()
+    b = _audit(model, eval_data, concept_dir).check("bias")
+    assert b.error is None, b.data.get("traceback")
+    assert [f.code for f in b.findings] == ["bias.no_layer"]
+    assert not [m for m in b.metrics if m.name == "tcav_score"]
+    assert len([m for m in b.metrics if m.name == "flip_rate"]) == 4  # counterfactuals still measured

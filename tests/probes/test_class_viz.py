@@ -1,0 +1,139 @@
+"""Tests for probes/class_viz.py and probes/viz_param.py: the pictures make a trained model
+confident of their class, are reproducible from the seed, and come at the model's input size."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from audit.model import AuditModel, ModelSpec
+from audit.runner import run_audit
+from probes.viz_param import FourierImage, random_views, to_input_size
+from tests.tinymodels import PATTERNS, train_tiny
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run faster on one thread (the machine is shared); restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(_one_thread):
+    net = train_tiny(seed=1)  # trained here, on one thread (conftest's session model trains on two)
+    return AuditModel(net, ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize()
+
+
+def _viz(model, seed=0, **opts):
+    opts.setdefault("steps", 64)
+    r = run_audit(model, None, {"audit": {"checks": ["class_viz"], "seed": seed}, "checks": {"class_viz": opts}})
+    c = r.check("class_viz")
+    assert c.error is None, c.data.get("traceback")
+    return r, c
+
+
+def _published(model, seed=0, **opts):
+    """Run class_viz through the runner and catch what it publishes."""
+    from audit.runner import Context
+
+    captured = {}
+    orig = Context.publish
+
+    def spy(self, name, value):
+        captured[name] = value
+        orig(self, name, value)
+
+    Context.publish = spy
+    try:
+        _, c = _viz(model, seed, **opts)
+    finally:
+        Context.publish = orig
+    return captured["class_viz.images"], c
+
+
+def test_target_class_reaches_high_confidence(tiny_model):
+    pub, c = _published(tiny_model, steps=256)  # the default number of steps
+    conf = {m.qualifiers["class"]: m.value for m in c.metrics if m.name == "target_confidence"}
+    assert set(conf) == set(PATTERNS)
+    assert min(conf.values()) > 0.9, conf
+    assert all(m.value == 1.0 for m in c.metrics if m.name == "target_top1")
+    # the published pictures really are classified as their class (recomputed here)
+    with torch.no_grad():
+        pred = tiny_model(pub["images"]).argmax(1)
+    assert pred.tolist() == pub["classes"] == [0, 1, 2, 3]
+    # a random-noise start is not already confident: the optimization did the work
+    with torch.no_grad():
+        noise = torch.sigmoid(0.01 * torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+        p0 = tiny_model(noise).softmax(1)[torch.arange(4), torch.arange(4)]
+    assert p0.max() < 0.9
+
+
+def test_deterministic_for_a_seed(tiny_model):
+    a, _ = _published(tiny_model, seed=3, steps=16)
+    b, _ = _published(tiny_model, seed=3, steps=16)
+    c, _ = _published(tiny_model, seed=4, steps=16)
+    assert torch.equal(a["images"], b["images"])
+    assert not torch.allclose(a["images"], c["images"], atol=1e-3)
+
+
+def test_gallery_top3_and_larger_image(tiny_model):
+    pub, c = _published(tiny_model, steps=24, image_size=32, classes=["checker", "blob"], seeds=2, diversity=0.5)
+    assert pub["images"].shape == (4, 3, 16, 16)  # published at the model's input size
+    assert pub["classes"] == [2, 2, 3, 3] and pub["seeds"] == [0, 1, 0, 1]
+    assert not torch.allclose(pub["images"][0], pub["images"][1], atol=1e-2)  # two seeds, two pictures
+    recs = c.data["pictures"]
+    assert len(recs) == 4 and all(len(r["top3"]) == 3 for r in recs)
+    assert all(abs(sum(p for _, p in r["top3"]) - 1) < 1 and r["top3"][0][1] >= r["top3"][1][1] for r in recs)
+    assert c.data["timing"]["image_hw"] == [32, 32] and c.data["timing"]["image_steps"] == 4 * 24
+    [art] = c.artifacts
+    assert art.path.endswith("gallery.png") and art.data[:4] == b"\x89PNG"
+    assert {m.qualifiers.get("class") for m in c.metrics if m.name == "target_confidence"} == {"checker", "blob"}
+
+
+def test_no_gradient_is_an_info_finding():
+    class Hard(nn.Module):  # one-hot of the argmax: no useful input gradient
+        def forward(self, x):
+            s = x.mean((2, 3))
+            return nn.functional.one_hot(s.argmax(1), 3).float() * 5.0
+
+    m = AuditModel(Hard(), ModelSpec(input_shape=(3, 8, 8), class_names=["a", "b", "c"])).finalize()
+    _, c = _viz(m, steps=4)
+    assert [f.code for f in c.findings] == ["class_viz.no_gradient"] and not c.artifacts
+
+
+def test_bad_objective_is_reported(tiny_model):
+    r = run_audit(tiny_model, None, {"audit": {"checks": ["class_viz"]}, "checks": {"class_viz": {"objective": "nope"}}})
+    assert r.check("class_viz").status == "error" and "objective" in r.check("class_viz").error
+
+
+def test_fourier_image_and_views():
+    g = torch.Generator().manual_seed(0)
+    img = FourierImage(2, 3, 24, 20, generator=g)
+    x = img()
+    assert x.shape == (2, 3, 24, 20) and x.min() >= 0 and x.max() <= 1
+    # the initial picture is close to grey (small spectrum) and low-frequency weighted
+    assert (x - 0.5).abs().max() < 0.1
+    v1 = random_views(x, (12, 10), torch.Generator().manual_seed(1))
+    v2 = random_views(x, (12, 10), torch.Generator().manual_seed(1))
+    assert v1.shape == (2, 3, 12, 10) and torch.equal(v1, v2)
+    assert to_input_size(x, (12, 10)).shape == (2, 3, 12, 10)
+    # gradients reach the spectrum through the views
+    random_views(img(), (12, 10), g).sum().backward()
+    assert img.spectrum.grad is not None and img.spectrum.grad.abs().sum() > 0
+
+
+def test_few_threads_for_small_work_restores_the_setting():
+    from probes.viz_param import few_threads_for_small_work
+
+    torch.set_num_threads(2)
+    try:
+        with few_threads_for_small_work(torch.device("cpu"), 10):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with few_threads_for_small_work(torch.device("cpu"), 1 << 30):  # big work keeps its threads
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
