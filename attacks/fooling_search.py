@@ -1,0 +1,240 @@
+"""The two searches of the ``fooling`` check (Nguyen, Yosinski & Clune 2015, "Deep Neural
+Networks are Easily Fooled: High Confidence Predictions for Unrecognizable Images").
+
+* :func:`gradient_ascent` -- white-box: from uniform noise, Adam ascent on the target class's
+  log-softmax, with L2 decay toward mid-gray, optional periodic Gaussian blur, clamped to the
+  model's bounds, all target classes optimized in one batch (Simonyan et al. 2014; the paper's
+  Section 3.5 and Yosinski et al. 2015 regularization).
+* :func:`map_elites` -- black-box (outputs only): MAP-Elites (Mouret & Clune 2015) whose cells
+  are the target classes, over either genome encoding of :mod:`attacks.fooling_cppn`.
+
+Both return a :class:`SearchResult`: per target class the best image, its confidence for the
+target and its predicted class, and the first step (or query count) at which the target's
+confidence reached each threshold. Confidence is the softmax over *all* classes of the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+#: the confidence levels whose first step / query is recorded per class
+LEVELS = (0.99, 0.999, 0.9999)
+
+
+@dataclass
+class SearchResult:
+    """Per target class (in the order of ``targets``): best image (CPU), best confidence for
+    the target, predicted class (index) of that image and its confidence, and ``first`` --
+    per level (default :data:`LEVELS`) the step or query count at which the target first reached it
+    (None if never). ``used`` is the steps run (gradient) or images queried (evolution)."""
+
+    targets: list[int]
+    images: torch.Tensor
+    best: list[float]
+    pred: list[int]
+    pred_conf: list[float]
+    first: dict[float, list[int | None]]
+    used: int
+    notes: list[str] = field(default_factory=list)
+
+
+def log_odds(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log(p_t / (1 - p_t))`` for each row and each target column: (N, T). Unlike the
+    log-probability it does not saturate at 0 as ``p_t`` nears 1 in float32, so a search can
+    still tell 0.99999 from 0.9999."""
+    z = logits.float()
+    n, k = z.shape
+    zt = z[:, targets]  # (N, T)
+    if k == 1:
+        return zt
+    others = z.unsqueeze(1).expand(n, len(targets), k).clone()
+    others[:, torch.arange(len(targets)), targets] = float("-inf")
+    return zt - others.logsumexp(-1)
+
+
+def _record_first(first: dict[float, list[int | None]], conf: torch.Tensor, at: int) -> None:
+    for lv in first:
+        row = first[lv]
+        for i in (conf >= lv).nonzero().flatten().tolist():
+            if row[i] is None:
+                row[i] = at
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Depthwise Gaussian blur with reflect padding (radius 2 sigma, at least 1)."""
+    r = max(1, int(round(2 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-t * t / (2 * sigma * sigma))
+    k = k / k.sum()
+    c = x.shape[1]
+    pad = min(r, x.shape[2] - 1, x.shape[3] - 1)
+    if pad < r:
+        return x
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def gradient_ascent(model: Callable[[torch.Tensor], torch.Tensor], targets: list[int], shape: tuple[int, int, int], *,
+                    steps: int, lr: float, l2_decay: float, blur_every: int, blur_sigma: float,
+                    bounds: tuple[float, float], batch_size: int, gen: torch.Generator, device: torch.device,
+                    early_stop: bool = True, levels: tuple[float, ...] = LEVELS, progress=None) -> SearchResult:
+    """Adam ascent (Kingma & Ba 2015, per pixel value) on ``log softmax(model(x))[target]``
+    from uniform noise, one image per target class, ``batch_size`` classes at a time. After
+    every step: decay toward the middle of ``bounds`` by ``l2_decay`` (Yosinski et al. 2015),
+    blur every ``blur_every`` steps (0: never), clamp to ``bounds``. With ``early_stop`` an
+    image leaves the batch once it is past the highest of ``levels`` (its best image is kept),
+    and the batch ends when none is left. Raises RuntimeError if no gradient reaches the
+    input (the caller reports it)."""
+    lo, hi = bounds
+    mid = (lo + hi) / 2
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    top = max(levels)
+    t_all = torch.tensor(targets, dtype=torch.long)
+    n = len(targets)
+    images = torch.empty(n, *shape)
+    best = torch.full((n,), -1.0)
+    best_lo = torch.full((n,), -float("inf"))
+    first: dict[float, list[int | None]] = {lv: [None] * n for lv in levels}
+    used = 0
+    x0 = lo + (hi - lo) * torch.rand(n, *shape, generator=gen)  # drawn on CPU: same images on any device
+    bar = progress(total=steps * ((n + batch_size - 1) // batch_size), desc="gradient", unit="step") if progress else None
+    for s in range(0, n, batch_size):
+        ids = torch.arange(s, min(n, s + batch_size))  # global indices of this batch
+        x = x0[ids].to(device)
+        m, v = torch.zeros_like(x), torch.zeros_like(x)
+        tt = t_all[ids].to(device)
+        active = torch.arange(len(ids))  # rows of the batch still optimized
+        for step in range(steps + 1):  # step 0 only scores the starting noise
+            rows = active.to(device)
+            xa = x[rows].requires_grad_(True)
+            logits = model(xa)
+            lp = logits.float().log_softmax(1)[torch.arange(len(rows), device=device), tt[rows]]
+            with torch.no_grad():
+                lo_t = log_odds(logits.detach(), tt[rows]).diagonal().cpu()
+                conf = lp.detach().exp().cpu()
+                g = ids[active]
+                better = lo_t > best_lo[g]
+                images[g[better]] = xa.detach()[better.to(device)].cpu()
+                best_lo[g[better]] = lo_t[better]
+                best[g[better]] = conf[better]
+                for lv in levels:
+                    for j in g[conf >= lv].tolist():
+                        if first[lv][j] is None:
+                            first[lv][j] = step
+            keep = conf < top if early_stop else torch.ones(len(active), dtype=torch.bool)
+            if step == steps or not keep.any():
+                break
+            (-lp.sum()).backward()
+            grad = xa.grad
+            if grad is None or (step == 0 and not bool(grad.abs().sum() > 0)):
+                raise RuntimeError("the input gradient is missing or zero")
+            with torch.no_grad():
+                t = step + 1
+                m[rows] = b1 * m[rows] + (1 - b1) * grad
+                v[rows] = b2 * v[rows] + (1 - b2) * grad * grad
+                xn = xa.detach() - lr * (m[rows] / (1 - b1**t)) / ((v[rows] / (1 - b2**t)).sqrt() + eps)
+                if l2_decay > 0:
+                    xn = mid + (xn - mid) * (1 - l2_decay)
+                if blur_every > 0 and t % blur_every == 0:
+                    xn = gaussian_blur(xn, blur_sigma)
+                x[rows] = xn.clamp(lo, hi)
+            active = active[keep]
+            used = max(used, t)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    pred, pconf = _predict(model, images, device, batch_size)
+    return SearchResult(list(targets), images, best.tolist(), pred, pconf, first, used)
+
+
+@torch.no_grad()
+def _predict(model, images: torch.Tensor, device, batch_size: int) -> tuple[list[int], list[float]]:
+    preds, confs = [], []
+    for s in range(0, len(images), batch_size):
+        p = model(images[s:s + batch_size].to(device)).float().softmax(1)
+        c, k = p.max(1)
+        preds += k.cpu().tolist()
+        confs += c.cpu().tolist()
+    return preds, confs
+
+
+@torch.no_grad()
+def map_elites(model: Callable[[torch.Tensor], torch.Tensor], encoding, targets: list[int], *, queries: int,
+               children: int, gen: torch.Generator, device: torch.device, batch_size: int = 256,
+               immigrants: float = 0.125, early_stop: bool = True, levels: tuple[float, ...] = LEVELS,
+               progress=None) -> SearchResult:
+    """MAP-Elites whose cells are the target classes (Mouret & Clune 2015; Nguyen et al. 2015).
+
+    The archive keeps one elite genome per target class. A first generation of random genomes
+    (``children`` per target) seeds it; then every generation breeds ``children`` mutants from
+    each cell's elite -- a (1 + children) evolution strategy per class -- and scores them all
+    in batched forward passes. Each child replaces *every* cell whose elite it beats on that
+    class's log-odds, not only its parent's. A share ``immigrants`` of each generation's
+    children are fresh random genomes instead (random restarts: a cell stuck on a local optimum
+    can be taken over by a new lineage; like every child they are scored for all classes).
+    With ``early_stop`` only the cells not yet past the highest of ``levels`` breed, so the
+    budget goes to the classes still unfooled, and the search ends when none is left. Stops
+    after ``queries`` images at most (the budget; the last generation is cut short, cells
+    taken round-robin)."""
+    t = torch.tensor(targets, dtype=torch.long, device=device)
+    n = len(targets)
+    per_gen = max(1, children * n)
+    init = min(per_gen, queries)
+    pop = encoding.random(init, gen)
+    fit, conf, pred, pconf = _score(model, encoding.render(pop), t, batch_size)
+    best_fit, bi = fit.max(0)
+    elites = encoding.take(pop, bi)
+    e_conf = conf[bi, torch.arange(n, device=device)]
+    e_pred, e_pconf = pred[bi], pconf[bi]
+    first: dict[float, list[int | None]] = {lv: [None] * n for lv in levels}
+    used = init
+    _record_first(first, e_conf.cpu(), used)
+    bar = progress(total=queries, desc=encoding.name, unit="img") if progress else None
+    if bar is not None:
+        bar.update(init)
+    cursor = 0
+    top = max(levels)
+    while used < queries:
+        # with early_stop, cells past the top level stop breeding: their budget goes to the rest
+        active = (e_conf < top).nonzero().flatten() if early_stop else torch.arange(n, device=device)
+        if len(active) == 0:
+            break
+        b = min(children * len(active), queries - used)
+        cells = active[(cursor + torch.arange(b, device=device)) % len(active)]
+        cursor = (cursor + b) % len(active)
+        kids = encoding.mutate(encoding.take(elites, cells), gen)
+        k = int(b * immigrants)
+        if k:  # fresh random genomes in random slots: restarts for stuck cells
+            slots = torch.randperm(b, generator=gen, device=device)[:k]
+            encoding.put(kids, slots, encoding.random(k, gen))
+        fit, conf, pred, pconf = _score(model, encoding.render(kids), t, batch_size)
+        used += b
+        cf, ci = fit.max(0)
+        up = (cf > best_fit).nonzero().flatten()
+        if len(up):
+            src = ci[up]
+            encoding.put(elites, up, encoding.take(kids, src))
+            best_fit[up] = cf[up]
+            e_conf[up] = conf[src, up]
+            e_pred[up], e_pconf[up] = pred[src], pconf[src]
+            _record_first(first, e_conf.cpu(), used)
+        if bar is not None:
+            bar.update(b)
+    if bar is not None:
+        bar.close()
+    images = encoding.render(elites).cpu()
+    return SearchResult(list(targets), images, e_conf.cpu().tolist(), e_pred.cpu().tolist(),
+                        e_pconf.cpu().tolist(), first, used)
+
+
+def _score(model, images: torch.Tensor, t: torch.Tensor, batch_size: int):
+    """(log-odds (N, T), target confidences (N, T), predicted class (N,), its confidence (N,))."""
+    logits = torch.cat([model(images[s:s + batch_size]).float() for s in range(0, len(images), batch_size)])
+    p = logits.softmax(1)
+    pc, pk = p.max(1)
+    return log_odds(logits, t), p[:, t], pk, pc
