@@ -1,0 +1,128 @@
+"""Pictures of the ``attribution`` check: maps blended over the images, the randomization
+curves, the deletion/insertion curves and the pass/fail table (PNG bytes via audit.imaging)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from audit.imaging import figure_png, new_figure
+
+
+def heat(m: torch.Tensor) -> np.ndarray:
+    """|map| scaled to [0, 1] by its 99th percentile, (H, W)."""
+    a = m.detach().abs().float()
+    hi = float(torch.quantile(a.flatten(), 0.99)) if a.numel() > 1 else float(a.max())
+    return (a / hi).clamp(0, 1).numpy() if hi > 0 else np.zeros(tuple(a.shape), dtype=np.float32)
+
+
+def blend(img: torch.Tensor, m: torch.Tensor, alpha: float = 0.6) -> np.ndarray:
+    """The map in the 'inferno' colormap laid over a dimmed gray version of the image, (H, W, 3)."""
+    from matplotlib import colormaps
+
+    h = heat(m)
+    color = colormaps["inferno"](h)[..., :3]
+    gray = img.detach().float().mean(0).numpy()[..., None].repeat(3, 2)
+    return (1 - alpha) * gray + alpha * color
+
+
+def maps_png(x: torch.Tensor, maps: Sequence[torch.Tensor], captions: Sequence[str], titles: Sequence[str]) -> bytes:
+    """One row per image: the image, then each method's map blended over it. Drawn as one
+    mosaic in a single axes (a grid of many axes is slow to render)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n, cols = len(x), 1 + len(maps)
+    h, w = x.shape[-2:]
+    pad = max(2, h // 16)
+    cap = max(10, h // 3)  # room for the caption above each row
+    H, W = n * (h + pad + cap) + cap, cols * (w + pad)
+    mosaic = np.ones((H, W, 3), dtype=np.float32)
+    for i in range(n):
+        top = cap + i * (h + pad + cap) + cap
+        img = x[i].detach().float().clamp(0, 1)
+        img = img.permute(1, 2, 0).numpy()
+        mosaic[top:top + h, 0:w] = img if img.shape[2] == 3 else img.repeat(3, 2)
+        for j, mp in enumerate(maps):
+            left = (j + 1) * (w + pad)
+            mosaic[top:top + h, left:left + w] = blend(x[i], mp[i])
+    scale = 1.7 / max(w + pad, 1)  # inches per pixel: a cell is about 1.7 inches wide
+    fig = plt.figure(figsize=(W * scale, H * scale))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(mosaic, interpolation="nearest", aspect="equal")
+    ax.axis("off")
+    for j, t in enumerate(["image"] + list(titles)):
+        ax.text(j * (w + pad) + w / 2, cap * 0.6, t, ha="center", va="center", fontsize=9, weight="bold")
+    for i in range(n):
+        ax.text(0, cap + i * (h + pad + cap) + cap * 0.55, captions[i], ha="left", va="center", fontsize=8)
+    return figure_png(fig)
+
+
+def randomization_png(curves: dict[str, list[tuple[str, float]]], threshold: float) -> bytes:
+    """Mean |Spearman| per cascade step (1 at 'trained'), one line per method."""
+    fig, ax = new_figure(7, 4)
+    labels = None
+    for name, pts in curves.items():
+        labels = ["trained"] + [layer for layer, _ in pts]
+        ax.plot(range(len(labels)), [1.0] + [abs(v) for _, v in pts], marker="o", label=name)
+    if labels:
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+    ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold (mean over steps) {threshold}")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("|Spearman| vs trained-model map")
+    ax.set_xlabel("randomized down to layer (cascading from the top)")
+    ax.legend(fontsize=7)
+    return figure_png(fig)
+
+
+def curves_png(curves: dict[str, tuple[list[float], list[float]]]) -> bytes:
+    """Mean target-class probability vs fraction of pixels deleted / inserted."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, k, title in ((axes[0], 0, "deletion (lower is better)"), (axes[1], 1, "insertion (higher is better)")):
+        for name, c in curves.items():
+            ys = c[k]
+            xs = np.linspace(0, 1, len(ys))
+            ax.plot(xs, ys, label=name, ls="--" if name == "random" else "-", color="gray" if name == "random" else None)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("fraction of pixels")
+        ax.set_ylabel("probability of the explained class")
+        ax.set_ylim(-0.02, 1.02)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def table_png(rows: Sequence[tuple], random_auc: tuple[float, float] | None) -> bytes:
+    """A small table: method, randomization similarity and pass/fail, AUCs, beats random."""
+    def f(v, fmt="{:.2f}"):
+        return "-" if v is None else fmt.format(v)
+
+    cells = []
+    for title, sim, passed, aucs, beats in rows:
+        cells.append([title, f(sim), "-" if passed is None else ("pass" if passed else "FAIL"),
+                      f(aucs[0] if aucs else None, "{:.3f}"), f(aucs[1] if aucs else None, "{:.3f}"),
+                      "-" if beats is None else ("yes" if beats else "NO")])
+    if random_auc:
+        cells.append(["random order", "-", "-", f(random_auc[0], "{:.3f}"), f(random_auc[1], "{:.3f}"), "-"])
+    fig, ax = new_figure(8, 0.45 * (len(cells) + 1) + 0.3)
+    ax.axis("off")
+    t = ax.table(cellText=cells, colLabels=["method", "rand. similarity", "randomization", "deletion AUC",
+                                            "insertion AUC", "beats random"], loc="center", cellLoc="center")
+    t.auto_set_font_size(False)
+    t.set_fontsize(8)
+    t.auto_set_column_width(col=list(range(6)))
+    for (r, c), cell in t.get_celld().items():
+        if cell.get_text().get_text() in ("FAIL", "NO"):
+            cell.set_facecolor("#f4c7c3")
+        elif cell.get_text().get_text() in ("pass", "yes"):
+            cell.set_facecolor("#cde8cd")
+    return figure_png(fig)

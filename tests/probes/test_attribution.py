@@ -1,0 +1,350 @@
+"""The attribution check (probes/attribution.py) and its helpers: every listed method, the
+paper's randomization pattern (Adebayo et al. 2018) on a small CNN trained here, deletion /
+insertion (Petsiuk et al. 2018), in-place/reused ReLUs, TorchScript/export, determinism."""
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from audit.config import AuditConfig
+from audit.data import AuditData
+from audit.model import AuditModel, ModelSpec
+from audit.runner import Context, derive_seed, run_audit
+from probes.attr_methods import (HOOK, METHOD_NAMES, METHODS, AttrSettings, choose_internal_batch,
+                                 hook_safe_copy, last_conv, with_oom_retry)
+from probes.attr_sanity import auc, average_ranks, cascade, deletion_insertion, layer_groups, spearman
+from probes.attribution import AttributionCheck
+from tests.tinymodels import PATTERNS, make_patterns
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # captum warns on every hook/grad call
+
+#: small settings so that one check run takes seconds
+FAST = {"per_class": 2, "mistakes": 1, "sanity_images": 4, "faithfulness_images": 4, "ig_steps": 8,
+        "smoothgrad_samples": 4, "curve_steps": 4, "occlusion_window": 4}
+
+
+class CamNet(nn.Module):
+    """A small GAP CNN (the shape of the demo's GymNet): three convs, global average pooling,
+    a linear layer. ``inplace``/``shared`` build the same parameters with in-place ReLUs or
+    one ReLU module called three times."""
+
+    def __init__(self, w: int = 12, *, inplace: bool = False, shared: bool = False):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, w, 3, padding=1), nn.Conv2d(w, w, 3, padding=1)
+        self.c3, self.fc = nn.Conv2d(w, 2 * w, 3, padding=1), nn.Linear(2 * w, 4)
+        self.shared = shared
+        if shared:
+            self.act = nn.ReLU(inplace=inplace)
+        else:
+            self.r1, self.r2, self.r3 = (nn.ReLU(inplace=inplace) for _ in range(3))
+
+    def forward(self, x):
+        a = (self.act,) * 3 if self.shared else (self.r1, self.r2, self.r3)
+        x = a[1](self.c2(a[0](self.c1(x))))
+        x = a[2](self.c3(F.max_pool2d(x, 2)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _train_camnet(seed: int = 0, steps: int = 120) -> CamNet:
+    torch.manual_seed(seed)
+    x, y = make_patterns(32, seed=seed + 100)
+    net = CamNet()
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        i = torch.randint(0, len(x), (32,), generator=g)
+        loss = F.cross_entropy(net(x[i]), y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def _audit_model(net, fmt="pickle") -> AuditModel:
+    spec = ModelSpec(input_shape=(3, 16, 16), num_classes=4, class_names=list(PATTERNS))
+    model = AuditModel(net, spec, info={"format": fmt}).finalize()
+    return model if fmt == "export" else model.eval()  # an exported program refuses .train()/.eval()
+
+
+@pytest.fixture(scope="module")
+def camnet():
+    return _train_camnet()
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = make_patterns(6, seed=7)
+    return AuditData(x, y, list(PATTERNS), [f"img{i}" for i in range(len(x))])
+
+
+def _run(model, data, seed=0, **opts):
+    cfg = AuditConfig(seed=seed, checks=["attribution"], check_options={"attribution": {**FAST, **opts}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = run_audit(model, data, cfg).check("attribution")
+    assert res.error is None, res.data.get("traceback")
+    return res
+
+
+def _metric(res, name, **q):
+    rows = [m.value for m in res.metrics if m.name == name and all(m.qualifiers.get(k) == v for k, v in q.items())]
+    assert len(rows) == 1, (name, q, rows)
+    return rows[0]
+
+
+def _codes(res):
+    return {(f.code, f.extra.get("method")) for f in res.findings}
+
+
+# ----------------------------------------------------------------------------- every listed method
+@pytest.mark.parametrize("method", METHODS, ids=METHOD_NAMES)
+def test_method_explains_the_asked_class_deterministically(method, camnet):
+    model = _audit_model(camnet)
+    x, _ = make_patterns(2, seed=3)
+    s = AttrSettings(ig_steps=8, smoothgrad_samples=4, occlusion_window=4, layer=last_conv(model)[1])
+    t = model(x).argmax(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, _ = method.fn(model, x, t, s)
+        b, _ = method.fn(model, x, t, s)
+        other, _ = method.fn(model, x, (t + 1) % 4, s)
+    assert a.shape == (len(x), 16, 16)
+    assert torch.isfinite(a).all() and a.abs().sum() > 0
+    assert torch.equal(a, b)  # SmoothGrad's noise is seeded
+    assert not torch.allclose(a, other)  # the map depends on the class it explains
+
+
+def test_integrated_gradients_delta_shrinks_with_steps(camnet):
+    model = _audit_model(camnet)
+    x, _ = make_patterns(1, seed=4)
+    t = model(x).argmax(1)
+    ig = next(m for m in METHODS if m.name == "integrated_gradients")
+    d4 = ig.fn(model, x, t, AttrSettings(ig_steps=4))[1]["convergence_delta"].mean()
+    d64 = ig.fn(model, x, t, AttrSettings(ig_steps=64))[1]["convergence_delta"].mean()
+    assert d64 < d4
+
+
+# ----------------------------------------------------------------------------- the paper's pattern
+def test_randomization_reproduces_the_paper_pattern(camnet, data):
+    """Adebayo et al. 2018: Gradient (saliency) and Grad-CAM change when the weights are
+    randomized from the top down; Guided Backprop barely does. Default threshold."""
+    model = _audit_model(camnet)
+    assert (model.logits(data.x).argmax(1) == data.y).float().mean() >= 0.95  # a trained model
+    res = _run(model, data, per_class=2, sanity_images=8,
+               methods=["saliency", "grad_cam", "guided_backprop"])
+    sim = {m: _metric(res, "randomization_similarity", method=m) for m in ("saliency", "grad_cam", "guided_backprop")}
+    assert sim["guided_backprop"] > 0.5 > max(sim["saliency"], sim["grad_cam"]), sim
+    assert _metric(res, "passes_randomization", method="saliency") == 1.0
+    assert _metric(res, "passes_randomization", method="grad_cam") == 1.0
+    assert _metric(res, "passes_randomization", method="guided_backprop") == 0.0
+    gbp = [f for f in res.findings if f.code == "attribution.fails_randomization"]
+    assert [f.extra["method"] for f in gbp] == ["guided_backprop"] and gbp[0].severity == "info"
+    layers = [m.qualifiers["layer"] for m in res.metrics
+              if m.name == "randomization_spearman" and m.qualifiers["method"] == "saliency"]
+    assert layers == ["fc", "c3", "c2", "c1"]  # cascading from the top
+    names = [a.path.rsplit("/", 1)[1] for a in res.artifacts]
+    assert {"randomization.png", "deletion_insertion.png", "summary_table.png", "maps_01.png"} <= set(names)
+
+
+def test_cascade_randomizes_from_the_top_and_leaves_the_model_alone(camnet):
+    before = {k: v.clone() for k, v in camnet.state_dict().items()}
+    seen = []
+    for layer, net in cascade(camnet, torch.Generator().manual_seed(0)):
+        changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+        seen.append((layer, sorted({k.rpartition(".")[0] for k in changed})))
+    assert [s[0] for s in seen] == ["fc", "c3", "c2", "c1"]
+    assert seen[0][1] == ["fc"] and seen[-1][1] == ["c1", "c2", "c3", "fc"]
+    assert all(torch.equal(v, before[k]) for k, v in camnet.state_dict().items())
+
+
+def test_randomization_layers_caps_the_steps_with_maps(camnet, data):
+    res = _run(_audit_model(camnet), data, methods=["saliency"], randomization_layers=2)
+    layers = [m.qualifiers["layer"] for m in res.metrics if m.name == "randomization_spearman"]
+    assert layers == ["fc", "c1"]  # the top and the last step; c3 and c2 randomized in between
+    assert set(res.data["randomization"]["saliency"]) == {"fc", "c1"}
+
+
+def test_norm_layers_join_the_layer_before():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.rand(1, 3, 8, 8))
+    assert [g for g, _ in layer_groups(net)] == ["0", "3", "5"]
+    assert layer_groups(net)[0][1] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+
+
+# ----------------------------------------------------------------------------- faithfulness
+class _CornerNet(nn.Module):
+    """Class 0's logit is 8 x (mean of the top-left 4x4 corner of the red channel)."""
+
+    def forward(self, x):
+        s = x[:, 0, :4, :4].mean((1, 2)) * 8
+        return torch.stack([s, torch.zeros_like(s) + 2], 1)
+
+
+def test_deletion_and_insertion_reward_the_true_evidence():
+    net = _CornerNet()
+    x = torch.zeros(3, 3, 16, 16)
+    x[:, 0, :4, :4] = 1
+    t = torch.zeros(3, dtype=torch.long)
+    good = torch.zeros(3, 16, 16)
+    good[:, :4, :4] = 1
+    rnd = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    d_good, i_good = deletion_insertion(net, x, t, good, steps=16)
+    d_bad, i_bad = deletion_insertion(net, x, t, -good, steps=16)
+    d_rnd, i_rnd = deletion_insertion(net, x, t, rnd, steps=16)
+    assert d_good.shape == (3, 17)
+    assert torch.allclose(d_good[:, 0], d_good.new_tensor(torch.sigmoid(torch.tensor(6.0)).item()).expand(3), atol=1e-5)
+    assert (auc(d_good) < auc(d_rnd)).all() and (auc(d_rnd) < auc(d_bad)).all()
+    assert (auc(i_good) > auc(i_rnd)).all() and (auc(i_rnd) > auc(i_bad)).all()
+
+
+def test_check_reports_aucs_against_random(camnet, data):
+    model = _audit_model(camnet)
+    res = _run(model, data)
+    for m in METHOD_NAMES + ["random"]:
+        assert 0 <= _metric(res, "deletion_auc", method=m) <= 1
+        assert 0 <= _metric(res, "insertion_auc", method=m) <= 1
+    for m in METHOD_NAMES:
+        beats = _metric(res, "beats_random", method=m)
+        flagged = ("attribution.not_better_than_random", m) in _codes(res)
+        assert beats == float(not flagged)
+    wrong = int((model.logits(data.x).argmax(1) != data.y).sum())
+    assert _metric(res, "images", group="all") == len(res.data["images"]) == 4 * 2 + min(wrong, 1)
+    assert 0 <= _metric(res, "ig_convergence_delta", method="integrated_gradients", steps=8)
+
+
+# ----------------------------------------------------------------------------- awkward models
+@pytest.mark.parametrize("inplace,shared", [(True, False), (False, True), (True, True)])
+def test_inplace_and_reused_relus_give_the_clean_models_maps(camnet, inplace, shared):
+    clean = _audit_model(camnet)
+    odd_net = CamNet(inplace=inplace, shared=shared)
+    odd_net.load_state_dict(camnet.state_dict())
+    odd = _audit_model(odd_net.eval())
+    x, _ = make_patterns(2, seed=5)
+    t = clean(x).argmax(1)
+    fixed, changes = hook_safe_copy(odd, x[:1])
+    assert fixed is not odd and changes
+    assert (any("non-inplace" in c for c in changes) == inplace) and (any("un-shared" in c for c in changes) == shared)
+    assert hook_safe_copy(clean, x[:1]) == (clean, [])
+    for m in (m for m in METHODS if m.kind == HOOK):
+        ref, _ = m.fn(clean, x, t, AttrSettings(layer=last_conv(clean)[1]))
+        got, _ = m.fn(fixed, x, t, AttrSettings(layer=last_conv(fixed)[1]))
+        assert torch.allclose(ref, got, atol=1e-5), m.name
+
+
+def test_check_runs_hook_methods_on_a_copy_and_says_so(camnet, data):
+    odd_net = CamNet(inplace=True, shared=True)
+    odd_net.load_state_dict(camnet.state_dict())
+    methods = ["grad_cam", "guided_backprop"]
+    res = _run(_audit_model(odd_net.eval()), data, methods=methods)
+    ref = _run(_audit_model(camnet), data, methods=methods)
+    copied = [f for f in res.findings if f.code == "attribution.model_copied"]
+    assert len(copied) == 1 and "non-inplace" in copied[0].message and "un-shared" in copied[0].message
+    assert not any(f.code == "attribution.method_failed" for f in res.findings)
+    # the same numbers as the clean model: maps, randomization and deletion/insertion
+    assert len(res.metrics) == len(ref.metrics)
+    for a, b in zip(res.metrics, ref.metrics):
+        assert a.name == b.name and a.qualifiers == b.qualifiers and a.value == pytest.approx(b.value, abs=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "export"])
+def test_compiled_models_skip_hook_methods_with_a_reason(camnet, data, fmt):
+    ex = torch.rand(2, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            net = torch.jit.trace(camnet, ex)
+        else:
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            net = torch.export.export(camnet, (ex,), dynamic_shapes=({0: batch},)).module()
+    res = _run(_audit_model(net, fmt), data)
+    skip = [f for f in res.findings if f.code == "attribution.hooks_unsupported"]
+    assert len(skip) == 1 and fmt in skip[0].message
+    assert skip[0].extra["methods"] == ["grad_cam", "guided_backprop"]
+    assert not any(f.code == "attribution.method_failed" for f in res.findings)
+    for m in ("saliency", "integrated_gradients", "smoothgrad", "occlusion"):
+        _metric(res, "randomization_similarity", method=m)
+        _metric(res, "deletion_auc", method=m)
+    assert not [m for m in res.metrics if m.qualifiers.get("method") in ("grad_cam", "guided_backprop")]
+
+
+class _NoGradNet(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.inner(x)
+
+
+def test_unusable_gradients_fall_back_to_occlusion(camnet, data):
+    res = _run(_audit_model(_NoGradNet(camnet)), data)
+    assert any(f.code == "attribution.gradients_unusable" and f.severity == "warn" for f in res.findings)
+    assert {m.qualifiers.get("method") for m in res.metrics if m.name == "deletion_auc"} == {"occlusion", "random"}
+
+
+# ----------------------------------------------------------------------------- images, determinism, memory
+def test_adversarial_examples_sit_next_to_their_originals(camnet, data):
+    model = _audit_model(camnet)
+    xo = data.x[:3]
+    adv = {"x": xo, "x_adv": (xo + 0.1).clamp(0, 1), "y": data.y[:3], "pred_adv": data.y[:3]}
+    cfg = AuditConfig(checks=["attribution"], check_options={"attribution": {**FAST, "methods": ["saliency"]}})
+    ctx = Context(model=model, data=data, config=cfg, seed=0, device=model.device, progress=False,
+                  logits=model.logits(data.x), published={"adversarial.examples": adv}, check_name="attribution",
+                  generator=torch.Generator().manual_seed(derive_seed(0, "attribution")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = AttributionCheck(cfg.options_for("attribution")).run(ctx)
+    groups = [r["group"] for r in res.data["images"]]
+    assert groups[-4:] == ["adversarial-original", "adversarial"] * 2
+    assert _metric(res, "images", group="adversarial") == 4
+
+
+def test_same_seed_same_numbers_other_seed_other_images(camnet, data):
+    model = _audit_model(camnet)
+    a, b = _run(model, data, seed=3), _run(model, data, seed=3)
+    assert [m.to_dict() for m in a.metrics] == [m.to_dict() for m in b.metrics]
+    assert a.data["images"] == b.data["images"]
+    c = _run(model, data, seed=4, methods=["saliency"])
+    assert [r["id"] for r in c.data["images"]] != [r["id"] for r in a.data["images"]]
+
+
+def test_out_of_memory_halves_and_retries():
+    calls = []
+
+    def fn(b):
+        calls.append(b)
+        if b > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return b
+
+    s = AttrSettings()
+    assert with_oom_retry(fn, 64, s) == 4 and calls == [64, 32, 16, 8, 4] and s.oom_retries == [32, 16, 8, 4]
+    with pytest.raises(ValueError):
+        with_oom_retry(lambda b: (_ for _ in ()).throw(ValueError("not memory")), 8)
+
+
+def test_internal_batch_follows_the_memory_budget(camnet):
+    x = torch.rand(1, 3, 16, 16)
+    small, big = choose_internal_batch(camnet, x, 0.5), choose_internal_batch(camnet, x, 64)
+    assert 1 <= small < big <= 4096
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import rankdata, spearmanr
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 5, (200,), generator=g).float()
+    b = a + torch.randint(0, 3, (200,), generator=g).float()
+    assert torch.allclose(average_ranks(a), torch.tensor(rankdata(a.numpy()) - 1))
+    assert spearman(a, b) == pytest.approx(spearmanr(a.numpy(), b.numpy())[0], abs=1e-9)
+    assert spearman(a, torch.ones(200)) == 0.0
+
+
+def test_unknown_method_is_a_config_error():
+    from audit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown method"):
+        AuditConfig(checks=["attribution"], check_options={"attribution": {"methods": ["lime"]}})
