@@ -45,7 +45,7 @@ class CleanCheck(Check):
         "samples": "number of evaluated samples",
     }
     findings = {
-        "model.probability_outputs": "the model returns probabilities, not logits: gradients through softmax saturate",
+        "model.probability_outputs": "the model returns probabilities, not logits (the adversarial check rates the consequence)",
         "model.output_adapted": "the model's output was adapted to a logits tensor (tuple or dict output)",
         "clean.near_chance": "accuracy is at or near chance level: the model or its preprocessing is wrong",
         "clean.weak_class": "one class is far less accurate than the others",
@@ -86,7 +86,7 @@ class CleanCheck(Check):
 
         # findings
         if model.output_kind == "probabilities":
-            res.finding("warn", "model.probability_outputs",
+            res.finding("info", "model.probability_outputs",
                         "The model outputs probabilities (rows sum to 1), not logits; gradients through a softmax "
                         "saturate, which weakens gradient attacks and attributions. Export the pre-softmax logits.")
         for note in model.adaptations:

@@ -549,6 +549,7 @@ def load_model(path: str | os.PathLike | None = None, *, arch: str | None = None
     for prm in net.parameters():
         prm.requires_grad_(False)
     model = AuditModel(net, spec, info=info, fixed_batch=fixed_batch).to(dev)
+    model.training = False  # the wrapper itself is in eval mode too (the net's mode was set above)
     if spec.input_shape is not None:
         model.finalize()
     return model

@@ -1,0 +1,251 @@
+"""Tests of the ``adversarial`` check: strength against foolbox, monotone curves, validity,
+gradient-masking findings on masked models (and none on plain ones), bad options."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from audit import AuditConfig, AuditData, AuditModel, ModelSpec
+from audit.errors import ConfigError, ExitCode
+from audit.runner import Context
+from attacks import adv_core as core
+from attacks.adversarial import AdversarialCheck, default_epsilons
+from tests.tinymodels import PATTERNS, SoftmaxNet, make_patterns, train_tiny
+
+LINF = [4 / 255, 8 / 255, 12 / 255, 16 / 255, 24 / 255, 32 / 255, 48 / 255]
+L2 = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small batches on a shared 2-core machine: one intra-op thread is far faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class QuantNet(nn.Module):
+    """Rounds its input to 8 bits before the network: shattered (zero) gradients."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 255) / 255)
+
+
+class NoGradNet(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.inner(x)
+
+
+class DropoutNet(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.inner(self.drop(x))
+
+
+def wrap(net) -> AuditModel:
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return AuditModel(net, ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize().eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_net(one_thread):
+    """The shared tiny model, trained here under one thread (the session fixture trains
+    under two, which is many times slower on a loaded machine)."""
+    return train_tiny()
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, y = make_patterns(6, seed=7)
+    return x, y
+
+
+def run_check(model, x, y, **opts):
+    opts.setdefault("epsilons", {"linf": LINF, "l2": L2})
+    cfg = AuditConfig(checks=["adversarial"], batch_size=64, check_options={"adversarial": opts})
+    d = AuditData(x, y, list(PATTERNS), [str(i) for i in range(len(y))])
+    ctx = Context(model=model, data=d, config=cfg, seed=0, device=model.device, progress=False,
+                  logits=model.logits(x), check_name="adversarial", generator=torch.Generator().manual_seed(0))
+    res = AdversarialCheck(cfg.options_for("adversarial")).run(ctx)
+    return res, ctx
+
+
+def curve(res, attack, norm):
+    rows = [m for m in res.metrics if m.name == "robust_accuracy" and m.qualifiers.get("attack") == attack
+            and m.qualifiers.get("norm") == norm and "class" not in m.qualifiers and m.qualifiers["epsilon"] > 0]
+    return {m.qualifiers["epsilon"]: m.value for m in rows}
+
+
+def masking_codes(res):
+    return {f.code for f in res.findings if f.code.startswith("gradient_masking.")}
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_net, data):
+    model = wrap(tiny_net)
+    res, ctx = run_check(model, *data, max_samples=0)
+    return model, res, ctx
+
+
+def test_strength_against_foolbox(plain, data):
+    fb = pytest.importorskip("foolbox")
+    model, res, _ = plain
+    x, y = data
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    suites = {"linf": (LINF, [fb.attacks.LinfPGD(), fb.attacks.FGSM(), fb.attacks.LInfFMNAttack()]),
+              "l2": (L2, [fb.attacks.L2PGD(), fb.attacks.FGM(), fb.attacks.DDNAttack()])}
+    for norm, (eps, attacks) in suites.items():
+        ours = curve(res, "worst", norm)
+        assert sorted(ours) == pytest.approx(eps)
+        assert min(ours.values()) < 0.9  # the grid reaches ε where the model does break
+        for atk in attacks:
+            _, _, succ = atk(fmodel, x, y, epsilons=eps)
+            theirs = (~succ).float().mean(1).tolist()
+            for e, t in zip(eps, theirs):
+                mine = ours[min(ours, key=lambda k: abs(k - e))]
+                assert mine <= t + 0.01, \
+                    f"{norm} ε={e:.4f}: our worst case {ours} is weaker than {type(atk).__name__} ({t:.3f})"
+
+
+def test_monotone_curves_and_metrics(plain):
+    _, res, _ = plain
+    for norm in ("linf", "l2"):
+        for attack in ("fgsm", "pgd", "fmn", "noise", "gradient", "gradient+square", "worst"):
+            c = curve(res, attack, norm)
+            vals = [c[e] for e in sorted(c)]
+            assert len(vals) == 7
+            assert all(a >= b for a, b in zip(vals, vals[1:])), (attack, norm, vals)
+        worst = curve(res, "worst", norm)
+        for attack in ("fgsm", "pgd", "fmn", "noise", "gradient+square"):
+            c = curve(res, attack, norm)
+            assert all(worst[e] <= c[e] + 1e-9 for e in c)
+        assert curve(res, "noise", norm)[max(worst)] > worst[max(worst)]  # adversarial noise beats random noise
+        med = [m.value for m in res.metrics if m.name == "median_min_perturbation" and m.qualifiers["norm"] == norm]
+        assert len(med) == 1 and 0 < med[0] < float("inf")
+    per_class = [m for m in res.metrics if m.name == "robust_accuracy" and "class" in m.qualifiers]
+    assert {m.qualifiers["class"] for m in per_class} == set(PATTERNS)
+    names = {a.path.rsplit("/", 1)[-1] for a in res.artifacts}
+    assert {"curve_linf.png", "curve_l2.png", "examples_linf.png", "min_perturbation_linf.png"} <= names
+
+
+def test_plain_model_raises_no_masking_findings(plain):
+    _, res, _ = plain
+    assert masking_codes(res) == set(), [f.message for f in res.findings]
+
+
+def test_published_examples_are_valid(plain, data):
+    model, _, ctx = plain
+    ex = ctx.published["adversarial.examples"]
+    assert ex["norm"] == "linf" and len(ex["x"]) > 0
+    d = (ex["x_adv"] - ex["x"]).flatten(1).abs().amax(1)
+    assert (d <= ex["epsilon"] + 1e-6).all()
+    assert ex["x_adv"].min() >= 0 and ex["x_adv"].max() <= 1
+    pred = model.logits(ex["x_adv"]).argmax(1)
+    assert torch.equal(pred, ex["pred_adv"]) and (pred != ex["y"]).all()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_attacks_stay_in_ball_and_bounds(tiny_net, data, norm):
+    x, y = data
+    obj = core.Objective(wrap(tiny_net))
+    g = torch.Generator().manual_seed(1)
+    eps = 24 / 255 if norm == "linf" else 2.0
+    outs = [core.pgd(obj, x, y, eps, norm, steps=5, restarts=2, gen=g),
+            core.square(obj, x, y, eps, norm, queries=30, gen=g),
+            core.noise(obj, x, y, eps, norm, draws=2, gen=g)]
+    for fooled, xa in outs:
+        assert (core.norm_of(xa - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
+        assert xa.min() >= 0 and xa.max() <= 1
+        assert ((obj(xa, y)[0] < 0) == fooled).all()
+    best, xa = core.fmn(obj, x, y, norm, steps=15, max_eps=1.0 if norm == "linf" else 16.0)
+    ok = torch.isfinite(best)
+    assert ok.float().mean() > 0.9
+    assert torch.allclose(core.norm_of(xa[ok] - x[ok], norm), best[ok], atol=1e-5)
+
+
+def test_input_rounding_is_flagged(tiny_net, data):
+    res, _ = run_check(wrap(QuantNet(tiny_net)), *data, norms=["linf"], max_samples=0)
+    codes = masking_codes(res)
+    assert "gradient_masking.zero_gradients" in codes, [f.message for f in res.findings]
+
+
+def test_softmax_output_is_flagged(tiny_net, data):
+    res, _ = run_check(wrap(SoftmaxNet(tiny_net)), *data, norms=["linf"], attacks=["fgsm", "noise"])
+    assert "gradient_masking.probability_outputs" in masking_codes(res)
+
+
+def test_random_model_is_flagged(tiny_net, data):
+    model = wrap(DropoutNet(tiny_net))
+    model.net.train()
+    res, _ = run_check(model, *data, norms=["linf"], attacks=["fgsm", "noise"])
+    assert "gradient_masking.stochastic_outputs" in masking_codes(res)
+
+
+def test_no_gradient_model_runs_gradient_free(tiny_net, data):
+    res, _ = run_check(wrap(NoGradNet(tiny_net)), *data, norms=["linf"], square_queries=20)
+    assert res.error is None
+    f = [f for f in res.findings if f.code == "gradient_masking.no_gradients"]
+    assert f and "no_grad" in f[0].message
+    attacks = {m.qualifiers.get("attack") for m in res.metrics if m.name == "robust_accuracy"}
+    assert attacks == {"square", "noise", "worst"}
+
+
+def test_targeted_least_likely(tiny_net, data):
+    model = wrap(tiny_net)
+    res, ctx = run_check(model, *data, norms=["linf"], targeted="least_likely", attacks=["fmn", "pgd"])
+    ex = ctx.published["adversarial.examples"]
+    target = model.logits(ex["x"]).argmin(1)
+    assert torch.equal(ex["pred_adv"], target)
+
+
+def test_default_epsilons_scale_with_input():
+    assert len(default_epsilons("linf", (3, 64, 64))) >= 7
+    assert default_epsilons("linf", (3, 64, 64))[0] == pytest.approx(0.5 / 255)
+    small, big = default_epsilons("l2", (3, 32, 32)), default_epsilons("l2", (3, 64, 64))
+    assert big[-1] == pytest.approx(2 * small[-1], rel=0.01)
+
+
+@pytest.mark.parametrize("opts, words", [
+    ({"epsilons": {"linf": [-0.1]}}, "negative"),
+    ({"epsilons": {"linf": []}}, "non-empty"),
+    ({"epsilons": {"linf": [2.0]}}, "beyond the input range"),
+    ({"norms": ["l7"]}, "unknown norm"),
+    ({"epsilons": {"l1": [0.1]}}, "unknown norm"),
+    ({"attacks": ["pgd", "cw"]}, "unknown attack"),
+    ({"pgd_steps": 0}, "pgd_steps"),
+])
+def test_bad_options(opts, words):
+    with pytest.raises(ConfigError, match=words):
+        AuditConfig.from_dict({"checks": {"adversarial": opts}})
+
+
+def test_l2_epsilon_beyond_range_is_an_error(tiny_net, data):
+    with pytest.raises(ConfigError, match="beyond the input range"):
+        run_check(wrap(tiny_net), *data, norms=["l2"], epsilons={"l2": [100.0]})
+
+
+def test_cli_bad_config_exits_4(tmp_path, tiny_net, pattern_folder, labels_file):
+    from audit.cli import main
+
+    torch.jit.save(torch.jit.trace(tiny_net, torch.rand(2, 3, 16, 16)), tmp_path / "ts.pt")
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text("[checks.adversarial]\nepsilons = { linf = [-0.01] }\n")
+    rc = main(["run", str(tmp_path / "ts.pt"), "--data", str(pattern_folder), "--labels", str(labels_file),
+               "--config", str(cfg), "--out", str(tmp_path / "out"), "-q"])
+    assert rc == ExitCode.USAGE_ERROR
