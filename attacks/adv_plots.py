@@ -19,7 +19,7 @@ STYLE = {"fgsm": ("C1", "-", 1.2), "pgd": ("C0", "-", 1.2), "fmn": ("C2", "-", 1
 
 
 def report(eng) -> None:
-    res, o = eng.res, eng.o
+    res = eng.res
     names = eng.model.class_names
     summary = []
     published = False

@@ -4,14 +4,16 @@ API offers -> reports -> an :class:`~audit.errors.ExitCode`. ``main(argv)`` runs
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .errors import AuditError, ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from .config import AuditConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +50,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checks", help="comma-separated checks to run (default: all; `audit list` shows them)")
     g.add_argument("--seed", type=int, help="seed for every random choice (default 0)")
     g.add_argument("--batch-size", type=int, help="inference batch size (default 128)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--fail-on", choices=("none", "warn", "fail"),
                    help="also fail the run (exit 1) on findings of this severity or worse")
     g.add_argument("--out", default="audit-out", help="output folder (default audit-out/)")
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples-per-class", type=int, default=16, help="demo images per class (default 16)")
     demo.add_argument("--checks", help="comma-separated checks to run (default: all)")
     demo.add_argument("--device", default=None)
+    demo.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     _common(demo)
 
     rep = sub.add_parser("report", help="re-render the report files from a saved results.json")
@@ -149,7 +153,7 @@ def _config_from_args(args) -> "AuditConfig":
     checks = [c.strip() for c in args.checks.split(",") if c.strip()] if getattr(args, "checks", None) else None
     return cfg.replace(seed=getattr(args, "seed", None), samples=getattr(args, "samples", None), device=args.device,
                        checks=checks, fail_on=getattr(args, "fail_on", None),
-                       batch_size=getattr(args, "batch_size", None))
+                       batch_size=getattr(args, "batch_size", None), threads=getattr(args, "threads", None))
 
 
 def _cmd_run(args) -> int:

@@ -4,7 +4,8 @@
 and flags a **regression** where a metric with a known direction got worse by more than
 ``tolerance`` (absolute). It also lists the samples whose per-sample outcome flipped: a
 check's ``data.records`` with ``id`` and ``label``/``pred`` (clean correctness) or boolean
-columns (e.g. ``robust``) are compared id by id.
+columns are compared id by id, and so is the adversarial check's per-sample robustness at
+each norm and epsilon (``data.ids`` + ``first_fooled``, worst case over its attacks).
 """
 from __future__ import annotations
 
@@ -54,6 +55,25 @@ def _records(res: AuditResult) -> dict[str, dict[str, dict[str, bool]]]:
                 cols[k] = dict(zip(ids, v))
         if cols:
             out[c.name] = cols
+    correct = out.get("clean", {}).get("correct")
+    for c in res.checks:  # adversarial: per norm, per epsilon, correct and robust under every attack
+        d = c.data if isinstance(c.data, dict) else {}
+        ids = d.get("ids")
+        if not isinstance(ids, list) or correct is None:  # clean errors are never attacked: need clean's records
+            continue
+        cols = out.setdefault(c.name, {})
+        for norm, nd in d.items():
+            if not (isinstance(nd, dict) and "first_fooled" in nd and "epsilons" in nd):
+                continue
+            firsts = [v for v in nd["first_fooled"].values() if isinstance(v, list) and len(v) == len(ids)]
+            if not firsts:
+                continue
+            worst = [min(col) for col in zip(*firsts)]  # index of the first epsilon any attack fooled
+            for i, eps in enumerate(nd["epsilons"]):
+                cols[f"robust[norm={norm},epsilon={eps:.4g}]"] = {
+                    str(s): bool(correct.get(str(s))) and w > i for s, w in zip(ids, worst)}
+        if not cols:
+            out.pop(c.name)
     return out
 
 

@@ -36,7 +36,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-AUDIT_KEYS = {"seed", "samples", "device", "checks", "fail_on", "batch_size"}
+AUDIT_KEYS = {"seed", "samples", "device", "checks", "fail_on", "batch_size", "threads"}
 FAIL_ON = ("none", "warn", "fail")
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
 _GATE_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\.([A-Za-z_][\w]*)\s*(?:\[(.*)\])?\s*$")
@@ -107,6 +107,7 @@ class AuditConfig:
     checks: list[str] | None = None  #: None runs every registered check
     fail_on: str = "none"
     batch_size: int = 128
+    threads: int | None = None  #: CPU threads for torch (None: torch's default)
     check_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     gates: list[Gate] = field(default_factory=list)
     source: str | None = None
@@ -118,6 +119,8 @@ class AuditConfig:
             raise ConfigError(f"samples must be a positive integer, got {self.samples!r}")
         if self.fail_on not in FAIL_ON:
             raise ConfigError(f"fail_on must be one of {', '.join(FAIL_ON)}, got {self.fail_on!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         self.validate()
@@ -175,6 +178,7 @@ class AuditConfig:
             checks = [c.strip() for c in checks.split(",") if c.strip()]
         return cls(seed=audit.get("seed", 0), samples=audit.get("samples"), device=audit.get("device", "auto"),
                    checks=checks, fail_on=audit.get("fail_on", "none"), batch_size=audit.get("batch_size", 128),
+                   threads=audit.get("threads"),
                    check_options={k: dict(v) for k, v in checks_tbl.items()},
                    gates=[parse_gate(k, v) for k, v in gates_tbl.items()], source=source)
 
@@ -214,6 +218,7 @@ seed = 0                 # every random choice derives from it; same seed, same 
 device = "auto"          # auto (GPU when there is one) | cpu | cuda | cuda:N
 # checks = ["clean", "adversarial", "fooling", "class_viz", "attribution", "bias"]   # default: all
 fail_on = "none"         # none | warn | fail: also fail the run on findings this severe
+# threads = 1            # CPU threads for torch; 1 is often fastest for small models on a busy machine
 
 # Per-check options; `docs/<check>.md` lists each check's keys and defaults.
 [checks.clean]

@@ -73,6 +73,8 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
     """Run the configured battery on ``model`` and ``data`` and return an :class:`AuditResult`
     (nothing is written; call ``result.save(out)``)."""
     cfg = AuditConfig.coerce(config)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device) if cfg.device != "auto" else model.device
     if device != model.device:
         model.to(device)
@@ -131,7 +133,7 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
     run = {"seed": cfg.seed, "device": str(model.device), "torch": torch.__version__,
            "python": platform.python_version(), "platform": platform.platform(terse=True),
            "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3),
-           "checks": names, "config": cfg.source, "fail_on": cfg.fail_on, "samples": cfg.samples,
+           "checks": names, "config": cfg.source, "threads": torch.get_num_threads(), "fail_on": cfg.fail_on, "samples": cfg.samples,
            "tool_version": _version()}
     if torch.cuda.is_available() and model.device.type == "cuda":
         run["gpu"] = torch.cuda.get_device_name(model.device)

@@ -34,7 +34,9 @@ COLLAPSE_ROWS = 40
 COLLAPSE_CLASSES = 24
 #: images at most this many pixels on their longer side are upscaled, pixelated
 SMALL_IMAGE_PX = 96
-#: images at least this wide span two grid cells (plots, figure grids)
+#: images at least this wide take a whole row, shown at most at their natural width
+FULL_IMAGE_PX = 900
+#: images at least this wide span several grid cells (plots, figure grids)
 WIDE_IMAGE_PX = 480
 
 _SEVERITY_RANK = {"fail": 0, "error": 0, "warn": 1, "info": 2, "pass": 3}
@@ -143,7 +145,7 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
 def _artifact_view(a, base: str | os.PathLike | None) -> dict[str, Any]:
     view: dict[str, Any] = {"path": a.path, "caption": a.caption or Path(a.path).name,
                             "kind": a.kind, "src": None, "problem": None, "size": None,
-                            "small": False, "wide": False}
+                            "small": False, "wide": False, "full": False, "width": None}
     try:
         data = a.read(base)
     except OSError as exc:
@@ -162,6 +164,8 @@ def _artifact_view(a, base: str | os.PathLike | None) -> dict[str, Any]:
         view["size"] = f"{w}\u00d7{h}"
         view["small"] = max(w, h) <= SMALL_IMAGE_PX
         view["wide"] = w >= WIDE_IMAGE_PX
+        view["full"] = w >= FULL_IMAGE_PX
+        view["width"] = w
     return view
 
 

@@ -22,6 +22,16 @@ def write_imagefolder(root: Path, x: torch.Tensor, y: torch.Tensor, names) -> Pa
     return root
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one intra-op thread (small ops spend their time in thread
+    barriers, worse on a busy machine); the setting is restored after the module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_net():
     return train_tiny()

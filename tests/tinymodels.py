@@ -78,16 +78,33 @@ class NaNNet(nn.Module):
         return x.mean((2, 3))[:, :1].repeat(1, 4) * float("nan")
 
 
-def train_tiny(seed: int = 0, steps: int = 150) -> TinyNet:
-    torch.manual_seed(seed)
-    x, y = make_patterns(40, seed=seed + 100)
-    net = TinyNet()
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    g = torch.Generator().manual_seed(seed)
+def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch: int,
+        generator: torch.Generator, lr: float = 0.01) -> nn.Module:
+    """Adam on random minibatches drawn with ``generator``; returns the net in eval mode."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=g)
+        idx = torch.randint(0, len(x), (batch,), generator=generator)
         loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
     return net.eval()
+
+
+def train_tiny(seed: int = 0, steps: int = 150) -> TinyNet:
+    torch.manual_seed(seed)
+    x, y = make_patterns(40, seed=seed + 100)
+    net = TinyNet()
+    return fit(net, x, y, steps=steps, batch=64, generator=torch.Generator().manual_seed(seed))
+
+
+class NoGradNet(nn.Module):
+    """Runs its forward under torch.no_grad: no input gradients at all."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        with torch.no_grad():
+            return self.inner(x)

@@ -11,19 +11,13 @@ from audit.errors import ConfigError, ExitCode
 from audit.runner import Context
 from attacks import adv_core as core
 from attacks.adversarial import AdversarialCheck, default_epsilons
-from tests.tinymodels import PATTERNS, SoftmaxNet, make_patterns, train_tiny
+from tests.tinymodels import PATTERNS, NoGradNet, SoftmaxNet, make_patterns, train_tiny
 
 LINF = [4 / 255, 8 / 255, 12 / 255, 16 / 255, 24 / 255, 32 / 255, 48 / 255]
 L2 = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches on a shared 2-core machine: one intra-op thread is far faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class QuantNet(nn.Module):
@@ -37,14 +31,6 @@ class QuantNet(nn.Module):
         return self.inner(torch.round(x * 255) / 255)
 
 
-class NoGradNet(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        with torch.no_grad():
-            return self.inner(x)
 
 
 class DropoutNet(nn.Module):

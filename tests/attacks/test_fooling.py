@@ -21,14 +21,7 @@ from audit.runner import run_audit
 from tests.tinymodels import PATTERNS, train_tiny
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: intra-op threads only add overhead (and stall badly when the
-    machine's cores are shared), so the tests run single-threaded and restore the setting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _wrap(net: nn.Module, shape=(3, 16, 16), names=None) -> AuditModel:

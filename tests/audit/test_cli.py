@@ -8,7 +8,6 @@ import torch
 from audit.cli import main
 from audit.errors import ExitCode
 from audit.registry import Check, register_check
-from audit.results import CheckResult
 from tests.tinymodels import NaNNet, TinyNet
 
 OUTPUTS = ("results.json", "metrics.csv", "report.html", "junit.xml", "summary.md")

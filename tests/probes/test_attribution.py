@@ -16,7 +16,7 @@ from probes.attr_methods import (HOOK, METHOD_NAMES, METHODS, AttrSettings, choo
                                  hook_safe_copy, last_conv, with_oom_retry)
 from probes.attr_sanity import auc, average_ranks, cascade, deletion_insertion, layer_groups, spearman
 from probes.attribution import AttributionCheck
-from tests.tinymodels import PATTERNS, make_patterns
+from tests.tinymodels import PATTERNS, NoGradNet, fit, make_patterns
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # captum warns on every hook/grad call
 
@@ -51,15 +51,7 @@ def _train_camnet(seed: int = 0, steps: int = 120) -> CamNet:
     torch.manual_seed(seed)
     x, y = make_patterns(32, seed=seed + 100)
     net = CamNet()
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        i = torch.randint(0, len(x), (32,), generator=g)
-        loss = F.cross_entropy(net(x[i]), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
+    return fit(net, x, y, steps=steps, batch=32, generator=torch.Generator().manual_seed(seed))
 
 
 def _audit_model(net, fmt="pickle") -> AuditModel:
@@ -269,18 +261,10 @@ def test_compiled_models_skip_hook_methods_with_a_reason(camnet, data, fmt):
     assert not [m for m in res.metrics if m.qualifiers.get("method") in ("grad_cam", "guided_backprop")]
 
 
-class _NoGradNet(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        with torch.no_grad():
-            return self.inner(x)
 
 
 def test_unusable_gradients_fall_back_to_occlusion(camnet, data):
-    res = _run(_audit_model(_NoGradNet(camnet)), data)
+    res = _run(_audit_model(NoGradNet(camnet)), data)
     assert any(f.code == "attribution.gradients_unusable" and f.severity == "warn" for f in res.findings)
     assert {m.qualifiers.get("method") for m in res.metrics if m.name == "deletion_auc"} == {"occlusion", "random"}
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from audit.model import AuditModel, ModelSpec
 from audit.runner import run_audit
 from probes import concept_tcav as tc
-from tests.tinymodels import PATTERNS, TinyNet, make_patterns
+from tests.tinymodels import PATTERNS, TinyNet, fit, make_patterns
 
 MARKER = torch.tensor([1.0, 0.0, 1.0])  # magenta: no pattern image has it
 
@@ -38,15 +37,8 @@ def train_model(shortcut: bool, *, seed: int = 0, steps: int = 250) -> AuditMode
         half = torch.arange(len(xm)) % 2 == 0
         xm[half] = x[~m][torch.randint(0, int((~m).sum()), (int(half.sum()),), generator=g)]
         x[m] = add_marker(xm, g)
-    net = TinyNet()
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return AuditModel(net.eval(), ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize()
+    net = fit(TinyNet(), x, y, steps=steps, batch=64, generator=g)
+    return AuditModel(net, ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize()
 
 
 def write_concepts(root, seed: int = 1):
@@ -73,13 +65,7 @@ def write_concepts(root, seed: int = 1):
     return root
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread (the machine is shared); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

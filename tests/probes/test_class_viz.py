@@ -12,17 +12,11 @@ from probes.viz_param import FourierImage, random_views, to_input_size
 from tests.tinymodels import PATTERNS, train_tiny
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread (the machine is shared); restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_model(_one_thread):
+def tiny_model(one_thread):
     net = train_tiny(seed=1)  # trained here, on one thread (conftest's session model trains on two)
     return AuditModel(net, ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize()
 
