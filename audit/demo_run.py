@@ -6,7 +6,9 @@ from pathlib import Path
 from .config import AuditConfig, parse_gate
 
 #: gates the demo shows; a new user's audit.toml can start from these
-DEMO_GATES = {"clean.accuracy": ">= 0.85", "clean.accuracy[class=*]": {"condition": ">= 0.6", "severity": "warn"}}
+DEMO_GATES = {"clean.accuracy": ">= 0.85", "clean.accuracy[class=*]": {"condition": ">= 0.6", "severity": "warn"},
+              "adversarial.robust_accuracy[attack=worst,norm=linf,epsilon=0.0078]": {"condition": ">= 0.5",
+                                                                                     "severity": "warn"}}
 
 
 def load_demo(out: Path, cfg: AuditConfig, *, samples_per_class: int = 16, log=print):
@@ -22,7 +24,8 @@ def load_demo(out: Path, cfg: AuditConfig, *, samples_per_class: int = 16, log=p
     model = load_model(demo.MODEL_PATH, device=cfg.device)
     data = load_data(paths["val"], model=model, samples=cfg.samples, seed=cfg.seed)
     if not cfg.gates:
-        cfg = cfg.replace(gates=[parse_gate(k, v) for k, v in DEMO_GATES.items()])
+        selected = cfg.selected_checks()
+        cfg = cfg.replace(gates=[parse_gate(k, v) for k, v in DEMO_GATES.items() if k.split(".")[0] in selected])
     opts = dict(cfg.check_options)
     if "concepts" in paths and "bias" in cfg.selected_checks():
         opts.setdefault("bias", {}).setdefault("concepts", str(root / "concepts"))

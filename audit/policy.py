@@ -21,7 +21,8 @@ def _matches(m: Metric, gate: Gate) -> bool:
             continue
         if isinstance(have, (int, float)) and not isinstance(have, bool):
             try:
-                if not math.isclose(float(have), float(want), rel_tol=1e-3, abs_tol=1e-6):
+                # 1% tolerance: users write 0.0078 for 2/255 (grids are far coarser than that)
+                if not math.isclose(float(have), float(want), rel_tol=1e-2, abs_tol=1e-6):
                     return False
             except ValueError:
                 return False
