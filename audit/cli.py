@@ -4,6 +4,7 @@ API offers -> reports -> an :class:`~audit.errors.ExitCode`. ``main(argv)`` runs
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -16,6 +17,28 @@ if TYPE_CHECKING:
     from .config import AuditConfig
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return v
+
+
+def _tolerance(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return v
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse exits 2 by default; ours is 4, one line
         raise UsageError(f"{message} (see `{self.prog} --help`)")
@@ -24,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--arch", help="architecture for a state_dict/safetensors file: a torchvision model name or gymnet")
-    g.add_argument("--num-classes", type=int, help="number of classes (for a state_dict)")
+    g.add_argument("--num-classes", type=_positive_int, help="number of classes (for a state_dict)")
     g.add_argument("--weights", help="torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V2): class names, "
                    "mean/std and input size from its metadata; weights from the local torch hub cache when no file is given")
     g.add_argument("--input-size", help="CxHxW, e.g. 3x224x224")
@@ -41,7 +64,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", help="ImageFolder directory (one subfolder per class) or a .pt/.npz with x and y")
     g.add_argument("--resize", action="store_true", help="resize images to the model's input size")
     g.add_argument("--convert-channels", action="store_true", help="convert images to the model's channel count")
-    g.add_argument("--samples", type=int, help="use a seeded, class-stratified subset of N samples")
+    g.add_argument("--samples", type=_positive_int, help="use a seeded, class-stratified subset of N samples")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -49,13 +72,13 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="audit.toml: [audit], [checks.NAME] options and [gates]")
     g.add_argument("--checks", help="comma-separated checks to run (default: all; `audit list` shows them)")
     g.add_argument("--seed", type=int, help="seed for every random choice (default 0)")
-    g.add_argument("--batch-size", type=int, help="inference batch size (default 128)")
-    g.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--batch-size", type=_positive_int, help="inference batch size (default 128)")
+    g.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--fail-on", choices=("none", "warn", "fail"),
                    help="also fail the run (exit 1) on findings of this severity or worse")
     g.add_argument("--out", default="audit-out", help="output folder (default audit-out/)")
     g.add_argument("--baseline", help="a previous results.json: report per-metric deltas, exit 1 on a regression")
-    g.add_argument("--tolerance", type=float, default=0.01,
+    g.add_argument("--tolerance", type=_tolerance, default=0.01,
                    help="how much worse than the baseline a metric may get before it is a regression (default 0.01)")
 
 
@@ -79,10 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole battery on the bundled gym demo model (the dumbbell with an arm)")
     demo.add_argument("--out", default="audit-out", help="output folder (default audit-out/)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--samples-per-class", type=int, default=16, help="demo images per class (default 16)")
+    demo.add_argument("--samples-per-class", type=_positive_int, default=16, help="demo images per class (default 16)")
     demo.add_argument("--checks", help="comma-separated checks to run (default: all)")
     demo.add_argument("--device", default=None)
-    demo.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    demo.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
     _common(demo)
 
     rep = sub.add_parser("report", help="re-render the report files from a saved results.json")
@@ -93,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     dif = sub.add_parser("diff", help="what got worse between two results.json (exit 1 on a regression)")
     dif.add_argument("base", help="baseline results.json (or its folder)")
     dif.add_argument("new", help="new results.json (or its folder)")
-    dif.add_argument("--tolerance", type=float, default=0.01, help="allowed worsening per metric (default 0.01)")
+    dif.add_argument("--tolerance", type=_tolerance, default=0.01, help="allowed worsening per metric (default 0.01)")
     dif.add_argument("--all", action="store_true", help="show unchanged metrics too")
     _common(dif)
 
@@ -162,6 +185,7 @@ def _cmd_run(args) -> int:
 
     log = _logger(args.quiet)
     cfg = _config_from_args(args)  # config errors before any heavy work
+    _ensure_out(Path(args.out))
     if args.model is None and not args.weights:
         raise UsageError("give a model file: audit run MODEL --data DIR (or --weights NAME for torchvision weights)")
     model = load_model(args.model, arch=args.arch, num_classes=args.num_classes, weights=args.weights,
@@ -179,15 +203,27 @@ def _cmd_run(args) -> int:
                           tolerance=args.tolerance)
 
 
+def _ensure_out(out: Path) -> None:
+    """Fail before the battery runs when the output folder cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"cannot write to the output folder {out}: permission denied")
+
+
 def _load_result(path: str):
     from .results import AuditResult
 
     p = Path(path)
-    if not p.exists():
+    if p.is_dir():
+        p = p / "results.json"
+    if not p.is_file():
         raise UsageError(f"results file {p} does not exist")
     try:
         return AuditResult.load(p)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{p} is not an audit results.json ({e})") from None
 
 
@@ -203,6 +239,9 @@ def _run_and_write(model, data, cfg, out: Path, log, *, quiet: bool, baseline=No
         result.finalize_status()
     result.save(out)
     log(f"wrote {out / 'report.html'} ({result.status.upper()})")
+    for g in result.gates:  # a gate that could not be evaluated is a usage error (exit 4): say why
+        if g.status == "error":
+            print(f"audit: error: gate {g.gate}: {g.message}", file=sys.stderr)
     if not quiet:
         print(result.summary(), file=sys.stderr)
     return exit_code_for(result)
@@ -227,6 +266,7 @@ def _cmd_demo(args) -> int:
     log = _logger(args.quiet)
     cfg = _config_from_args(args)
     out = Path(args.out)
+    _ensure_out(out)
     model, data, cfg = load_demo(out, cfg, samples_per_class=args.samples_per_class, log=log)
     return _run_and_write(model, data, cfg, out, log, quiet=args.quiet)
 
@@ -235,6 +275,7 @@ def _cmd_report(args) -> int:
     log = _logger(args.quiet)
     result = _load_result(args.results)
     out = Path(args.out) if args.out else Path(result.base_dir)
+    _ensure_out(out)
     if out.resolve() != Path(result.base_dir).resolve():
         _copy_artifacts(result, Path(result.base_dir), out)
     from reports import write_all
@@ -260,7 +301,10 @@ def _cmd_init(args) -> int:
     p = Path(args.path)
     if p.exists() and not args.force:
         raise UsageError(f"{p} exists; pass --force to overwrite it")
-    p.write_text(TEMPLATE, encoding="utf-8")
+    try:
+        p.write_text(TEMPLATE, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write {p}: {e.strerror or e}") from None
     _logger(args.quiet)(f"wrote {p}; edit it, then: audit run MODEL --data DIR --config {p}")
     return ExitCode.OK
 

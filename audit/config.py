@@ -115,14 +115,19 @@ class AuditConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
-            raise ConfigError(f"samples must be a positive integer, got {self.samples!r}")
+        for key in ("samples", "threads", "batch_size"):
+            v = getattr(self, key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+        if self.checks is not None:
+            if not isinstance(self.checks, list) or not all(isinstance(c, str) for c in self.checks):
+                raise ConfigError(f"checks must be a list of check names, got {self.checks!r}")
+            if not self.checks:
+                raise ConfigError("no checks selected; name at least one (`audit list` shows them)")
+        if not isinstance(self.device, str):
+            raise ConfigError(f"device must be a string such as \"auto\", got {self.device!r}")
         if self.fail_on not in FAIL_ON:
             raise ConfigError(f"fail_on must be one of {', '.join(FAIL_ON)}, got {self.fail_on!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -162,6 +167,8 @@ class AuditConfig:
         if unknown:
             raise ConfigError(f"config{_where(source)}: unknown table or key {sorted(unknown)[0]!r} "
                               "(known: [audit], [checks.NAME], [gates])")
+        if not isinstance(d.get("audit", {}), dict):
+            raise ConfigError(f"config{_where(source)}: [audit] must be a table")
         audit = dict(d.get("audit", {}))
         bad = set(audit) - AUDIT_KEYS
         if bad:

@@ -87,27 +87,44 @@ def _decode_image(path: Path):
         raise DataError(f"{path} is not a readable image ({e.__class__.__name__}); remove it or fix it") from None
 
 
-def _to_tensor(im, channels: int | None, size: tuple[int, int] | None, path: Path, convert: bool,
-               resize: bool, notes: list[str]) -> torch.Tensor:
-    from PIL import Image
+GRAY_MODES = ("L", "LA", "1", "I", "F") + tuple(m for m in ("I;16", "I;16B", "I;16L", "I;16N"))
 
-    mode_channels = {"L": 1, "LA": 1, "I": 1, "I;16": 1, "F": 1, "1": 1, "P": 3, "RGB": 3, "RGBA": 3, "CMYK": 3, "YCbCr": 3}
-    c = mode_channels.get(im.mode, 3)
-    im = im.convert("L" if c == 1 else "RGB")  # alpha is dropped (composited on black)
+
+def _image_channels(im) -> int:
+    return 1 if im.mode in GRAY_MODES else 3
+
+
+def _gray_float(im) -> np.ndarray:
+    """A high-bit-depth gray image (16-bit, int32 or float) scaled to [0, 1]."""
+    a = np.asarray(im, dtype=np.float32)
+    if im.mode.startswith("I;16") or (im.mode == "I" and a.max() > 255):
+        return a / 65535.0
+    if im.mode == "F" and a.max() <= 1.0:
+        return np.clip(a, 0, 1)
+    return np.clip(a / 255.0, 0, 1)
+
+
+def _to_tensor(im, channels: int | None, size: tuple[int, int] | None, path: Path, convert: bool,
+               resize: bool, hint: str = "") -> torch.Tensor:
+    c = _image_channels(im)
+    if channels is not None and c != channels and not convert:
+        raise DataError(f"{path} has {c} channel(s) but the model takes {channels}{hint}; "
+                        f"pass --convert-channels to convert the images to {channels}")
+    if size is not None and (im.height, im.width) != tuple(size) and not resize:
+        raise DataError(f"{path} is {im.height}x{im.width} but the model takes {size[0]}x{size[1]}{hint}; "
+                        "pass --resize to resize the images to the model's input size")
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        t = torch.from_numpy(_gray_float(im).copy())[None]  # keep the full bit depth
+    else:
+        im = im.convert("L" if c == 1 else "RGB")  # alpha is dropped (composited on black)
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+        t = torch.from_numpy((arr[:, :, None] if arr.ndim == 2 else arr).copy()).permute(2, 0, 1)
     if channels is not None and c != channels:
-        if not convert:
-            raise DataError(f"{path} has {c} channel(s) but the model takes {channels}; "
-                            f"pass --convert-channels to convert the images to {channels}")
-        im = im.convert("L" if channels == 1 else "RGB")
-    if size is not None and (im.height, im.width) != tuple(size):
-        if not resize:
-            raise DataError(f"{path} is {im.height}x{im.width} but the model takes {size[0]}x{size[1]}; "
-                            "pass --resize to resize the images to the model's input size")
-        im = im.resize((size[1], size[0]), Image.BILINEAR)
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        t = convert_channels_tensor(t[None], channels)[0]
+    if size is not None and tuple(t.shape[1:]) != tuple(size):
+        t = torch.nn.functional.interpolate(t[None], size=tuple(size), mode="bilinear", align_corners=False,
+                                            antialias=True)[0].clamp(0, 1)
+    return t.contiguous()
 
 
 def _match_classes(folder_names: list[str], model_names: list[str] | None, num_classes: int | None) -> tuple[list[int], list[str] | None]:
@@ -150,24 +167,47 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
     class-stratified subset.
     """
     p = Path(path)
+    if not p.exists():
+        raise DataError(f"data path {p} does not exist")
+    listing = _list_folder(p) if p.is_dir() else None
+    hint = ""
     if model is not None:
+        if not model.ready:  # the model's input size comes from the data: fix it now, so that the
+            # data is checked against the model's real output count and class names
+            shape = _first_image_shape(listing[1][0][0]) if listing else _tensor_file_shape(p)
+            model.finalize(shape, "data")
+        if model.spec.sources.get("input_shape") == "data":
+            hint = " (the model's input size was taken from the first image; pass --input-size CxHxW to set it)"
         input_shape = input_shape or model.spec.input_shape
         class_names = class_names or model.spec.class_names
         num_classes = num_classes or model.spec.num_classes
-    if not p.exists():
-        raise DataError(f"data path {p} does not exist")
-    if p.is_dir():
-        data = _load_folder(p, input_shape, class_names, num_classes, resize, convert_channels, samples, seed, progress)
+    if listing is not None:
+        data = _load_folder(p, listing, input_shape, class_names, num_classes, resize, convert_channels, samples,
+                            seed, progress, hint)
     else:
         data = _load_tensor_file(p, input_shape, class_names, num_classes, resize, convert_channels)
         if samples is not None:
             data = data.subset(stratified_indices(data.y, samples, seed))
+    if model is not None and model.spec.class_names is None and len(data.class_names) == model.spec.num_classes \
+            and not all(n.isdigit() for n in data.class_names):
+        model.spec.set("class_names", list(data.class_names), "data")
     if samples is not None:
         data.notes.append(f"class-stratified subset of {len(data)} samples (seed {seed})")
     return data
 
 
-def _load_folder(p: Path, input_shape, class_names, num_classes, resize, convert, samples, seed, progress) -> AuditData:
+def _first_image_shape(path: Path) -> tuple[int, int, int]:
+    im = _decode_image(path)
+    return (_image_channels(im), im.height, im.width)
+
+
+def _tensor_file_shape(p: Path) -> tuple[int, int, int]:
+    x = _read_tensor_file(p)[0]
+    return tuple(int(v) for v in (x.shape[1:] if x.ndim == 4 else (1, *x.shape[1:])))  # type: ignore[return-value]
+
+
+def _list_folder(p: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
+    """Class subfolders and (image file, folder index) pairs; errors for empty or foreign content."""
     subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not subdirs:
         loose = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS]
@@ -183,6 +223,12 @@ def _load_folder(p: Path, input_shape, class_names, num_classes, resize, convert
             files.append((f, ci))
     if not files:
         raise DataError(f"data folder {p} has class subfolders but no images in them")
+    return subdirs, files
+
+
+def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize, convert, samples, seed, progress,
+                 hint: str) -> AuditData:
+    subdirs, files = listing
     folder_names = [d.name for d in subdirs]
     index, adopt = _match_classes(folder_names, list(class_names) if class_names else None, num_classes)
     names = list(class_names) if class_names else (adopt or [str(i) for i in range(max(num_classes or 0, max(index) + 1))])
@@ -200,17 +246,20 @@ def _load_folder(p: Path, input_shape, class_names, num_classes, resize, convert
     for i in it:
         f, _ = files[i]
         im = _decode_image(f)
-        if size is None:  # infer from the first image; all others must match it
-            channels = channels or (1 if im.mode in ("L", "LA", "I", "I;16", "F", "1") else 3)
+        if size is None:  # no model to compare with: the first image sets the size
+            channels = channels or _image_channels(im)
             size = (im.height, im.width)
             notes.append(f"input size {channels}x{size[0]}x{size[1]} inferred from {f.name}")
-        tensors.append(_to_tensor(im, channels, size, f, convert, resize, notes))
+            hint = " (taken from the first image)"
+        tensors.append(_to_tensor(im, channels, size, f, convert, resize, hint))
         ids.append(str(f.relative_to(p)))
     x = torch.stack(tensors)
     return AuditData(x, y_all[list(keep)], names, ids, str(p), notes)
 
 
-def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, convert) -> AuditData:
+def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    import warnings
+
     if p.suffix.lower() == ".npz":
         try:
             z = np.load(p, allow_pickle=False)
@@ -219,7 +268,9 @@ def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, co
         d = {k: z[k] for k in z.files}
     else:
         try:
-            d = torch.load(p, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                d = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
             raise DataError(f"{p} is not a tensor file this tool reads (.pt with x and y, or .npz): "
                             f"{str(e).strip().splitlines()[0][:160]}") from None
@@ -227,6 +278,13 @@ def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, co
         raise DataError(f"{p} must hold a dict with 'x' (N, C, H, W in [0, 1]) and 'y' (N labels)")
     x = torch.as_tensor(np.asarray(d["x"]) if not isinstance(d["x"], torch.Tensor) else d["x"])
     y = torch.as_tensor(np.asarray(d["y"]) if not isinstance(d["y"], torch.Tensor) else d["y"]).long().flatten()
+    if x.ndim not in (3, 4) or x.shape[0] == 0:
+        raise DataError(f"{p}: x has shape {list(x.shape)}, expected (N, C, H, W) with N > 0")
+    return x, y, d
+
+
+def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, convert) -> AuditData:
+    x, y, d = _read_tensor_file(p)
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.ndim != 4:

@@ -199,7 +199,9 @@ def _infer_num_classes(sd: dict[str, torch.Tensor]) -> int | None:
 
 def _load_pickle(path: Path, trust: bool) -> tuple[Any, str]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), "state_dict"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True), "state_dict"
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError ...
         msg = str(e)
         needs_code = "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg
@@ -229,7 +231,13 @@ def _load_pickle(path: Path, trust: bool) -> tuple[Any, str]:
 
 
 def _first_line(msg: str) -> str:
-    return msg.strip().splitlines()[0][:200] if msg.strip() else "unknown error"
+    """The informative line of an exception message (TorchScript puts it last)."""
+    lines = [ln.strip() for ln in msg.strip().splitlines() if ln.strip()]
+    if not lines:
+        return "unknown error"
+    if lines[0].startswith("The following operation failed") and len(lines) > 1:
+        return lines[-1][:200]
+    return lines[0][:200]
 
 
 def _find_sidecar(path: Path | None) -> Path | None:
@@ -487,8 +495,9 @@ def load_model(path: str | os.PathLike | None = None, *, arch: str | None = None
             spec.set("input_shape", (3, int(crop[0]), int(crop[-1])), "weights")
         spec.set("mean", tuple(getattr(tr, "mean", ()) or ()) or None, "weights")
         spec.set("std", tuple(getattr(tr, "std", ()) or ()) or None, "weights")
-        if meta.get("categories"):
-            spec.set("class_names", list(meta["categories"]), "weights")
+        cats = meta.get("categories")
+        if cats and (spec.num_classes is None or spec.num_classes == len(cats)):  # a fine-tuned head has its own
+            spec.set("class_names", list(cats), "weights")
     if spec.num_classes is None and spec.class_names is not None:
         spec.set("num_classes", len(spec.class_names), spec.sources["class_names"])
 
@@ -510,10 +519,7 @@ def load_model(path: str | os.PathLike | None = None, *, arch: str | None = None
                 except Exception as e:  # noqa: BLE001
                     raise ModelLoadError(f"{p} is a TorchScript archive that fails to load ({_first_line(str(e))})") from None
             elif fmt == "export":
-                try:
-                    ep = torch.export.load(str(p))
-                except Exception as e:  # noqa: BLE001
-                    raise ModelLoadError(f"{p} is a torch.export archive that fails to load ({_first_line(str(e))})") from None
+                ep = _load_export(p, trust)
                 net, fixed_batch, shape = _unpack_export(ep)
                 spec.set("input_shape", shape, "export")
             elif fmt == "safetensors":
@@ -553,6 +559,31 @@ def load_model(path: str | os.PathLike | None = None, *, arch: str | None = None
     if spec.input_shape is not None:
         model.finalize()
     return model
+
+
+def _load_export(p: Path, trust: bool):
+    """``torch.export.load`` unpickles the archive's sample inputs and constants, and falls back
+    to ``weights_only=False`` when that fails: without ``trust`` the fallback is forbidden
+    (TORCH_FORCE_WEIGHTS_ONLY_LOAD), so a crafted archive's code never runs."""
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    if not trust:
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(str(p))
+    except Exception as e:  # noqa: BLE001
+        msg = str(e)
+        if not trust and ("weights_only" in msg or "GLOBAL" in msg or "Unsupported global" in msg):
+            raise ModelLoadError(f"{p} is a torch.export archive holding pickled objects that need code to load; "
+                                 "it was not run. Re-run with --trust only if you trust its source") from None
+        raise ModelLoadError(f"{p} is a torch.export archive that fails to load ({_first_line(msg)})") from None
+    finally:
+        if not trust:
+            if old is None:
+                os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+            else:
+                os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
 
 
 def _unpack_export(ep) -> tuple[nn.Module, int | None, tuple[int, int, int] | None]:

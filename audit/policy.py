@@ -46,7 +46,7 @@ def evaluate_gate(gate: Gate, checks: Iterable[CheckResult]) -> GateResult:
                           f"no metric {gate.metric}{_quals(gate)} in check {gate.check!r}'s results")
     failing = [m for m in rows if not gate.holds(m.value)]
     shown = failing[0] if failing else min(rows, key=lambda m: (m.value if m.value is not None else -math.inf))
-    where = _row_label(shown) if len(rows) > 1 else ""
+    where = _row_label(shown) if (len(rows) > 1 or gate.qualifiers) else ""
     val = "n/a" if shown.value is None else f"{shown.value:.4g}"
     if failing:
         extra = f" ({len(failing)} of {len(rows)} rows)" if len(rows) > 1 else ""

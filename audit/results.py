@@ -270,6 +270,8 @@ class AuditResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AuditResult":
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
         if d.get("schema") != SCHEMA:
             raise ValueError(f"unsupported results schema {d.get('schema')!r} (expected {SCHEMA!r})")
         return cls(model=d["model"], run=d["run"], status=d["status"],

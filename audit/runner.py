@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import torch
 
 from .config import AuditConfig
-from .data import AuditData
+from .data import AuditData, stratified_indices
 from .errors import UsageError
 from .model import AuditModel, resolve_device
 from .policy import evaluate_gate
@@ -78,18 +78,25 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
     device = resolve_device(cfg.device) if cfg.device != "auto" else model.device
     if device != model.device:
         model.to(device)
-    if not model.ready:
-        model.finalize(data.input_shape if data is not None else None, "data",
-                       class_names=data.class_names if data is not None else None)
     names = cfg.selected_checks()
     checks = [(n, get_check(n)) for n in names]
     if data is None:
         need = [n for n, c in checks if c.needs_data]
         if need:
             raise UsageError(f"check(s) {', '.join(need)} need data: pass --data DIR (or select data-free checks with --checks)")
-    elif tuple(data.input_shape) != tuple(model.spec.input_shape):
-        raise UsageError(f"the data is {_shape(data.input_shape)} but the model takes {_shape(model.spec.input_shape)}; "
-                         "pass --resize / --convert-channels")
+    if not model.ready:
+        model.finalize(data.input_shape if data is not None else None, "data",
+                       class_names=data.class_names if data is not None else None)
+    if data is not None:
+        if tuple(data.input_shape) != tuple(model.spec.input_shape):
+            raise UsageError(f"the data is {_shape(data.input_shape)} but the model takes {_shape(model.spec.input_shape)}; "
+                             "pass --resize / --convert-channels")
+        if len(data) and (int(data.y.min()) < 0 or int(data.y.max()) >= model.num_classes):
+            raise UsageError(f"the data's labels run {int(data.y.min())}..{int(data.y.max())} but the model has "
+                             f"{model.num_classes} outputs; fix the class folders or labels, or pass --labels FILE")
+        if cfg.samples is not None and len(data) > cfg.samples:  # the API path: data loaded whole
+            data = data.subset(stratified_indices(data.y, cfg.samples, cfg.seed))
+            data.notes.append(f"class-stratified subset of {len(data)} samples (seed {cfg.seed})")
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     ctx = Context(model=model, data=data, config=cfg, seed=cfg.seed, device=model.device, progress=progress)

@@ -176,6 +176,7 @@ def bad_inputs(tmp_path, model_files, pattern_folder):
     Image.new("L", (16, 16)).save(d / "gray" / "blob" / "0.png")
     (d / "two.txt").write_text("a\nb\n")
     (d / "bad.toml").write_text("[audit]\nseeed = 1\n")
+    torch.save({"x": torch.rand(6, 3, 16, 16), "y": torch.tensor([0, 1, 2, 3, 9, 0])}, d / "y9.pt")
     return d
 
 
@@ -197,6 +198,12 @@ BAD = [
     ("unknown config key", ["run", "{m}/dyn.pt2", "--data", "{data}", "--config", "{d}/bad.toml"], "unknown key 'seeed'"),
     ("unknown check", ["run", "{m}/dyn.pt2", "--data", "{data}", "--checks", "nosuch"], "unknown check 'nosuch'"),
     ("unknown flag", ["run", "{m}/dyn.pt2", "--frobnicate"], "unrecognized arguments"),
+    ("labels out of range", ["run", "{m}/dyn.pt2", "--data", "{d}/y9.pt"], "outside the model's 4 classes"),
+    ("no checks", ["run", "{m}/dyn.pt2", "--data", "{data}", "--checks", ","], "no checks selected"),
+    ("negative count", ["run", "{m}/sd.pth", "--arch", "tinynet", "--num-classes", "-3"], "must be at least 1"),
+    ("out is a file", ["run", "{m}/dyn.pt2", "--data", "{data}", "--out", "{d}/two.txt"], "cannot write to the output"),
+    ("report of nothing", ["report", "{d}/empty"], "does not exist"),
+    ("negative tolerance", ["diff", "{d}/empty", "{d}/empty", "--tolerance", "-1"], "must be a finite number"),
 ]
 
 
@@ -204,9 +211,12 @@ BAD = [
 def test_bad_input_is_one_line_exit_4(bad_inputs, model_files, pattern_folder, labels_file, tmp_path, capsys,
                                       what, argv, match):
     argv = [a.format(d=bad_inputs, m=model_files, data=pattern_folder, labels=labels_file) for a in argv]
-    if "--checks" not in argv and argv[-1] != "--frobnicate":
-        argv += ["--checks", "clean"]
-    rc = main(argv + ["--out", str(tmp_path / "out"), "-q"])
+    if argv[0] == "run":
+        if "--checks" not in argv and argv[-1] != "--frobnicate":
+            argv += ["--checks", "clean"]
+        if "--out" not in argv:
+            argv += ["--out", str(tmp_path / "out")]
+    rc = main(argv + ["-q"])
     err = capsys.readouterr().err.strip()
     assert rc == ExitCode.USAGE_ERROR, err
     assert len(err.splitlines()) == 1 and err.startswith("audit: error: "), err

@@ -95,3 +95,29 @@ def test_stratified_subset_is_seeded_and_keeps_every_class():
 def test_samples_option(pattern_folder, model):
     d = load_data(pattern_folder, model=model, samples=8, seed=1)
     assert len(d) == 8 and torch.bincount(d.y, minlength=4).tolist() == [2, 2, 2, 2]
+
+
+def test_sixteen_bit_gray_images_keep_their_range(tmp_path):
+    from PIL import Image
+
+    from audit.data import load_data
+
+    d = tmp_path / "d" / "0"
+    d.mkdir(parents=True)
+    Image.fromarray(np.linspace(0, 65535, 256).reshape(16, 16).astype(np.uint16)).save(d / "a.png")
+    data = load_data(tmp_path / "d")
+    assert data.input_shape == (1, 16, 16)
+    assert abs(float(data.x.mean()) - 0.5) < 0.01 and float(data.x.max()) == pytest.approx(1.0)
+
+
+def test_class_folders_are_checked_against_a_model_of_unknown_input_size(model_files, tmp_path, pattern_folder):
+    import shutil
+
+    from audit.model import load_model
+
+    m = load_model(model_files / "ts.pt", device="cpu")  # TorchScript: input size unknown until the data
+    assert not m.ready
+    shutil.copytree(pattern_folder / "blob", tmp_path / "d" / "a")
+    shutil.copytree(pattern_folder / "checker", tmp_path / "d" / "c")
+    with pytest.raises(DataError, match="2 class folders but the model has 4 outputs"):
+        load_data(tmp_path / "d", model=m)

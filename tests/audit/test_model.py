@@ -191,3 +191,33 @@ def test_python_dash_m_audit_works():
 
     r = subprocess.run([sys.executable, "-m", "audit", "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().startswith("audit ")
+
+
+class _Touch:
+    """Unpickling this creates a file: proof that code in a model file ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_export_archive_with_pickled_code_is_refused_without_trust(model_files, tmp_path):
+    import io
+    import zipfile
+
+    marker = tmp_path / "ran"
+    buf = io.BytesIO()
+    torch.save((_Touch(marker),), buf)
+    evil = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(model_files / "dyn.pt2") as src, zipfile.ZipFile(evil, "w") as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("sample_inputs/model.pt"):
+                data = buf.getvalue()
+            out.writestr(info.filename, data)
+    with pytest.raises(ModelLoadError, match="--trust"):
+        load_model(evil, device="cpu")
+    assert not marker.exists()
+    assert load_model(model_files / "dyn.pt2", device="cpu").num_classes == 4  # a clean archive still loads
