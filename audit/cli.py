@@ -77,6 +77,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fail-on", choices=("none", "warn", "fail"),
                    help="also fail the run (exit 1) on findings of this severity or worse")
     g.add_argument("--out", default="audit-out", help="output folder (default audit-out/)")
+    g.add_argument("--resume", action="store_true",
+                   help="reuse the checks an interrupted run already finished in --out (same model, data, seed, options)")
     g.add_argument("--baseline", help="a previous results.json: report per-metric deltas, exit 1 on a regression")
     g.add_argument("--tolerance", type=_tolerance, default=0.01,
                    help="how much worse than the baseline a metric may get before it is a regression (default 0.01)")
@@ -106,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--checks", help="comma-separated checks to run (default: all)")
     demo.add_argument("--device", default=None)
     demo.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    demo.add_argument("--resume", action="store_true", help="reuse the checks an interrupted demo already finished")
     _common(demo)
 
     rep = sub.add_parser("report", help="re-render the report files from a saved results.json")
@@ -200,7 +203,7 @@ def _cmd_run(args) -> int:
         log(f"data {args.data}: {len(data)} images, {len(data.class_names)} classes")
     baseline = _load_result(args.baseline) if args.baseline else None
     return _run_and_write(model, data, cfg, Path(args.out), log, quiet=args.quiet, baseline=baseline,
-                          tolerance=args.tolerance)
+                          tolerance=args.tolerance, resume=args.resume)
 
 
 def _ensure_out(out: Path) -> None:
@@ -227,10 +230,11 @@ def _load_result(path: str):
         raise UsageError(f"{p} is not an audit results.json ({e})") from None
 
 
-def _run_and_write(model, data, cfg, out: Path, log, *, quiet: bool, baseline=None, tolerance: float = 0.01) -> int:
+def _run_and_write(model, data, cfg, out: Path, log, *, quiet: bool, baseline=None, tolerance: float = 0.01,
+                   resume: bool = False) -> int:
     from .runner import run_audit
 
-    result = run_audit(model, data, cfg, progress=not quiet, log=log)
+    result = run_audit(model, data, cfg, progress=not quiet, log=log, checkpoint=out, resume=resume)
     if baseline is not None:
         from .compare import compare, regression_gate
 
@@ -268,7 +272,7 @@ def _cmd_demo(args) -> int:
     out = Path(args.out)
     _ensure_out(out)
     model, data, cfg = load_demo(out, cfg, samples_per_class=args.samples_per_class, log=log)
-    return _run_and_write(model, data, cfg, out, log, quiet=args.quiet)
+    return _run_and_write(model, data, cfg, out, log, quiet=args.quiet, resume=args.resume)
 
 
 def _cmd_report(args) -> int:

@@ -8,6 +8,7 @@ battery and keeps what finished (``result.interrupted``).
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
 import traceback
@@ -18,6 +19,7 @@ from typing import Any, Iterable
 
 import torch
 
+from .checkpoint import Checkpoints, fingerprint
 from .config import AuditConfig
 from .data import AuditData, stratified_indices
 from .errors import UsageError
@@ -69,9 +71,14 @@ class Context:
 
 
 def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditConfig | str | dict | None = None, *,
-              progress: bool = False, log=None) -> AuditResult:
+              progress: bool = False, log=None, checkpoint: str | os.PathLike | None = None,
+              resume: bool = False) -> AuditResult:
     """Run the configured battery on ``model`` and ``data`` and return an :class:`AuditResult`
-    (nothing is written; call ``result.save(out)``)."""
+    (the reports are not written; call ``result.save(out)``).
+
+    With ``checkpoint=OUT``, each finished check is checkpointed under ``OUT/.audit-checkpoint``;
+    with ``resume=True`` as well, checks checkpointed by an earlier run with the same model,
+    samples, seed and options are reused instead of run again (see audit.checkpoint)."""
     cfg = AuditConfig.coerce(config)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -108,17 +115,32 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
                              f"(first: {data.ids[int(bad.nonzero()[0])]}); check its weights and normalization")
     results: list[CheckResult] = []
     interrupted = False
+    store = Checkpoints(checkpoint) if checkpoint is not None else None
+    reused: list[str] = []
+    info = model.describe()
     for name, cls in checks:
         res = CheckResult(name=name)
         ctx.check_name = name
         s = derive_seed(cfg.seed, name)
         ctx.generator = torch.Generator().manual_seed(s)
         torch.manual_seed(s)
+        options = cfg.options_for(name)
+        fp = fingerprint(model_info=info, data=data, seed=cfg.seed, check=name, options=options, version=_version())
+        saved = store.load(name, fp) if (store is not None and resume) else None
+        if saved is not None:
+            res, pub = saved
+            ctx.published.update(pub)
+            results.append(res)
+            reused.append(name)
+            if log:
+                log(f"check {name}: {res.status} (reused from {store.dir})")
+            continue
         t = time.perf_counter()
         if log:
             log(f"check {name}: running")
+        before = set(ctx.published)
         try:
-            res = cls(cfg.options_for(name)).run(ctx)
+            res = cls(options).run(ctx)
             res.name = name
         except KeyboardInterrupt:
             interrupted = True
@@ -129,6 +151,8 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
         res.duration_s = round(time.perf_counter() - t, 3)  # as saved, so a re-render is identical
         res.finalize_status()
         results.append(res)
+        if store is not None and res.error is None:
+            store.save(res, fp, {k: v for k, v in ctx.published.items() if k not in before})
         if log:
             log(f"check {name}: {res.status} ({res.duration_s:.1f} s){' - ' + res.error if res.error else ''}")
         if interrupted:
@@ -144,7 +168,9 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
            "tool_version": _version()}
     if torch.cuda.is_available() and model.device.type == "cuda":
         run["gpu"] = torch.cuda.get_device_name(model.device)
-    result = AuditResult(model=model.describe(), run=run, checks=results, gates=gates,
+    if store is not None:
+        run["resumed"] = reused
+    result = AuditResult(model=info, run=run, checks=results, gates=gates,
                          data=data.describe() if data is not None else {}, interrupted=interrupted)
     result.finalize_status()
     return result
