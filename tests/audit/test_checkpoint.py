@@ -73,3 +73,32 @@ def test_a_changed_seed_does_not_reuse(model_files, pattern_folder, labels_file,
     assert json.loads((tmp_path / "o" / "results.json").read_text())["run"]["resumed"] == ["clean"]
     assert main(common + ["--resume", "--seed", "3"]) == ExitCode.OK
     assert json.loads((tmp_path / "o" / "results.json").read_text())["run"]["resumed"] == []
+
+
+def test_a_killed_process_resumes(model_files, pattern_folder, labels_file, tmp_path):
+    """SIGKILL (no chance to write anything) after the first check finished: --resume reuses it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text("[checks.fooling]\nmethods = [\"evolution_direct\"]\nqueries_per_class = 3000\nearly_stop = false\n")
+    args = [sys.executable, "-m", "audit", "run", str(model_files / "dyn.pt2"), "--data", str(pattern_folder),
+            "--labels", str(labels_file), "--config", str(cfg), "--checks", "clean,fooling", "-q",
+            "--out", str(out), "--threads", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / DIRNAME / "clean.json").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "results.json").exists() and not (out / DIRNAME / "fooling.json").exists()
+    # resume, with a cheaper fooling so the test stays short (its options changed: it reruns)
+    cfg.write_text("[checks.fooling]\nmethods = [\"gradient\"]\nsteps = 10\ngarbage_samples = 2\n")
+    assert main(args[3:] + ["--resume"]) == ExitCode.OK
+    d = json.loads((out / "results.json").read_text())
+    assert d["run"]["resumed"] == ["clean"] and [c["name"] for c in d["checks"]] == ["clean", "fooling"]
