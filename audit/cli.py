@@ -65,6 +65,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resize", action="store_true", help="resize images to the model's input size")
     g.add_argument("--convert-channels", action="store_true", help="convert images to the model's channel count")
     g.add_argument("--samples", type=_positive_int, help="use a seeded, class-stratified subset of N samples")
+    g.add_argument("--concepts", help="concept folders for the bias check: one folder of example images per concept, "
+                   "random* folders as counter-examples (same as [checks.bias] concepts)")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -188,6 +190,12 @@ def _cmd_run(args) -> int:
 
     log = _logger(args.quiet)
     cfg = _config_from_args(args)  # config errors before any heavy work
+    if args.concepts:
+        if not Path(args.concepts).is_dir():
+            raise UsageError(f"--concepts {args.concepts} is not a folder of concept folders")
+        opts = {k: dict(v) for k, v in cfg.check_options.items()}
+        opts.setdefault("bias", {})["concepts"] = str(args.concepts)
+        cfg = cfg.replace(check_options=opts)
     _ensure_out(Path(args.out))
     if args.model is None and not args.weights:
         raise UsageError("give a model file: audit run MODEL --data DIR (or --weights NAME for torchvision weights)")

@@ -278,3 +278,23 @@ def test_unseen_model_kind_in_three_formats(mystery_files, pattern_folder, label
     want = _plain_accuracy(lambda x: net(x)[0], pattern_folder, PATTERNS)
     assert acc == pytest.approx(want, abs=1e-9) and 0.3 < want
     assert any("tuple" in a for a in res["model"]["adaptations"])
+
+
+def test_concepts_flag_reaches_the_bias_check(model_files, pattern_folder, labels_file, tmp_path, capsys):
+    from tests.conftest import write_imagefolder
+    from tests.tinymodels import make_patterns
+
+    x, y = make_patterns(6, seed=21)
+    write_imagefolder(tmp_path / "concepts", x, torch.zeros_like(y), ["stripes"])
+    for k in range(2):
+        xr, _ = make_patterns(3, seed=40 + k)
+        write_imagefolder(tmp_path / "concepts", xr, torch.zeros(len(xr), dtype=torch.long), [f"random_{k}"])
+    out = tmp_path / "out"
+    rc = main(["run", str(model_files / "sd.pth"), "--arch", "tinynet", "--data", str(pattern_folder),
+               "--labels", str(labels_file), "--checks", "bias", "--concepts", str(tmp_path / "concepts"),
+               "--out", str(out), "-q"])
+    res = json.loads((out / "results.json").read_text())
+    bias = res["checks"][0]
+    assert rc in (ExitCode.OK, ExitCode.GATE_FAILED) and bias["status"] != "error", bias["error"]
+    assert any(m.get("concept") == "stripes" for m in bias["metrics"])
+    assert main(["run", str(model_files / "sd.pth"), "--concepts", str(tmp_path / "nope"), "-q"]) == ExitCode.USAGE_ERROR
