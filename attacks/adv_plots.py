@@ -41,7 +41,8 @@ def report(eng) -> None:
                            norm=nr.norm, epsilon=e, **{"class": names[c]})
         att = eng.attacked
         mp = nr.min_pert[att]
-        med = float(mp.median()) if len(mp) else float("nan")
+        srt = mp.sort().values  # the usual median: the mean of the two middle values for an even count
+        med = float((srt[(len(srt) - 1) // 2] + srt[len(srt) // 2]) / 2) if len(srt) else float("nan")
         res.metric("median_min_perturbation", med, norm=nr.norm)
         _masking(eng, nr, cur)
         mid = min(range(nr.K), key=lambda k: abs(nr.eps[k] - nr.eps[-1] / 2))

@@ -50,6 +50,7 @@ from audit.registry import Check, register_check
 from audit.results import CheckResult
 
 from . import concept_tcav as tc
+from .class_viz import select_classes
 from .concept_layers import capture, default_layers, hookable, resolve_layers
 from .viz_param import few_threads_for_small_work
 
@@ -142,7 +143,7 @@ class BiasCheck(Check):
             randoms = {"random_data": data.x[perm]}
             random_note = f"random counter-examples: {len(perm)} images drawn from the data"
         pool = torch.cat(list(randoms.values()))
-        classes = [names.index(c) if c in names else int(c) for c in o.classes] if o.classes else list(range(len(names)))
+        classes = select_classes(names, list(o.classes), len(names))[0]  # validates names and indices
 
         # ------------------------------------------------------------------ TCAV
         layers = list(o.layers) or default_layers(model.net, o.n_layers)

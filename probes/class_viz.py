@@ -62,6 +62,8 @@ def select_classes(names: list[str], wanted: list, max_classes: int) -> tuple[li
         return out, ""
     if k <= max_classes:
         return list(range(k)), ""
+    if max_classes <= 1:
+        return [0], f"1 of {k} classes visualized (set [checks.class_viz] classes)"
     idx = sorted({round(i * (k - 1) / (max_classes - 1)) for i in range(max_classes)})
     return idx, f"{len(idx)} of {k} classes visualized (evenly spaced; set [checks.class_viz] classes)"
 
@@ -146,6 +148,18 @@ class ClassVizCheck(Check):
         min_crop: float = 0.6  #: smallest random crop of a picture larger than the input
         amp: bool = True  #: bfloat16 autocast on CUDA
         confident: float = 0.5  #: below this target confidence a class is listed in class_viz.not_reached
+
+        def __post_init__(self) -> None:
+            from audit.errors import ConfigError
+
+            if self.objective not in ("logit", "logit_minus_mean"):
+                raise ConfigError(f"[checks.class_viz] objective must be 'logit' or 'logit_minus_mean', "
+                                  f"not {self.objective!r}")
+            for key in ("steps", "seeds", "max_classes", "batch_size"):
+                if getattr(self, key) < 1:
+                    raise ConfigError(f"[checks.class_viz] {key} must be at least 1, got {getattr(self, key)}")
+            if self.lr <= 0 or self.image_size < 0:
+                raise ConfigError("[checks.class_viz] lr must be positive and image_size >= 0")
 
     def run(self, ctx) -> CheckResult:
         o = self.options

@@ -98,9 +98,11 @@ def test_no_gradient_is_an_info_finding():
     assert [f.code for f in c.findings] == ["class_viz.no_gradient"] and not c.artifacts
 
 
-def test_bad_objective_is_reported(tiny_model):
-    r = run_audit(tiny_model, None, {"audit": {"checks": ["class_viz"]}, "checks": {"class_viz": {"objective": "nope"}}})
-    assert r.check("class_viz").status == "error" and "objective" in r.check("class_viz").error
+def test_bad_objective_is_a_config_error(tiny_model):
+    from audit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="objective"):  # before anything runs: `audit run` exits 4
+        run_audit(tiny_model, None, {"audit": {"checks": ["class_viz"]}, "checks": {"class_viz": {"objective": "nope"}}})
 
 
 def test_fourier_image_and_views():
@@ -131,3 +133,16 @@ def test_few_threads_for_small_work_restores_the_setting():
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
+
+
+def test_max_classes_one_and_bad_options(tiny_model):
+    from audit.config import AuditConfig
+    from audit.errors import ConfigError
+
+    res = run_audit(tiny_model, None, AuditConfig(checks=["class_viz"],
+                                                  check_options={"class_viz": {"max_classes": 1, "steps": 2}}))
+    c = res.check("class_viz")
+    assert c.status != "error", c.error
+    assert len([m for m in c.metrics if m.name == "target_confidence"]) == 1
+    with pytest.raises(ConfigError, match="max_classes must be at least 1"):
+        AuditConfig(checks=["class_viz"], check_options={"class_viz": {"max_classes": 0}})
