@@ -1,6 +1,5 @@
 """audit/runner.py through the API: validation before any check runs, subsets, seeds."""
 import pytest
-import torch
 
 from audit import AuditData, load_model, run_audit
 from audit.errors import UsageError
