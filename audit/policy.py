@@ -61,5 +61,5 @@ def _quals(gate: Gate) -> str:
 
 
 def _row_label(m: Metric) -> str:
-    q = {k: v for k, v in m.qualifiers.items() if v is not None}
+    q = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in m.qualifiers.items() if v is not None}
     return "[" + ",".join(f"{k}={v}" for k, v in q.items()) + "]" if q else ""
