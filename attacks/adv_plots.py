@@ -4,6 +4,7 @@ example panels), the published examples and the compact per-sample data."""
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 
@@ -41,8 +42,7 @@ def report(eng) -> None:
                            norm=nr.norm, epsilon=e, **{"class": names[c]})
         att = eng.attacked
         mp = nr.min_pert[att]
-        srt = mp.sort().values  # the usual median: the mean of the two middle values for an even count
-        med = float((srt[(len(srt) - 1) // 2] + srt[len(srt) // 2]) / 2) if len(srt) else float("nan")
+        med = statistics.median(mp.tolist()) if len(mp) else float("nan")  # mean of the middle two when even
         res.metric("median_min_perturbation", med, norm=nr.norm)
         _masking(eng, nr, cur)
         mid = min(range(nr.K), key=lambda k: abs(nr.eps[k] - nr.eps[-1] / 2))

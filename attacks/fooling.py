@@ -39,6 +39,7 @@ Publishes ``fooling.images``: {method: {class name: (C, H, W) CPU tensor}} of be
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -58,8 +59,7 @@ METHODS = ("gradient", "evolution_direct", "evolution_cppn")
 
 
 def _median(v: list[float]) -> float | None:
-    s = sorted(v)
-    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2 if s else None
+    return statistics.median(v) if v else None
 
 
 def _median_first(v: list[int | None]) -> float | None:

@@ -10,6 +10,8 @@ random period, phase and colours) and ``checkerboard`` (random cell size, phase,
 """
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 KINDS = ("uniform_noise", "gaussian_noise", "black", "gray", "white", "stripes", "checkerboard")
@@ -74,7 +76,7 @@ def garbage_plot(rows: list[dict], *, title: str = "Max-softmax confidence on ga
     ax.set_xticks(range(1, len(kinds) + 1))
     ax.set_xticklabels([])
     ax.set_title(title, fontsize=10)
-    cells = [[f"{len(r['conf'])}", f"{_median(r['conf']):.3f}", f"{r['share_90']:.0%}", f"{r['share_99']:.0%}",
+    cells = [[f"{len(r['conf'])}", f"{statistics.median(r['conf']):.3f}", f"{r['share_90']:.0%}", f"{r['share_99']:.0%}",
               f"{r['top_class']} ({r['top_share']:.0%})"] for r in rows]
     table = ax.table(cellText=list(map(list, zip(*cells))), rowLabels=["n", "median", "≥ 0.9", "≥ 0.99", "top class"],
                      colLabels=kinds, cellLoc="center", bbox=[0.0, -0.6, 1.0, 0.52])
@@ -82,7 +84,3 @@ def garbage_plot(rows: list[dict], *, title: str = "Max-softmax confidence on ga
     table.set_fontsize(7.5)
     return figure_png(fig)
 
-
-def _median(v: list[float]) -> float:
-    s = sorted(v)
-    return (s[(len(s) - 1) // 2] + s[len(s) // 2]) / 2 if s else float("nan")
