@@ -24,7 +24,6 @@ saturates and the cross-entropy gradient becomes exactly zero.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -136,24 +135,6 @@ class Objective:
             loss = F.cross_entropy(self.model(xg).float(), lab, reduction="sum")
             (g,) = torch.autograd.grad(loss, xg)
         return -g if self.targeted else g
-
-
-def batched(idx: torch.Tensor, batch_size: int, fn: Callable[[torch.Tensor], None]) -> None:
-    """Call ``fn`` on consecutive chunks of ``idx``; on a CUDA out-of-memory the chunk size
-    is halved and the chunk retried."""
-    bs = max(1, int(batch_size))
-    i = 0
-    while i < len(idx):
-        chunk = idx[i:i + bs]
-        try:
-            fn(chunk)
-        except torch.cuda.OutOfMemoryError:
-            if bs == 1:
-                raise
-            torch.cuda.empty_cache()
-            bs = max(1, bs // 2)
-            continue
-        i += len(chunk)
 
 
 # ----------------------------------------------------------------------------- attacks

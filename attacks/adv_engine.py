@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from audit.batching import batched
 from audit.data import stratified_indices
 from audit.errors import ConfigError
 
@@ -169,7 +170,7 @@ class Engine:
             _, g = self.obj(self.x[ch].to(self.dev), self.lab[ch].to(self.dev), grad=True)
             g0[ch] = g.cpu()
 
-        core.batched(ai, self.bs, fn)
+        batched(ai, self.bs, fn)
         flat = g0[ai].flatten(1)
         bad = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0) if len(ai) else torch.zeros(0, dtype=torch.bool)
         share = float(bad.float().mean()) if len(ai) else 0.0
@@ -220,7 +221,7 @@ class Engine:
                 fooled, xa = attack_fn(self.x[ch].to(self.dev), self.lab[ch].to(self.dev), eps, ch)
                 self._record(nr, attack, k, ch, fooled.cpu(), xa)
 
-            core.batched(gi, self.bs, fn)
+            batched(gi, self.bs, fn)
             bar.update(1)
         bar.close()
         self.timings[f"{attack}_{nr.norm}"] = round(time.perf_counter() - t0, 3)
@@ -250,7 +251,7 @@ class Engine:
                 nr.fmn_norm[ch] = best.cpu()
                 fmn_adv[ch] = xa.cpu()
 
-            core.batched(self.attacked.nonzero().flatten(), self.bs, fn)
+            batched(self.attacked.nonzero().flatten(), self.bs, fn)
             bar.update(1)
             bar.close()
             for k, e in enumerate(eps):  # the minimal perturbation ≤ ε: fooled at ε
@@ -322,7 +323,7 @@ class Engine:
                 nr.fmn_norm[ch[f]] = core.norm_of(xa[f] - self.x[ch[f]], nr.norm)
                 fmn_adv[ch[f]] = xa[f]
 
-            core.batched(miss, self.bs, fn)
+            batched(miss, self.bs, fn)
         rate = float(torch.isfinite(nr.fmn_norm[ai]).float().mean())
         nr.unbounded_rate = rate
         if rate < 0.99:

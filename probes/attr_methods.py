@@ -32,6 +32,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from audit.batching import with_oom_retry as _with_oom_retry
+
 GRADIENT, HOOK, PERTURBATION = "gradient", "hook", "perturbation"
 
 
@@ -156,25 +158,9 @@ def get_method(name: str) -> AttrMethod:
 
 
 # ----------------------------------------------------------------------------- memory
-def _is_oom(e: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
-    return isinstance(e, oom) or "out of memory" in str(e).lower()
-
-
 def with_oom_retry(fn: Callable[[int], object], batch: int, s: AttrSettings | None = None):
-    """Call ``fn(batch)``; on an out-of-memory error free the cache, halve ``batch`` and
-    retry, down to 1 (then the error propagates). Halvings are recorded in ``s.oom_retries``."""
-    while True:
-        try:
-            return fn(batch)
-        except RuntimeError as e:
-            if not _is_oom(e) or batch <= 1:
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            batch = max(1, batch // 2)
-            if s is not None:
-                s.oom_retries.append(batch)
+    """:func:`audit.batching.with_oom_retry`, recording each halving in ``s.oom_retries``."""
+    return _with_oom_retry(fn, batch, s.oom_retries.append if s is not None else None)
 
 
 def activation_bytes_per_image(model: nn.Module, x1: torch.Tensor) -> int:
