@@ -34,6 +34,8 @@ import torch.nn as nn
 
 from audit.batching import with_oom_retry as _with_oom_retry
 
+from .concept_layers import conv_layers
+
 GRADIENT, HOOK, PERTURBATION = "gradient", "hook", "perturbation"
 
 
@@ -204,12 +206,10 @@ def choose_internal_batch(model: nn.Module, x1: torch.Tensor, budget_mb: float) 
 
 # ----------------------------------------------------------------------------- hook-safe models
 def last_conv(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """The last ``nn.Conv2d`` in registration order (Grad-CAM's layer), or None."""
-    found = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            found = (name, m)
-    return found
+    """The last 2-d convolution in registration order (Grad-CAM's layer), or None; the same
+    search the concept probes use (probes.concept_layers.conv_layers)."""
+    names = conv_layers(model)
+    return (names[-1], model.get_submodule(names[-1])) if names else None
 
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Hardtanh,
