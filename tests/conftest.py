@@ -8,7 +8,7 @@ import torch
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(2)
 
-from tests.tinymodels import PATTERNS, make_patterns, train_tiny  # noqa: E402
+from tests.tinymodels import PATTERNS, compile_as, make_patterns, save_compiled, train_tiny  # noqa: E402
 
 
 def write_imagefolder(root: Path, x: torch.Tensor, y: torch.Tensor, names) -> Path:
@@ -58,18 +58,13 @@ def labels_file(tmp_path_factory):
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory, tiny_net):
     """The tiny model saved in every supported format."""
-    import warnings
-
     from safetensors.torch import save_file
 
     d = tmp_path_factory.mktemp("models")
     ex = torch.rand(2, 3, 16, 16)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.trace(tiny_net, ex), d / "ts.pt")
-        batch = torch.export.Dim("batch", min=1, max=1024)
-        torch.export.save(torch.export.export(tiny_net, (ex,), dynamic_shapes=({0: batch},)), d / "dyn.pt2")
-        torch.export.save(torch.export.export(tiny_net, (torch.rand(3, 3, 16, 16),)), d / "static.pt2")
+    save_compiled(compile_as(tiny_net, "torchscript", ex), d / "ts.pt")
+    save_compiled(compile_as(tiny_net, "export", ex, dynamic_batch=True), d / "dyn.pt2")
+    save_compiled(compile_as(tiny_net, "export", torch.rand(3, 3, 16, 16)), d / "static.pt2")
     torch.save(tiny_net.state_dict(), d / "sd.pth")
     torch.save({"epoch": 3, "model_state_dict": tiny_net.state_dict()}, d / "ckpt.pt")
     save_file({k: v.contiguous() for k, v in tiny_net.state_dict().items()}, d / "w.safetensors")

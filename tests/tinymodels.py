@@ -108,3 +108,26 @@ class NoGradNet(nn.Module):
     def forward(self, x):
         with torch.no_grad():
             return self.inner(x)
+
+
+def compile_as(net: nn.Module, fmt: str, example: torch.Tensor, *, dynamic_batch: bool = False):
+    """The forms a user ships a model in: a TorchScript trace (``torchscript``) or a
+    ``torch.export`` program (``export``; batch size fixed at the example's unless
+    ``dynamic_batch``). Deprecation warnings are silenced."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            return torch.jit.trace(net, example)
+        dyn = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+        return torch.export.export(net, (example,), dynamic_shapes=dyn)
+
+
+def save_compiled(obj, path) -> None:
+    """Save what :func:`compile_as` returned (torch.jit.save or torch.export.save)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (torch.jit.save if isinstance(obj, torch.jit.ScriptModule) else torch.export.save)(obj, path)

@@ -282,19 +282,11 @@ def test_garbage_inputs_are_in_bounds_and_shaped():
 @pytest.mark.parametrize("fmt", ["torchscript", "export"])
 def test_runs_on_saved_formats(tiny_model, tmp_path, fmt):
     """Gradient and evolution work through a TorchScript archive and a torch.export program."""
-    import warnings
-
     from audit.model import load_model
+    from tests.tinymodels import compile_as, save_compiled
 
-    ex = torch.rand(2, 3, 16, 16)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if fmt == "torchscript":
-            path = tmp_path / "m.pt"
-            torch.jit.save(torch.jit.trace(tiny_model.net, ex), path)
-        else:
-            path = tmp_path / "m.pt2"
-            torch.export.save(torch.export.export(tiny_model.net, (torch.rand(3, 3, 16, 16),)), path)  # fixed batch 3
+    path = tmp_path / ("m.pt" if fmt == "torchscript" else "m.pt2")
+    save_compiled(compile_as(tiny_model.net, fmt, torch.rand(3, 3, 16, 16)), path)  # an export fixed at batch 3
     model = load_model(path, input_size="3x16x16", class_names=list(PATTERNS), device="cpu")
     assert model.info["format"] == fmt
     res = _run(model, steps=20, queries_per_class=40, garbage=["black"])

@@ -241,9 +241,7 @@ class MysteryMLP(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def mystery_files(tmp_path_factory):
-    import warnings
-
-    from tests.tinymodels import make_patterns
+    from tests.tinymodels import compile_as, make_patterns, save_compiled
 
     torch.manual_seed(1)
     x, y = make_patterns(30, seed=11)
@@ -256,10 +254,8 @@ def mystery_files(tmp_path_factory):
         opt.step()
     net.eval()
     d = tmp_path_factory.mktemp("mystery")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.trace(net, x[:2]), d / "m.ts")
-        torch.export.save(torch.export.export(net, (x[:5],)), d / "m.pt2")
+    save_compiled(compile_as(net, "torchscript", x[:2]), d / "m.ts")
+    save_compiled(compile_as(net, "export", x[:5]), d / "m.pt2")
     torch.save(net, d / "m.pkl")
     return net, d
 

@@ -16,7 +16,7 @@ from probes.attr_methods import (HOOK, METHOD_NAMES, METHODS, AttrSettings, choo
                                  hook_safe_copy, last_conv, with_oom_retry)
 from probes.attr_sanity import auc, average_ranks, cascade, deletion_insertion, layer_groups, spearman
 from probes.attribution import AttributionCheck
-from tests.tinymodels import PATTERNS, NoGradNet, fit, make_patterns
+from tests.tinymodels import PATTERNS, NoGradNet, compile_as, fit, make_patterns
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # captum warns on every hook/grad call
 
@@ -242,14 +242,8 @@ def test_check_runs_hook_methods_on_a_copy_and_says_so(camnet, data):
 
 @pytest.mark.parametrize("fmt", ["torchscript", "export"])
 def test_compiled_models_skip_hook_methods_with_a_reason(camnet, data, fmt):
-    ex = torch.rand(2, 3, 16, 16)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if fmt == "torchscript":
-            net = torch.jit.trace(camnet, ex)
-        else:
-            batch = torch.export.Dim("batch", min=1, max=1024)
-            net = torch.export.export(camnet, (ex,), dynamic_shapes=({0: batch},)).module()
+    net = compile_as(camnet, fmt, torch.rand(2, 3, 16, 16), dynamic_batch=True)
+    net = net if fmt == "torchscript" else net.module()
     res = _run(_audit_model(net, fmt), data)
     skip = [f for f in res.findings if f.code == "attribution.hooks_unsupported"]
     assert len(skip) == 1 and fmt in skip[0].message
