@@ -10,6 +10,7 @@ import torch
 
 from audit.batching import batched
 from audit.data import stratified_indices
+from audit.distributed import chunks
 from audit.errors import ConfigError
 
 from . import adv_core as core
@@ -34,6 +35,31 @@ class NormRun:
     fmn_norm: torch.Tensor | None = None
     ran: list[str] = field(default_factory=list)
     square_scope: str = "all"
+    adv_logits: torch.Tensor | None = None  #: logits of ``adv`` (zeros where no adversarial was found)
+    unbounded_rate: float | None = None  #: share of attacked samples fooled at the unbounded ε
+    unverified: list[int] = field(default_factory=lambda: [0, 0])  #: [dropped, re-found] adversarials
+
+    #: per-sample fields, concatenated when work units merge
+    PER_SAMPLE = ("adv", "adv_k", "min_pert", "fmn_norm", "adv_logits")
+
+    def to_records(self) -> dict:
+        """Plain containers (for checkpoints and for sending between processes)."""
+        return {"norm": self.norm, "eps": list(self.eps), "n": self.n, "first": dict(self.first),
+                "ran": list(self.ran), "square_scope": self.square_scope, "unverified": list(self.unverified),
+                **{k: getattr(self, k) for k in self.PER_SAMPLE}}
+
+    @classmethod
+    def merge(cls, parts: list[dict]) -> "NormRun":
+        """One NormRun from the records of consecutive sample units."""
+        p0 = parts[0]
+        nr = cls(norm=p0["norm"], eps=p0["eps"], n=sum(p["n"] for p in parts), ran=list(p0["ran"]),
+                 square_scope=p0["square_scope"])
+        nr.first = {a: torch.cat([p["first"][a] for p in parts]) for a in p0["first"]}
+        for k in cls.PER_SAMPLE:
+            if p0[k] is not None:
+                setattr(nr, k, torch.cat([p[k] for p in parts]))
+        nr.unverified = [sum(p["unverified"][i] for p in parts) for i in range(2)]
+        return nr
 
     @property
     def K(self) -> int:
@@ -96,14 +122,62 @@ class Engine:
                         f"Input gradients cannot be computed ({why}); the gradient attacks ({', '.join(skipped)}) did "
                         "not run and only the gradient-free ones did, so robustness is likely overestimated.")
         self.attacks = attacks
-        self.g0 = self._clean_gradients() if self.grad_ok else None
-
-        self.runs = [self._run_norm(norm) for norm in o.norms]
+        units = chunks(self.n, self.bs) or [torch.arange(0)]
+        recs = ctx.map_units(len(units), lambda k, gen: self._unit(units[k], gen), tag="samples",
+                             desc="attacking", unit="chunk")
+        self._merge(recs)
         self.timings["attacks_total"] = round(time.perf_counter() - t_start, 3)
         from .adv_plots import report
 
         report(self)
         self.timings["total"] = round(time.perf_counter() - t_start, 3)
+
+    # ------------------------------------------------------------------ work units
+    def _unit(self, idx: torch.Tensor, gen: torch.Generator) -> dict:
+        """Every attack on the samples ``idx`` (one work unit, see audit.distributed), with the
+        unit's own generator; returns its per-sample records."""
+        import copy
+
+        sub = copy.copy(self)
+        sub.x, sub.y, sub.lab = self.x[idx], self.y[idx], self.lab[idx]
+        sub.correct, sub.attacked, sub.n = self.correct[idx], self.attacked[idx], len(idx)
+        sub.gen, sub.timings = gen, {}
+        sub.grad_bad = torch.zeros(sub.n, dtype=torch.bool)
+        sub.g0 = sub._clean_gradients() if self.grad_ok else None
+        runs = [sub._run_norm(norm).to_records() for norm in self.o.norms]
+        return {"grad_bad": sub.grad_bad, "runs": runs, "timings": sub.timings}
+
+    def _merge(self, recs: list[dict]) -> None:
+        """The units' records as one run over all samples, and the findings computed from them."""
+        for r in recs:
+            for key, t in r["timings"].items():  # summed over units: compute seconds, not wall time
+                self.timings[key] = round(self.timings.get(key, 0.0) + t, 3)
+        self.runs = [NormRun.merge([r["runs"][j] for r in recs]) for j in range(len(self.o.norms))]
+        ai = self.attacked.nonzero().flatten()
+        bad = torch.cat([r["grad_bad"] for r in recs])
+        share = float(bad[ai].float().mean()) if len(ai) and self.grad_ok else 0.0
+        self.zero_grad_share = share
+        if len(ai) and share > 0.05:
+            self.res.finding("warn", "gradient_masking.zero_gradients",
+                             f"The input gradient of the logit margin is zero or non-finite for {share:.0%} of the "
+                             f"{len(ai)} attacked samples (shattered gradients: input quantization, non-differentiable "
+                             "preprocessing); gradient attacks are blind there.")
+        for nr in self.runs:
+            if nr.fmn_norm is not None and len(ai):
+                rate = float(torch.isfinite(nr.fmn_norm[ai]).float().mean())
+                nr.unbounded_rate = rate
+                if rate < 0.99:
+                    top = max_epsilon(nr.norm, self.x.shape[1:])
+                    self.res.finding("warn", "gradient_masking.unbounded_attack_fails",
+                                     f"With ε = {top:.3g} ({nr.norm}; any image is reachable) the gradient attacks "
+                                     f"fooled only {rate:.1%} of {len(ai)} samples instead of ~100%: the gradients do "
+                                     "not lead to the decision boundary (masking), or the model ignores its input.")
+            dropped, recovered = nr.unverified
+            if dropped:
+                self.res.finding("info", "adversarial.unverified",
+                                 f"{dropped} {nr.norm} adversarial(s) did not reproduce on a second forward pass "
+                                 f"(numerical noise at the decision boundary); a fresh PGD run re-found {recovered} of "
+                                 "them with a verified adversarial, the rest count as robust.")
 
     def _labels(self, clean_logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
         t = self.o.targeted
@@ -171,15 +245,9 @@ class Engine:
             g0[ch] = g.cpu()
 
         batched(ai, self.bs, fn)
-        flat = g0[ai].flatten(1)
-        bad = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0) if len(ai) else torch.zeros(0, dtype=torch.bool)
-        share = float(bad.float().mean()) if len(ai) else 0.0
-        self.zero_grad_share = share
-        if len(ai) and share > 0.05:
-            self.res.finding("warn", "gradient_masking.zero_gradients",
-                             f"The input gradient of the logit margin is zero or non-finite for {share:.0%} of the "
-                             f"{len(ai)} attacked samples (shattered gradients: input quantization, non-differentiable "
-                             "preprocessing); gradient attacks are blind there.")
+        if len(ai):
+            flat = g0[ai].flatten(1)
+            self.grad_bad[ai] = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
         return torch.nan_to_num(g0, nan=0.0, posinf=0.0, neginf=0.0)
 
     # ------------------------------------------------------------------ the ε loop
@@ -311,8 +379,6 @@ class Engine:
         """Carlini et al. 2019: with ε covering the whole input range every sample must fall.
         The unbounded FMN run answers it; where FMN failed, PGD at that ε gets a second try."""
         ai = self.attacked.nonzero().flatten()
-        if len(ai) == 0:
-            return
         miss = ai[~torch.isfinite(nr.fmn_norm[ai])]
         if len(miss):
             def fn(ch):
@@ -324,19 +390,12 @@ class Engine:
                 fmn_adv[ch[f]] = xa[f]
 
             batched(miss, self.bs, fn)
-        rate = float(torch.isfinite(nr.fmn_norm[ai]).float().mean())
-        nr.unbounded_rate = rate
-        if rate < 0.99:
-            self.res.finding("warn", "gradient_masking.unbounded_attack_fails",
-                             f"With ε = {top:.3g} ({nr.norm}; any image is reachable) the gradient attacks fooled only "
-                             f"{rate:.1%} of {len(ai)} samples instead of ~100%: the gradients do not lead to the "
-                             "decision boundary (masking), or the model ignores its input.")
 
     def _verify(self, nr: NormRun) -> None:
         """A forward pass on every worst-case adversarial: it must still be adversarial."""
         gi = (nr.adv_k < nr.K).nonzero().flatten()
         if len(gi) == 0:
-            nr.adv_logits = torch.empty(0, self.model.num_classes)
+            nr.adv_logits = torch.zeros(self.n, self.model.num_classes)
             return
         z = self._forward(nr.adv[gi])
         m = self.obj.margin_from_logits(z, self.lab[gi])
@@ -354,10 +413,7 @@ class Engine:
             nr.min_pert[bad] = float("inf")
             recovered = self._reattack(nr, bad)
             logits[bad] = self._forward(nr.adv[bad])
-            self.res.finding("info", "adversarial.unverified",
-                             f"{len(bad)} {nr.norm} adversarial(s) did not reproduce on a second forward pass "
-                             f"(numerical noise at the decision boundary); a fresh PGD run re-found {recovered} of them "
-                             "with a verified adversarial, the rest count as robust.")
+            nr.unverified = [len(bad), recovered]
 
     def _reattack(self, nr: NormRun, idx: torch.Tensor) -> int:
         """PGD (twice the steps) at increasing ε on ``idx``, keeping only adversarials that a

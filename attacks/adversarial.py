@@ -73,6 +73,7 @@ def fmt_eps(e: float, norm: str) -> str:
 
 @register_check("adversarial")
 class AdversarialCheck(Check):
+    shardable = True  # work units: chunks of batch_size samples
     description = ("robust accuracy vs ε (L∞, L2) under FGSM, PGD, FMN, Square and noise; minimal perturbations; "
                    "examples; gradient-masking sanity checks")
     metrics = {

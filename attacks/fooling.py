@@ -38,6 +38,8 @@ Publishes ``fooling.images``: {method: {class name: (C, H, W) CPU tensor}} of be
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import statistics
 import time
@@ -83,6 +85,7 @@ class FoolingCheck(Check):
     description = ("fooling images (Nguyen et al. 2015): gradient ascent and evolution (direct, CPPN) from noise "
                    "to >=99% confidence per class; confidence on noise, blank and pattern inputs")
     needs_data = False
+    shardable = True  # work units: the search methods
     metrics = {
         "fooling_rate": "share of target classes whose best synthesized image reaches `threshold` (0.99) "
                         "confidence for the class (per `method`)",
@@ -209,7 +212,10 @@ class FoolingCheck(Check):
                         f"The model has {model.num_classes} classes; {len(targets)} were targeted (a seeded sample "
                         f"plus {len(o.classes)} named). Raise max_classes to target more.")
         published: dict[str, dict[str, torch.Tensor]] = {}
-        for method in o.methods:
+
+        def one_method(k: int, _unit_gen) -> dict:
+            """One search method: a work unit (its generator derives from the method's name)."""
+            method = o.methods[k]
             t0 = time.perf_counter()
             g = self._gen(base, method, dev if method != "gradient" else torch.device("cpu"))
             if method == "gradient":
@@ -219,10 +225,7 @@ class FoolingCheck(Check):
                                         batch_size=bs, gen=g, device=dev, early_stop=o.early_stop, levels=levels,
                                         progress=ctx.bar)
                 except RuntimeError as e:
-                    res.finding("info", "fooling.gradient_unavailable",
-                                f"Gradient ascent could not run ({str(e).splitlines()[0][:200]}); only the black-box "
-                                "evolution results apply.")
-                    continue
+                    return {"unavailable": str(e).splitlines()[0][:200]}
             else:
                 enc_cls = CPPNEncoding if method == "evolution_cppn" else DirectEncoding
                 kw = {"layers": o.cppn_layers, "width": o.cppn_width} if method == "evolution_cppn" else {}
@@ -231,7 +234,17 @@ class FoolingCheck(Check):
                                children=o.children, gen=g, device=dev, batch_size=bs, early_stop=o.early_stop,
                                levels=levels, progress=ctx.bar)
                 r.images = _to_bounds(r.images, model.spec.bounds)
-            timings[method] = round(time.perf_counter() - t0, 3)
+            r.images = r.images.cpu()
+            return {"result": dataclasses.asdict(r), "seconds": round(time.perf_counter() - t0, 3)}
+
+        for method, rec in zip(o.methods, ctx.map_units(len(o.methods), one_method, tag="methods", unit="method")):
+            if "unavailable" in rec:
+                res.finding("info", "fooling.gradient_unavailable",
+                            f"Gradient ascent could not run ({rec['unavailable']}); only the black-box "
+                            "evolution results apply.")
+                continue
+            r = SearchResult(**rec["result"])
+            timings[method] = rec["seconds"]
             summary[method] = r
             self._report_method(res, method, r, names, levels)
             published[method] = {names[t]: r.images[i] for i, t in enumerate(targets)}

@@ -8,6 +8,10 @@ After each check finishes, the runner writes into ``OUT/.audit-checkpoint/``:
   numbers; read back with ``weights_only=True``);
 * its image artifacts, as the files under ``OUT/artifacts/<check>/`` they will be anyway.
 
+Shardable checks also checkpoint each finished *work unit* (:mod:`audit.distributed`) as
+``<check>/<tag>-<k>.pt``, so a crash in the middle of a long check loses only the units that
+were running; they are dropped once the whole check is checkpointed.
+
 A checkpoint is reused only when its fingerprint matches: the model file's SHA-256, the
 evaluated sample ids and labels, the seed, the check's options and the tool version.
 Anything else (another model, another subset, changed options) runs the check again.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -86,3 +91,32 @@ class Checkpoints:
         tmp = self.dir / f"{res.name}.json.tmp"
         tmp.write_text(json.dumps({"fingerprint": fp, "result": res.to_dict()}, default=str), encoding="utf-8")
         tmp.replace(self.dir / f"{res.name}.json")  # atomic: a kill never leaves half a checkpoint
+
+    # ------------------------------------------------------------------ work units
+    def _unit(self, check: str, tag: str, k: int) -> Path:
+        return self.dir / check / f"{tag}-{k:05d}.pt"
+
+    def load_unit(self, check: str, tag: str, k: int, fp: str) -> Any:
+        """The records of unit ``k`` saved by an earlier run with the same fingerprint, or None."""
+        p = self._unit(check, tag, k)
+        if not p.is_file():
+            return None
+        try:
+            saved = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a damaged unit is simply recomputed
+            return None
+        return saved.get("records") if isinstance(saved, dict) and saved.get("fingerprint") == fp else None
+
+    def save_unit(self, check: str, tag: str, k: int, fp: str, records: Any) -> None:
+        p = self._unit(check, tag, k)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
+        try:
+            torch.save({"fingerprint": fp, "records": records}, tmp)
+        except Exception:  # noqa: BLE001 - not saveable: the unit would simply rerun
+            tmp.unlink(missing_ok=True)
+            return
+        tmp.replace(p)
+
+    def drop_units(self, check: str) -> None:
+        shutil.rmtree(self.dir / check, ignore_errors=True)

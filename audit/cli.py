@@ -151,19 +151,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int({"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "list": _cmd_list,
                     "diff": _cmd_diff, "init": _cmd_init}[args.command](args))
     except KeyboardInterrupt:
-        print("audit: interrupted", file=sys.stderr)
+        print(f"{_me()}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
     except AuditError as e:
         if debug:
             traceback.print_exc()
-        print(f"audit: error: {e}", file=sys.stderr)
+        print(f"{_me()}: error: {e}", file=sys.stderr)
         return e.exit_code
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 3
         if debug:
             traceback.print_exc()
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"audit: internal error: {type(e).__name__}: {msg} (re-run with --debug for the traceback)", file=sys.stderr)
+        if type(e).__name__ in ("DistBackendError", "DistNetworkError") or "Connection reset by peer" in msg \
+                or "Connection closed by peer" in msg:
+            print(f"{_me()}: error: another process of the distributed run failed or died ({msg[:160]}); "
+                  "the failing rank's own message and torchrun's summary say which", file=sys.stderr)
+            return ExitCode.INTERNAL_ERROR
+        print(f"{_me()}: internal error: {type(e).__name__}: {msg} (re-run with --debug for the traceback)", file=sys.stderr)
         return ExitCode.INTERNAL_ERROR
+
+
+def _me() -> str:
+    """``audit``, or ``audit[rank N]`` in one process of a distributed run."""
+    from .distributed import launched
+
+    return f"audit[rank {os.environ.get('RANK', '?')}]" if launched() else "audit"
 
 
 def _logger(quiet: bool):
@@ -184,12 +196,20 @@ def _config_from_args(args) -> "AuditConfig":
                        batch_size=getattr(args, "batch_size", None), threads=getattr(args, "threads", None))
 
 
+def _world(cfg):
+    """Join the process group when torchrun launched this process (one of several)."""
+    from .distributed import init_from_env
+
+    return init_from_env(cfg.device)
+
+
 def _cmd_run(args) -> int:
     from .data import load_data
     from .model import load_model
 
-    log = _logger(args.quiet)
     cfg = _config_from_args(args)  # config errors before any heavy work
+    world = _world(cfg)
+    log = _logger(args.quiet or not world.is_main)
     if args.concepts:
         if not Path(args.concepts).is_dir():
             raise UsageError(f"--concepts {args.concepts} is not a folder of concept folders")
@@ -211,7 +231,7 @@ def _cmd_run(args) -> int:
         log(f"data {args.data}: {len(data)} images, {len(data.class_names)} classes")
     baseline = _load_result(args.baseline) if args.baseline else None
     return _run_and_write(model, data, cfg, Path(args.out), log, quiet=args.quiet, baseline=baseline,
-                          tolerance=args.tolerance, resume=args.resume)
+                          tolerance=args.tolerance, resume=args.resume, world=world)
 
 
 def _ensure_out(out: Path) -> None:
@@ -239,10 +259,14 @@ def _load_result(path: str):
 
 
 def _run_and_write(model, data, cfg, out: Path, log, *, quiet: bool, baseline=None, tolerance: float = 0.01,
-                   resume: bool = False) -> int:
+                   resume: bool = False, world=None) -> int:
+    from .distributed import World
     from .runner import run_audit
 
-    result = run_audit(model, data, cfg, progress=not quiet, log=log, checkpoint=out, resume=resume)
+    world = world or World()
+    result = run_audit(model, data, cfg, progress=not quiet, log=log, checkpoint=out, resume=resume, world=world)
+    if not world.is_main:  # rank 0 writes; every rank holds the same result and exits with its code
+        return exit_code_for(result)
     if baseline is not None:
         from .compare import compare, regression_gate
 
@@ -275,12 +299,13 @@ def exit_code_for(result) -> ExitCode:
 def _cmd_demo(args) -> int:
     from .demo_run import load_demo
 
-    log = _logger(args.quiet)
     cfg = _config_from_args(args)
+    world = _world(cfg)
+    log = _logger(args.quiet or not world.is_main)
     out = Path(args.out)
     _ensure_out(out)
-    model, data, cfg = load_demo(out, cfg, samples_per_class=args.samples_per_class, log=log)
-    return _run_and_write(model, data, cfg, out, log, quiet=args.quiet, resume=args.resume)
+    model, data, cfg = load_demo(out, cfg, samples_per_class=args.samples_per_class, log=log, world=world)
+    return _run_and_write(model, data, cfg, out, log, quiet=args.quiet, resume=args.resume, world=world)
 
 
 def _cmd_report(args) -> int:

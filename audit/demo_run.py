@@ -11,15 +11,19 @@ DEMO_GATES = {"clean.accuracy": ">= 0.85", "clean.accuracy[class=*]": {"conditio
                                                                                      "severity": "warn"}}
 
 
-def load_demo(out: Path, cfg: AuditConfig, *, samples_per_class: int = 16, log=print):
+def load_demo(out: Path, cfg: AuditConfig, *, samples_per_class: int = 16, log=print, world=None):
     """Generate the demo's evaluation data under ``out/demo-data`` (deterministic for the
-    seed), load the shipped model, and return (model, data, config)."""
+    seed), load the shipped model, and return (model, data, config). In a distributed run
+    rank 0 writes the data and the other ranks wait for it."""
     from . import demo
     from .data import load_data
     from .model import load_model
 
     root = Path(out) / "demo-data"
-    paths = demo.prepare(root, n_per_class=samples_per_class, seed=cfg.seed)
+    if world is None or world.is_main:
+        paths = demo.prepare(root, n_per_class=samples_per_class, seed=cfg.seed)
+    if world is not None and world.distributed:
+        paths = world.broadcast(paths if world.is_main else None)
     log(f"demo data written to {root}")
     model = load_model(demo.MODEL_PATH, device=cfg.device)
     data = load_data(paths["val"], model=model, samples=cfg.samples, seed=cfg.seed)

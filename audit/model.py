@@ -118,9 +118,18 @@ def sha256_file(path: Path) -> str:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` (or None) picks the first GPU when there is one, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``auto`` (or None) picks the first GPU when there is one, else the CPU. In a process
+    launched by torchrun, ``auto`` and ``cuda`` mean this process's own GPU (``LOCAL_RANK``)."""
+    from .distributed import launched
+
+    if device is None or str(device) in ("auto", "cuda"):
+        if not torch.cuda.is_available():
+            if str(device) == "cuda":
+                raise UsageError("--device cuda asked for a GPU, but torch sees none; use --device cpu or auto")
+            return torch.device("cpu")
+        if launched():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0) % torch.cuda.device_count())
+        return torch.device("cuda")
     try:
         dev = torch.device(str(device))
     except RuntimeError:

@@ -23,11 +23,17 @@ class Check:
     """Base class of a check. Subclasses set ``name`` (by the decorator), ``description``
     (one line for ``audit list``), ``metrics`` and ``findings`` (name/code -> meaning, the
     documented vocabulary that gates may refer to), ``needs_data``, and an ``Options``
-    dataclass whose fields are the keys allowed in ``[checks.NAME]``."""
+    dataclass whose fields are the keys allowed in ``[checks.NAME]``.
+
+    ``shardable = True`` declares that ``run`` does its heavy work through
+    ``ctx.map_units`` (work units split over the processes of a distributed run, see
+    :mod:`audit.distributed`) and runs the same code on every rank otherwise; a check that
+    is not shardable runs on rank 0 alone and its result is sent to the other ranks."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs_data: ClassVar[bool] = True
+    shardable: ClassVar[bool] = False
     metrics: ClassVar[dict[str, str]] = {}
     findings: ClassVar[dict[str, str]] = {}
 

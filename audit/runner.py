@@ -22,6 +22,7 @@ import torch
 from .checkpoint import Checkpoints, fingerprint
 from .config import AuditConfig
 from .data import AuditData, stratified_indices
+from .distributed import World, chunks, current, map_units
 from .errors import UsageError
 from .model import AuditModel, resolve_device
 from .policy import evaluate_gate
@@ -49,6 +50,10 @@ class Context:
     published: dict[str, Any] = field(default_factory=dict)
     check_name: str = ""
     generator: torch.Generator | None = None
+    world: World = field(default_factory=World)
+    store: Checkpoints | None = None
+    resume: bool = False
+    fingerprint: str = ""
 
     @property
     def probs(self) -> torch.Tensor | None:
@@ -62,6 +67,20 @@ class Context:
         """Offer something to later checks under a documented name (docs/results.md)."""
         self.published[name] = value
 
+    def map_units(self, n_units: int, fn, *, tag: str = "units", desc: str = "", unit: str = "unit") -> list:
+        """Run ``fn(k, generator)`` for work units ``k = 0 .. n_units-1`` and return all their
+        results in unit order. Units are split over the processes of a distributed run
+        (:mod:`audit.distributed`); each has its own seeded generator, so the results do not
+        depend on how many processes ran them. With a checkpoint folder, finished units are
+        saved and (``--resume``) reused."""
+        name, fp, store = self.check_name, self.fingerprint, self.store
+        load = (lambda k: store.load_unit(name, tag, k, fp)) if store is not None and self.resume else None
+        save = (lambda k, r: store.save_unit(name, tag, k, fp, r)) if store is not None else None
+        mine = len(range(self.world.rank, n_units, self.world.size))
+        with self.bar(total=mine, desc=desc or tag, unit=unit) as bar:
+            return map_units(self.world, n_units, fn, seed=derive_seed(self.seed, name), tag=tag, load=load,
+                             save=save, on_done=lambda: bar.update(1))
+
     def bar(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it"):
         """A progress bar on stderr (silent with --quiet)."""
         from tqdm import tqdm
@@ -72,14 +91,22 @@ class Context:
 
 def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditConfig | str | dict | None = None, *,
               progress: bool = False, log=None, checkpoint: str | os.PathLike | None = None,
-              resume: bool = False) -> AuditResult:
+              resume: bool = False, world: World | None = None) -> AuditResult:
     """Run the configured battery on ``model`` and ``data`` and return an :class:`AuditResult`
     (the reports are not written; call ``result.save(out)``).
 
     With ``checkpoint=OUT``, each finished check is checkpointed under ``OUT/.audit-checkpoint``;
     with ``resume=True`` as well, checks checkpointed by an earlier run with the same model,
-    samples, seed and options are reused instead of run again (see audit.checkpoint)."""
+    samples, seed and options are reused instead of run again (see audit.checkpoint).
+
+    In a torch.distributed run (``world``, by default the initialized process group) every
+    rank calls this with the same arguments; shardable checks split their work units over
+    the ranks, the others run on rank 0, and every rank returns the same result."""
     cfg = AuditConfig.coerce(config)
+    world = world if world is not None else current()
+    progress = progress and world.is_main
+    if not world.is_main:
+        log = None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device) if cfg.device != "auto" else model.device
@@ -106,16 +133,19 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
             data.notes.append(f"class-stratified subset of {len(data)} samples (seed {cfg.seed})")
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    ctx = Context(model=model, data=data, config=cfg, seed=cfg.seed, device=model.device, progress=progress)
+    store = Checkpoints(checkpoint) if checkpoint is not None else None
+    ctx = Context(model=model, data=data, config=cfg, seed=cfg.seed, device=model.device, progress=progress,
+                  world=world, store=store, resume=resume)
     if data is not None:
-        ctx.logits = model.logits(data.x, batch_size=cfg.batch_size)
+        parts = chunks(len(data), cfg.batch_size)
+        ctx.logits = torch.cat(map_units(world, len(parts), lambda k, g: model.logits(data.x[parts[k]], batch_size=cfg.batch_size),
+                                         seed=cfg.seed, tag="logits")) if parts else model.logits(data.x)
         bad = ~torch.isfinite(ctx.logits).all(1)
         if bad.any():
             raise UsageError(f"the model outputs NaN or infinite values on {int(bad.sum())} of {len(data)} images "
                              f"(first: {data.ids[int(bad.nonzero()[0])]}); check its weights and normalization")
     results: list[CheckResult] = []
     interrupted = False
-    store = Checkpoints(checkpoint) if checkpoint is not None else None
     reused: list[str] = []
     info = model.describe()
     for name, cls in checks:
@@ -126,7 +156,9 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
         torch.manual_seed(s)
         options = cfg.options_for(name)
         fp = fingerprint(model_info=info, data=data, seed=cfg.seed, check=name, options=options, version=_version())
-        saved = store.load(name, fp) if (store is not None and resume) else None
+        ctx.fingerprint = fp
+        saved = store.load(name, fp) if (store is not None and resume and world.is_main) else None
+        saved = world.broadcast(saved) if world.distributed and resume else saved
         if saved is not None:
             res, pub = saved
             ctx.published.update(pub)
@@ -139,20 +171,27 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
         if log:
             log(f"check {name}: running")
         before = set(ctx.published)
-        try:
-            res = cls(options).run(ctx)
-            res.name = name
-        except KeyboardInterrupt:
-            interrupted = True
-            res.error = "interrupted"
-        except Exception as e:  # noqa: BLE001 - a crashing check must not sink the battery
-            res.error = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500]
-            res.data["traceback"] = traceback.format_exc()[-4000:]
-        res.duration_s = round(time.perf_counter() - t, 3)  # as saved, so a re-render is identical
+        alone = world.distributed and not cls.shardable  # runs on rank 0, the others receive it
+        if not alone or world.is_main:
+            try:
+                res = cls(options).run(ctx)
+                res.name = name
+            except KeyboardInterrupt:
+                interrupted = True
+                res.error = "interrupted"
+            except Exception as e:  # noqa: BLE001 - a crashing check must not sink the battery
+                res.error = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500]
+                res.data["traceback"] = traceback.format_exc()[-4000:]
+            res.duration_s = round(time.perf_counter() - t, 3)  # as saved, so a re-render is identical
+        new = {k: v for k, v in ctx.published.items() if k not in before}
+        if alone:
+            res, new = world.broadcast((res, new))
+            ctx.published.update(new)
         res.finalize_status()
         results.append(res)
-        if store is not None and res.error is None:
-            store.save(res, fp, {k: v for k, v in ctx.published.items() if k not in before})
+        if store is not None and res.error is None and world.is_main:
+            store.save(res, fp, new)
+            store.drop_units(name)
         if log:
             log(f"check {name}: {res.status} ({res.duration_s:.1f} s){' - ' + res.error if res.error else ''}")
         if interrupted:
@@ -165,7 +204,7 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
            "python": platform.python_version(), "platform": platform.platform(terse=True),
            "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3),
            "checks": names, "config": cfg.source, "threads": torch.get_num_threads(), "fail_on": cfg.fail_on, "samples": cfg.samples,
-           "tool_version": _version()}
+           "tool_version": _version(), "world_size": world.size}
     if torch.cuda.is_available() and model.device.type == "cuda":
         run["gpu"] = torch.cuda.get_device_name(model.device)
     if store is not None:

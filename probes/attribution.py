@@ -36,6 +36,7 @@ UNHOOKABLE_FORMATS = ("torchscript", "export")
 
 @register_check("attribution")
 class AttributionCheck(Check):
+    shardable = True  # work units: each method's maps (the sanity tests then run on every rank alike)
     description = ("attribution maps (captum: saliency, IG, SmoothGrad, Grad-CAM, occlusion, guided backprop) "
                    "with randomization and deletion/insertion sanity checks")
     metrics = {
@@ -140,25 +141,38 @@ class AttributionCheck(Check):
         bounds = [0] + list(range(n_s, len(x), chunk)) if n_s else list(range(0, len(x), chunk))
         spans = [(a, b) for a, b in zip(bounds, bounds[1:] + [len(x)]) if b > a]
         maps, timing, deltas = {}, {}, None
-        for m in list(methods):
+
+        def one_method(k: int, _unit_gen) -> dict:
+            """Work unit: one method's maps of every selected image (deterministic in the settings)."""
+            m = methods[k]
             net = hook_model if m.kind == HOOK else model
             settings.layer = net.get_submodule(layer_name) if layer_name else None
+            settings.oom_retries = []
             t0 = time.perf_counter()
             try:
                 outs, extras = [], []
                 for i, j in ctx.bar(spans, desc=m.name, unit="batch"):
                     a, ex = m.fn(net, x[i:j].to(dev), target[i:j].to(dev), settings)
                     outs.append(a.cpu())
-                    extras.append(ex)
+                    extras.append({key: v.cpu() if torch.is_tensor(v) else v for key, v in ex.items()})
             except Exception as e:  # noqa: BLE001 - one method failing must not sink the others
-                res.finding("warn", "attribution.method_failed", f"{m.title} failed and was skipped: "
-                            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", method=m.name)
+                return {"failed": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            return {"maps": torch.nan_to_num(torch.cat(outs)), "extras": extras, "oom": list(settings.oom_retries),
+                    "seconds": round(time.perf_counter() - t0, 3)}
+
+        oom: list[int] = []
+        for m, rec in zip(list(methods), ctx.map_units(len(methods), one_method, tag="methods", unit="method")):
+            if "failed" in rec:
+                res.finding("warn", "attribution.method_failed", f"{m.title} failed and was skipped: {rec['failed']}",
+                            method=m.name)
                 methods.remove(m)
                 continue
-            maps[m.name] = torch.nan_to_num(torch.cat(outs))
-            timing[m.name] = round(time.perf_counter() - t0, 3)
+            maps[m.name] = rec["maps"]
+            timing[m.name] = rec["seconds"]
+            oom += rec["oom"]
             if m.name == "integrated_gradients":
-                deltas = torch.cat([ex["convergence_delta"].cpu() for ex in extras])
+                deltas = torch.cat([ex["convergence_delta"] for ex in rec["extras"]])
+        settings.oom_retries = oom
         if settings.oom_retries:
             res.finding("info", "attribution.oom_retry", f"Out of memory: the internal batch size was halved "
                         f"{len(settings.oom_retries)} time(s), down to {min(settings.oom_retries)}.")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from audit.distributed import chunks
 from audit.imaging import image_grid
 from audit.registry import Check, register_check
 from audit.results import CheckResult
@@ -120,6 +121,7 @@ def visualize(model, targets: list[int], *, steps: int, lr: float, image_hw: tup
 class ClassVizCheck(Check):
     description = "activation maximization: a picture of each class as the model sees it, with its top-3 on it"
     needs_data = False
+    shardable = True  # work units: chunks of batch_size pictures (classes x seeds)
     metrics = {
         "target_confidence": "softmax probability of the class on its own visualization (mean over seeds; per `class`)",
         "target_top1": "share of the class's visualizations the model classifies as that class (per `class`)",
@@ -188,17 +190,20 @@ class ClassVizCheck(Check):
         seeds = [s for _ in classes for s in range(o.seeds)]
         view_kw = dict(jitter=o.jitter, rotate_deg=o.rotate_deg, min_crop=o.min_crop)
         t0 = time.perf_counter()
-        pics = []
         work = min(len(targets), max(1, o.batch_size)) * ih * iw
-        with ctx.bar(total=len(targets) * o.steps, desc="optimizing", unit="img-step") as bar, \
-                few_threads_for_small_work(model.device, work):
-            for i in range(0, len(targets), max(1, o.batch_size)):
-                chunk = targets[i:i + o.batch_size]
-                pics.append(visualize(model, chunk, steps=o.steps, lr=o.lr, image_hw=image_hw,
-                                      generator=ctx.generator, objective=o.objective, decay=o.decay,
-                                      diversity=o.diversity, amp=o.amp, view_kw=view_kw, progress=bar))
+        parts = chunks(len(targets), o.batch_size)
+
+        def unit(k: int, gen: torch.Generator) -> torch.Tensor:
+            """One work unit: the pictures of a chunk of ``batch_size`` (class, seed) pairs."""
+            chunk = [targets[i] for i in parts[k].tolist()]
+            with few_threads_for_small_work(model.device, work), \
+                    ctx.bar(total=len(chunk) * o.steps, desc="optimizing", unit="img-step") as bar:
+                return visualize(model, chunk, steps=o.steps, lr=o.lr, image_hw=image_hw, generator=gen,
+                                 objective=o.objective, decay=o.decay, diversity=o.diversity, amp=o.amp,
+                                 view_kw=view_kw, progress=bar)
+
+        pics_t = torch.cat(ctx.map_units(len(parts), unit, tag="classes", desc="batches", unit="batch"))
         elapsed = time.perf_counter() - t0
-        pics_t = torch.cat(pics)
         small = to_input_size(pics_t, (ih, iw))
         probs = model.logits(small, batch_size=ctx.config.batch_size).softmax(1)
         top_p, top_i = probs.topk(min(3, probs.shape[1]), dim=1)

@@ -78,6 +78,27 @@ class NaNNet(nn.Module):
         return x.mean((2, 3))[:, :1].repeat(1, 4) * float("nan")
 
 
+class RankBomb(nn.Module):
+    """Wraps a model; in the process of a distributed run with ``RANK == rank`` its forward
+    raises (``mode="raise"``) or kills the process (``mode="exit"``) once it has been called
+    ``after`` times: a rank that fails while the others wait."""
+
+    def __init__(self, inner: nn.Module, *, rank: int = 1, mode: str = "raise", after: int = 0):
+        super().__init__()
+        self.inner, self.rank, self.mode, self.after = inner, rank, mode, after
+        self.calls = 0
+
+    def forward(self, x):
+        import os
+
+        self.calls += 1
+        if os.environ.get("RANK") == str(self.rank) and self.calls > self.after:
+            if self.mode == "exit":
+                os._exit(7)
+            raise RuntimeError(f"boom on rank {self.rank}")
+        return self.inner(x)
+
+
 def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch: int,
         generator: torch.Generator, lr: float = 0.01) -> nn.Module:
     """Adam on random minibatches drawn with ``generator``; returns the net in eval mode."""

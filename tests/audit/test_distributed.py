@@ -1,0 +1,184 @@
+"""torch.distributed: `torchrun -m audit run` on 2 CPU processes (gloo) gives the result of a
+single process; a failing rank fails the whole run with its message, never a hang; an
+interrupted check resumes from its finished work units."""
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from audit import distributed as D
+from audit.cli import main
+from audit.errors import ExitCode
+from tests.tinymodels import RankBomb
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CONFIG = """
+[audit]
+batch_size = 8
+
+[checks.adversarial]
+max_samples = 24
+epsilons = {linf = [0.01, 0.03, 0.1], l2 = [0.3, 1.0]}
+fmn_steps = 10
+square_queries = 10
+
+[checks.fooling]
+methods = ["gradient", "evolution_direct"]
+steps = 15
+queries_per_class = 60
+garbage_samples = 4
+
+[checks.class_viz]
+steps = 12
+batch_size = 2
+
+[checks.attribution]
+per_class = 1
+mistakes = 2
+sanity_images = 2
+randomization_layers = 2
+faithfulness_images = 2
+ig_steps = 4
+smoothgrad_samples = 2
+
+[checks.bias]
+runs = 3
+max_per_class = 6
+random_pool = 12
+max_base = 8
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "AUDIT_DIST_TIMEOUT": "120", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "audit", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _metrics(out: Path) -> list[dict]:
+    """Every metric row except timings (wall-clock numbers differ between any two runs)."""
+    with open(out / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if not any(k in r["name"] for k in ("seconds", "per_s"))]
+    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
+
+
+@pytest.fixture(scope="module")
+def dist_config(tmp_path_factory):
+    p = tmp_path_factory.mktemp("distcfg") / "audit.toml"
+    p.write_text(CONFIG)
+    return p
+
+
+def test_two_gloo_processes_give_the_single_process_result(model_files, pattern_folder, labels_file, dist_config,
+                                                           tmp_path):
+    common = [str(model_files / "ts.pt"), "--data", str(pattern_folder), "--labels", str(labels_file),
+              "--config", str(dist_config), "--device", "cpu", "--threads", "1", "-q",
+              "--checks", "clean,adversarial,fooling,class_viz,attribution,bias"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["run", *common, "--out", str(one)]) == ExitCode.OK
+    p = _torchrun(["run", *common, "--out", str(two)])
+    assert p.returncode == 0, p.stderr[-3000:]
+    r1, r2 = (json.loads((o / "results.json").read_text()) for o in (one, two))
+    assert r1["run"]["world_size"] == 1 and r2["run"]["world_size"] == 2
+    assert [c["status"] for c in r2["checks"]] == [c["status"] for c in r1["checks"]]
+    assert all(c["status"] != "error" for c in r2["checks"]), [c.get("error") for c in r2["checks"]]
+    # the sharded checks really had several units to split
+    assert len(_metrics(one)) > 100 and _metrics(one) == _metrics(two)
+    for a, b in zip(r1["checks"], r2["checks"]):
+        assert [f["code"] for f in a["findings"]] == [f["code"] for f in b["findings"]], a["name"]
+        assert a.get("data", {}).get("pictures") == b.get("data", {}).get("pictures")
+    # only rank 0 wrote: one report, no stray files from rank 1
+    assert sorted(x.name for x in two.iterdir()) == sorted(x.name for x in one.iterdir())
+
+
+@pytest.mark.parametrize("mode", ["raise", "exit"])
+def test_a_failing_rank_fails_the_run_with_its_message(tiny_net, pattern_folder, labels_file, tmp_path, mode):
+    """rank 1's model fails partway (a Python error, or the process dies): the run ends
+    promptly with a non-zero exit and rank 1's message, and no report pretends otherwise."""
+    f = tmp_path / "bomb.pt"
+    torch.save(RankBomb(tiny_net, rank=1, mode=mode, after=2), f)
+    t0 = time.perf_counter()
+    p = _torchrun(["run", str(f), "--trust", "--data", str(pattern_folder), "--labels", str(labels_file),
+                   "--device", "cpu", "--batch-size", "4", "--checks", "clean", "-q", "--out", str(tmp_path / "o")],
+                  timeout=180)
+    assert p.returncode != 0
+    assert time.perf_counter() - t0 < 150
+    if mode == "raise":
+        assert "rank 1" in p.stderr and "boom on rank 1" in p.stderr, p.stderr[-2000:]
+        assert "audit[rank 0]: internal error: ShardError: rank 1" in p.stderr
+    else:  # torchrun names rank 1 and its exit code (rank 0 is told its peer died, or is stopped first)
+        assert "rank      : 1" in p.stderr and "exitcode  : 7" in p.stderr, p.stderr[-2000:]
+
+
+def test_units_split_over_ranks_and_merge_in_order():
+    """The unit-to-rank split and the merge, without processes: each fake rank runs its
+    units; the merged list is the single-process list."""
+    calls = []
+
+    def fn(k, gen):
+        calls.append(k)
+        return {"k": k, "r": float(torch.rand(1, generator=gen))}
+
+    single = D.map_units(D.World(), 7, fn, seed=3, tag="t")
+    assert calls == list(range(7)) and [r["k"] for r in single] == list(range(7))
+    calls.clear()
+
+    class FakeWorld(D.World):
+        def gather(self, obj):  # what all_gather would return: every rank's own units
+            parts = []
+            for r in range(self.size):
+                mine = {k: fn(k, torch.Generator().manual_seed(D.unit_seed(3, "t", k))) for k in range(r, 7, self.size)}
+                parts.append((mine, ""))
+            return parts
+
+    merged = D.map_units(FakeWorld(rank=0, size=3), 7, lambda k, g: None, seed=3, tag="t")
+    assert merged == single  # the random draws belong to the unit, not to the rank
+    assert D.unit_seed(3, "t", 1) != D.unit_seed(3, "t", 2) != D.unit_seed(4, "t", 2)
+
+
+def test_interrupted_check_resumes_from_its_finished_units(model_files, pattern_folder, labels_file, dist_config,
+                                                           tmp_path, monkeypatch):
+    """Ctrl-C in the middle of the adversarial check: the units finished before are on disk;
+    --resume computes only the others and ends with the numbers of a straight run."""
+    from attacks.adv_engine import Engine
+
+    common = ["run", str(model_files / "ts.pt"), "--data", str(pattern_folder), "--labels", str(labels_file),
+              "--config", str(dist_config), "--device", "cpu", "--checks", "clean,adversarial", "-q"]
+    straight = tmp_path / "straight"
+    assert main(common + ["--out", str(straight)]) == ExitCode.OK
+
+    real = Engine._unit
+    seen = []
+
+    def unit(self, idx, gen):
+        seen.append(int(idx[0]))
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return real(self, idx, gen)
+
+    monkeypatch.setattr(Engine, "_unit", unit)
+    out = tmp_path / "out"
+    assert main(common + ["--out", str(out)]) == ExitCode.INTERRUPTED
+    units = sorted((out / ".audit-checkpoint" / "adversarial").glob("samples-*.pt"))
+    assert [u.name for u in units] == ["samples-00000.pt", "samples-00001.pt"]
+
+    seen.clear()
+    assert main(common + ["--out", str(out), "--resume"]) == ExitCode.OK
+    assert seen == [16]  # 24 samples in units of 8: only the third unit ran again
+    assert _metrics(out) == _metrics(straight)
+    assert not (out / ".audit-checkpoint" / "adversarial").exists()  # dropped once the check is checkpointed
