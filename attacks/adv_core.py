@@ -100,12 +100,19 @@ class Objective:
     """The model plus the attack goal. ``lab`` is the true label (untargeted) or the target
     class (targeted). Counts forward and backward passes per sample (``queries``)."""
 
-    def __init__(self, model: torch.nn.Module, *, targeted: bool = False, device: torch.device | None = None):
+    def __init__(self, model: torch.nn.Module, *, targeted: bool = False, device: torch.device | None = None,
+                 amp: torch.dtype | None = None):
         self.model = model
         self.targeted = targeted
         self.device = device or torch.device("cpu")
+        self.amp = amp  #: autocast dtype of the forward/backward passes (None: the model's own, fp32)
         self.forwards = 0
         self.backwards = 0
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits (float32), under autocast when ``amp`` is set."""
+        with torch.autocast(x.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            return self.model(x).float()
 
     def margin_from_logits(self, z: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         own = z.gather(1, lab[:, None]).squeeze(1)
@@ -118,13 +125,13 @@ class Objective:
         self.forwards += x.shape[0]
         if not grad:
             with torch.no_grad():
-                return self.margin_from_logits(self.model(x).float(), lab), None
+                return self.margin_from_logits(self.logits(x), lab), None
         self.backwards += x.shape[0]
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            m = self.margin_from_logits(self.model(xg).float(), lab)
+            m = self.margin_from_logits(self.logits(xg), lab)
             (g,) = torch.autograd.grad(m.sum(), xg)
-        return m.detach(), g
+        return m.detach(), g.float()
 
     def ce_grad(self, x: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         """Gradient of the cross-entropy loss we ascend (descend when targeted)."""
@@ -132,8 +139,9 @@ class Objective:
         self.backwards += x.shape[0]
         xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss = F.cross_entropy(self.model(xg).float(), lab, reduction="sum")
+            loss = F.cross_entropy(self.logits(xg), lab, reduction="sum")
             (g,) = torch.autograd.grad(loss, xg)
+        g = g.float()
         return -g if self.targeted else g
 
 

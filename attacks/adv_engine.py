@@ -109,7 +109,12 @@ class Engine:
         self.correct = clean_logits.argmax(1) == self.y
         self.lab, self.targeted = self._labels(clean_logits)
         self.attacked = self.correct & (self.lab != self.y) if self.targeted else self.correct.clone()
-        self.obj = core.Objective(self.model, targeted=self.targeted, device=self.dev)
+        amp = o.precision == "bf16"
+        # the attacks may run in bf16; verification (_verify) and re-attacks always run in fp32
+        self.obj32 = core.Objective(self.model, targeted=self.targeted, device=self.dev)
+        self.obj = core.Objective(self.model, targeted=self.targeted, device=self.dev,
+                                  amp=torch.bfloat16 if amp else None)
+        res.data["precision"] = "bf16" if amp else "fp32"
         res.metric("samples", self.n)
 
         self._sanity(clean_logits)
@@ -423,7 +428,7 @@ class Engine:
         for k, eps in enumerate(nr.eps):
             if len(todo) == 0:
                 break
-            fooled, xa = core.pgd(self.obj, self.x[todo].to(self.dev), self.lab[todo].to(self.dev), eps, nr.norm,
+            fooled, xa = core.pgd(self.obj32, self.x[todo].to(self.dev), self.lab[todo].to(self.dev), eps, nr.norm,
                                   steps=2 * self.o.pgd_steps, restarts=1, gen=self.gen)
             xa = xa.cpu()
             cand = fooled.cpu()

@@ -112,6 +112,7 @@ class AdversarialCheck(Check):
         noise_draws: int = 1
         examples: int = 6  #: example panels shown
         tolerance: float = 0.02  #: robust-accuracy gap beyond which a masking comparison is reported
+        precision: str = "fp32"  #: "fp32", or "bf16": attacks under bf16 autocast, every adversarial verified in fp32
 
         def __post_init__(self) -> None:
             if not isinstance(self.norms, list) or not self.norms:
@@ -137,6 +138,8 @@ class AdversarialCheck(Check):
                     if n == "linf" and e > 1:
                         raise ConfigError(f"[checks.adversarial] epsilons.linf: {e} is beyond the input range [0, 1] "
                                           "(write 8/255 as 0.0314)")
+            if self.precision not in ("fp32", "bf16"):
+                raise ConfigError(f"[checks.adversarial] precision must be 'fp32' or 'bf16', got {self.precision!r}")
             if self.square_scope not in ("control", "all"):
                 raise ConfigError(f"[checks.adversarial] square_scope must be 'control' or 'all', got {self.square_scope!r}")
             for k in ("pgd_steps", "pgd_restarts", "fmn_steps", "square_queries", "noise_draws"):

@@ -74,7 +74,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="audit.toml: [audit], [checks.NAME] options and [gates]")
     g.add_argument("--checks", help="comma-separated checks to run (default: all; `audit list` shows them)")
     g.add_argument("--seed", type=int, help="seed for every random choice (default 0)")
-    g.add_argument("--batch-size", type=_positive_int, help="inference batch size (default 128)")
+    g.add_argument("--batch-size", type=_positive_int,
+                   help="inference batch size, also the size of the work units split over processes (default 128)")
     g.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--fail-on", choices=("none", "warn", "fail"),
                    help="also fail the run (exit 1) on findings of this severity or worse")
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--checks", help="comma-separated checks to run (default: all)")
     demo.add_argument("--device", default=None)
     demo.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    demo.add_argument("--batch-size", type=_positive_int,
+                      help="inference batch size, also the size of the work units split over processes (default 128)")
     demo.add_argument("--resume", action="store_true", help="reuse the checks an interrupted demo already finished")
     _common(demo)
 

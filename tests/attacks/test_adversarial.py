@@ -270,3 +270,18 @@ def test_unreproducible_adversarials_are_reattacked_not_counted_robust(tiny_net,
     eps = max(LINF)
     top_straight, top = curve(straight, "worst", "linf")[eps], curve(res, "worst", "linf")[eps]
     assert top <= top_straight + 0.2 and top < 0.5  # robustness not overestimated at the largest epsilon
+
+
+def test_bf16_attacks_match_fp32_and_stay_valid(plain, data):
+    """precision = "bf16": the attacks run under autocast, yet every adversarial counted is one
+    the fp32 model confirms, and the curves stay within a sample or two of fp32's."""
+    model, res32, _ = plain
+    x, y = data
+    res16, ctx = run_check(model, x, y, max_samples=0, precision="bf16")
+    assert res16.data["precision"] == "bf16" and res32.data["precision"] == "fp32"
+    for norm in ("linf", "l2"):
+        a, b = curve(res32, "worst", norm), curve(res16, "worst", norm)
+        assert all(abs(a[e] - b[e]) <= 2 / len(y) + 1e-9 for e in a), (norm, a, b)
+    pub = ctx.published["adversarial.examples"]
+    z = model.logits(pub["x_adv"])
+    assert (z.argmax(1) != pub["y"]).all()  # fooled in fp32, as published
