@@ -85,7 +85,7 @@ class FoolingCheck(Check):
     description = ("fooling images (Nguyen et al. 2015): gradient ascent and evolution (direct, CPPN) from noise "
                    "to >=99% confidence per class; confidence on noise, blank and pattern inputs")
     needs_data = False
-    shardable = True  # work units: the search methods
+    shardable = True  # work units: gradient ascent per chunk of target classes, each evolution whole
     metrics = {
         "fooling_rate": "share of target classes whose best synthesized image reaches `threshold` (0.99) "
                         "confidence for the class (per `method`)",
@@ -213,20 +213,28 @@ class FoolingCheck(Check):
                         f"plus {len(o.classes)} named). Raise max_classes to target more.")
         published: dict[str, dict[str, torch.Tensor]] = {}
 
-        def one_method(k: int, _unit_gen) -> dict:
-            """One search method: a work unit (its generator derives from the method's name)."""
-            method = o.methods[k]
+        # work units: gradient ascent per chunk of batch_size target classes (independent per
+        # class); each evolution whole (its MAP-Elites archive spans the classes)
+        from audit.distributed import chunks
+
+        units = [(m, part) for m in o.methods
+                 for part in (chunks(len(targets), bs) if m == "gradient" else [torch.arange(len(targets))])]
+
+        def one_unit(k: int, _unit_gen) -> dict:
+            """One unit; its generator derives from the method's name (and the chunk)."""
+            method, part = units[k]
             t0 = time.perf_counter()
-            g = self._gen(base, method, dev if method != "gradient" else torch.device("cpu"))
             if method == "gradient":
+                g = self._gen(base, f"gradient:{int(part[0]) if len(part) else 0}", torch.device("cpu"))
                 try:
-                    r = gradient_ascent(model, targets, shape, steps=o.steps, lr=o.lr, l2_decay=o.l2_decay,
+                    r = gradient_ascent(model, [targets[i] for i in part.tolist()], shape, steps=o.steps, lr=o.lr, l2_decay=o.l2_decay,
                                         blur_every=o.blur_every, blur_sigma=o.blur_sigma, bounds=model.spec.bounds,
                                         batch_size=bs, gen=g, device=dev, early_stop=o.early_stop, levels=levels,
                                         progress=ctx.bar)
                 except RuntimeError as e:
                     return {"unavailable": str(e).splitlines()[0][:200]}
             else:
+                g = self._gen(base, method, dev)
                 enc_cls = CPPNEncoding if method == "evolution_cppn" else DirectEncoding
                 kw = {"layers": o.cppn_layers, "width": o.cppn_width} if method == "evolution_cppn" else {}
                 enc = enc_cls(shape, rate=o.mutation_rate, device=dev, **kw)
@@ -237,14 +245,17 @@ class FoolingCheck(Check):
             r.images = r.images.cpu()
             return {"result": dataclasses.asdict(r), "seconds": round(time.perf_counter() - t0, 3)}
 
-        for method, rec in zip(o.methods, ctx.map_units(len(o.methods), one_method, tag="methods", unit="method")):
-            if "unavailable" in rec:
+        recs = ctx.map_units(len(units), one_unit, tag="searches", unit="search")
+        for method in o.methods:
+            mine = [rec for (m, _), rec in zip(units, recs) if m == method]
+            bad = [rec["unavailable"] for rec in mine if "unavailable" in rec]
+            if bad:
                 res.finding("info", "fooling.gradient_unavailable",
-                            f"Gradient ascent could not run ({rec['unavailable']}); only the black-box "
+                            f"Gradient ascent could not run ({bad[0]}); only the black-box "
                             "evolution results apply.")
                 continue
-            r = SearchResult(**rec["result"])
-            timings[method] = rec["seconds"]
+            r = SearchResult.concat([SearchResult(**rec["result"]) for rec in mine])
+            timings[method] = round(sum(rec["seconds"] for rec in mine), 3)
             summary[method] = r
             self._report_method(res, method, r, names, levels)
             published[method] = {names[t]: r.images[i] for i, t in enumerate(targets)}

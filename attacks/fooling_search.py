@@ -40,6 +40,17 @@ class SearchResult:
     used: int
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def concat(cls, parts: list["SearchResult"]) -> "SearchResult":
+        """One result from searches over consecutive groups of targets (work units)."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(targets=[t for p in parts for t in p.targets], images=torch.cat([p.images for p in parts]),
+                   best=[b for p in parts for b in p.best], pred=[q for p in parts for q in p.pred],
+                   pred_conf=[c for p in parts for c in p.pred_conf],
+                   first={lv: [f for p in parts for f in p.first[lv]] for lv in parts[0].first},
+                   used=max(p.used for p in parts), notes=[n for p in parts for n in p.notes])
+
 
 def log_odds(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``log(p_t / (1 - p_t))`` for each row and each target column: (N, T). Unlike the
