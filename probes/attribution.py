@@ -36,7 +36,7 @@ UNHOOKABLE_FORMATS = ("torchscript", "export")
 
 @register_check("attribution")
 class AttributionCheck(Check):
-    shardable = True  # work units: each method's maps (the sanity tests then run on every rank alike)
+    shardable = True  # work units: each method's maps, then each step of the randomization cascade
     description = ("attribution maps (captum: saliency, IG, SmoothGrad, Grad-CAM, occlusion, guided backprop) "
                    "with randomization and deletion/insertion sanity checks")
     metrics = {
@@ -310,18 +310,26 @@ class AttributionCheck(Check):
 
         # the randomized copy is made from the hook-safe model: hook methods need it, the others don't mind
         src = hook_model if any(m.kind == HOOK for m in methods) else model
-        g = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator)))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator))
         curves = {m.name: [] for m in methods}
         per_image = {m.name: {} for m in methods}
         layers = []
         steps = len(layer_groups(src))
-        keep = _checkpoints(steps, o.randomization_layers)
-        for k, (layer, rnet) in enumerate(ctx.bar(cascade(src, g), total=steps, desc="randomization", unit="layer")):
-            if k not in keep:
-                continue  # randomized, but no maps computed at this step
+        keep = sorted(_checkpoints(steps, o.randomization_layers))
+
+        def step_maps(j: int, _unit_gen) -> dict:
+            """Work unit: the maps at the ``j``-th kept cascade step. The cascade is replayed
+            from its seed up to that step (re-drawing weights is cheap next to the maps), so
+            any rank computes exactly the sequential cascade's model."""
+            for k, (layer, rnet) in enumerate(cascade(src, torch.Generator().manual_seed(seed))):
+                if k == keep[j]:
+                    return {"layer": layer, "maps": maps_of(rnet)}
+            raise AssertionError("cascade step out of range")
+
+        for rec in ctx.map_units(len(keep), step_maps, tag="randomization", desc="randomization", unit="layer"):
+            layer, r = rec["layer"], rec["maps"]
             layer = layer[4:] if layer.startswith("net.") else layer
             layers.append(layer)
-            r = maps_of(rnet)
             for m in methods:
                 rho = [spearman(base[m.name][i].abs(), r[m.name][i].abs()) for i in range(len(xs))]
                 mean = sum(rho) / len(rho)
