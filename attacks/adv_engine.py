@@ -101,6 +101,7 @@ class Engine:
         if o.max_samples and len(data) > o.max_samples:
             idx = stratified_indices(data.y, o.max_samples, ctx.seed)
         self.idx = idx
+        self.queries = {"forwards": 0, "backwards": 0}
         self.x, self.y = data.x[idx], data.y[idx]
         self.ids = [data.ids[i] for i in idx.tolist()]
         self.n = len(idx)
@@ -118,7 +119,7 @@ class Engine:
         res.metric("samples", self.n)
 
         self._sanity(clean_logits)
-        self.grad_ok, why = self._gradient_probe()
+        self.grad_ok, why = ctx.agree("gradient_probe", self._gradient_probe())  # one verdict for every rank
         attacks = [a for a in ATTACKS if a in o.attacks]
         if not self.grad_ok:
             skipped = [a for a in attacks if a in GRADIENT_ATTACKS]
@@ -148,15 +149,24 @@ class Engine:
         sub.correct, sub.attacked, sub.n = self.correct[idx], self.attacked[idx], len(idx)
         sub.gen, sub.timings = gen, {}
         sub.grad_bad = torch.zeros(sub.n, dtype=torch.bool)
+        before = self._passes()
         sub.g0 = sub._clean_gradients() if self.grad_ok else None
         runs = [sub._run_norm(norm).to_records() for norm in self.o.norms]
-        return {"grad_bad": sub.grad_bad, "runs": runs, "timings": sub.timings}
+        passes = [a - b for a, b in zip(self._passes(), before)]
+        return {"grad_bad": sub.grad_bad, "runs": runs, "timings": sub.timings, "passes": passes}
+
+    def _passes(self) -> tuple[int, int]:
+        """Forward and backward passes (per sample) of the attacks so far, fp32 and bf16."""
+        return (self.obj.forwards + self.obj32.forwards, self.obj.backwards + self.obj32.backwards)
 
     def _merge(self, recs: list[dict]) -> None:
         """The units' records as one run over all samples, and the findings computed from them."""
+        fwd, bwd = self._passes()  # the probes before the units (the same on every rank)
         for r in recs:
             for key, t in r["timings"].items():  # summed over units: compute seconds, not wall time
                 self.timings[key] = round(self.timings.get(key, 0.0) + t, 3)
+            fwd, bwd = fwd + r["passes"][0], bwd + r["passes"][1]
+        self.queries = {"forwards": fwd, "backwards": bwd}
         self.runs = [NormRun.merge([r["runs"][j] for r in recs]) for j in range(len(self.o.norms))]
         ai = self.attacked.nonzero().flatten()
         bad = torch.cat([r["grad_bad"] for r in recs])
@@ -256,9 +266,20 @@ class Engine:
         return torch.nan_to_num(g0, nan=0.0, posinf=0.0, neginf=0.0)
 
     # ------------------------------------------------------------------ the ε loop
+    def _confirm(self, xadv: torch.Tensor, gidx: torch.Tensor, fooled: torch.Tensor) -> torch.Tensor:
+        """With bf16 attacks: keep only the candidates the fp32 model also gets wrong."""
+        if self.obj.amp is None or not fooled.any():
+            return fooled
+        rows = fooled.nonzero().flatten()
+        m, _ = self.obj32(xadv[rows.to(xadv.device)].to(self.dev), self.lab[gidx[rows]].to(self.dev))
+        out = fooled.clone()
+        out[rows] = (m < 0).cpu()
+        return out
+
     def _record(self, nr: NormRun, attack: str, k: int, gidx: torch.Tensor, fooled: torch.Tensor,
                 xadv: torch.Tensor) -> None:
         """Validate and store adversarials of ``attack`` at ε index ``k`` for samples ``gidx``."""
+        fooled = self._confirm(xadv, gidx, fooled)
         if not fooled.any():
             return
         gi = gidx[fooled.cpu()]
@@ -321,7 +342,10 @@ class Engine:
             def fn(ch):
                 best, xa = core.fmn(obj, self.x[ch].to(self.dev), self.lab[ch].to(self.dev), norm,
                                     steps=o.fmn_steps, max_eps=top)
-                nr.fmn_norm[ch] = best.cpu()
+                best = best.cpu()
+                found = self._confirm(xa, ch, torch.isfinite(best))
+                best[~found] = float("inf")
+                nr.fmn_norm[ch] = best
                 fmn_adv[ch] = xa.cpu()
 
             batched(self.attacked.nonzero().flatten(), self.bs, fn)
@@ -389,7 +413,7 @@ class Engine:
             def fn(ch):
                 fooled, xa = core.pgd(self.obj, self.x[ch].to(self.dev), self.lab[ch].to(self.dev), top, nr.norm,
                                       steps=2 * self.o.pgd_steps, restarts=1, gen=self.gen)
-                f = fooled.cpu()
+                f = self._confirm(xa, ch, fooled.cpu())
                 xa = xa.cpu()
                 nr.fmn_norm[ch[f]] = core.norm_of(xa[f] - self.x[ch[f]], nr.norm)
                 fmn_adv[ch[f]] = xa[f]

@@ -68,7 +68,7 @@ def report(eng) -> None:
         }
     res.data["ids"] = eng.ids
     res.data["timings_s"] = eng.timings
-    res.data["queries"] = {"forwards": eng.obj.forwards, "backwards": eng.obj.backwards}
+    res.data["queries"] = eng.queries
     res.summary = "; ".join(summary) + f"; clean {eng.acc:.1%}, n={eng.n}"
 
 

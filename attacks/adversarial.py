@@ -112,7 +112,7 @@ class AdversarialCheck(Check):
         noise_draws: int = 1
         examples: int = 6  #: example panels shown
         tolerance: float = 0.02  #: robust-accuracy gap beyond which a masking comparison is reported
-        precision: str = "fp32"  #: "fp32", or "bf16": attacks under bf16 autocast, every adversarial verified in fp32
+        precision: str = "fp32"  #: "fp32", or "bf16": attacks under bf16 autocast, each adversarial confirmed in fp32
 
         def __post_init__(self) -> None:
             if not isinstance(self.norms, list) or not self.norms:

@@ -245,7 +245,7 @@ class FoolingCheck(Check):
             r.images = r.images.cpu()
             return {"result": dataclasses.asdict(r), "seconds": round(time.perf_counter() - t0, 3)}
 
-        recs = ctx.map_units(len(units), one_unit, tag="searches", unit="search")
+        recs = ctx.map_units(len(units), one_unit, tag="searches", unit="search", keep=lambda r: "unavailable" not in r)
         for method in o.methods:
             mine = [rec for (m, _), rec in zip(units, recs) if m == method]
             bad = [rec["unavailable"] for rec in mine if "unavailable" in rec]

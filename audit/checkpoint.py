@@ -13,7 +13,8 @@ Shardable checks also checkpoint each finished *work unit* (:mod:`audit.distribu
 were running; they are dropped once the whole check is checkpointed.
 
 A checkpoint is reused only when its fingerprint matches: the model file's SHA-256, the
-evaluated sample ids and labels, the seed, the check's options and the tool version.
+evaluated sample ids and labels, the seed, the check's options, the batch size and the tool
+version.
 Anything else (another model, another subset, changed options) runs the check again.
 """
 from __future__ import annotations
@@ -33,10 +34,13 @@ from .results import CheckResult
 DIRNAME = ".audit-checkpoint"
 
 
-def fingerprint(*, model_info: dict, data, seed: int, check: str, options: Any, version: str) -> str:
+def fingerprint(*, model_info: dict, data, seed: int, check: str, options: Any, version: str,
+                batch_size: int = 0) -> str:
+    """What a check's result depends on: model file, samples, seed, options, tool version and
+    the batch size (it cuts the work units, whose generators it thereby fixes)."""
     h = hashlib.sha256()
     h.update(json.dumps([model_info.get("sha256"), model_info.get("path") if not model_info.get("sha256") else None,
-                         seed, check, version], default=str).encode())
+                         seed, check, version, batch_size], default=str).encode())
     h.update(repr(asdict(options) if is_dataclass(options) else options).encode())
     if data is not None:
         h.update("\n".join(data.ids).encode())

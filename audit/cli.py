@@ -268,22 +268,42 @@ def _run_and_write(model, data, cfg, out: Path, log, *, quiet: bool, baseline=No
 
     world = world or World()
     result = run_audit(model, data, cfg, progress=not quiet, log=log, checkpoint=out, resume=resume, world=world)
-    if not world.is_main:  # rank 0 writes; every rank holds the same result and exits with its code
-        return exit_code_for(result)
+    if not world.is_main:  # rank 0 writes; the others wait for it (torchrun stops everyone once one rank exits non-zero)
+        code = exit_code_for(result)
+        _finish(world, result)
+        return code
     if baseline is not None:
         from .compare import compare, regression_gate
 
         result.baseline = compare(baseline, result, tolerance=tolerance)
         result.gates.append(regression_gate(result.baseline))
         result.finalize_status()
-    result.save(out)
-    log(f"wrote {out / 'report.html'} ({result.status.upper()})")
-    for g in result.gates:  # a gate that could not be evaluated is a usage error (exit 4): say why
-        if g.status == "error":
-            print(f"audit: error: gate {g.gate}: {g.message}", file=sys.stderr)
-    if not quiet:
-        print(result.summary(), file=sys.stderr)
+    try:
+        result.save(out)
+        log(f"wrote {out / 'report.html'} ({result.status.upper()})")
+        for g in result.gates:  # a gate that could not be evaluated is a usage error (exit 4): say why
+            if g.status == "error":
+                print(f"audit: error: gate {g.gate}: {g.message}", file=sys.stderr)
+        if not quiet:
+            print(result.summary(), file=sys.stderr)
+    finally:
+        _finish(world, result)
     return exit_code_for(result)
+
+
+def _finish(world, result) -> None:
+    """The last meeting of a distributed run: after rank 0 wrote the outputs, so that no rank
+    exits first (torchrun would stop rank 0 mid-write). Skipped after an interruption, when
+    the ranks may stand at different points."""
+    if not world.distributed or result.interrupted:
+        return
+    from .distributed import DesyncError, shutdown
+
+    try:
+        world.exchange("written", None)
+    except (DesyncError, RuntimeError):
+        return
+    shutdown()
 
 
 def exit_code_for(result) -> ExitCode:

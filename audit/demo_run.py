@@ -23,7 +23,7 @@ def load_demo(out: Path, cfg: AuditConfig, *, samples_per_class: int = 16, log=p
     if world is None or world.is_main:
         paths = demo.prepare(root, n_per_class=samples_per_class, seed=cfg.seed)
     if world is not None and world.distributed:
-        paths = world.broadcast(paths if world.is_main else None)
+        paths = world.from_main("demo-data", paths if world.is_main else None)
     log(f"demo data written to {root}")
     model = load_model(demo.MODEL_PATH, device=cfg.device)
     data = load_data(paths["val"], model=model, samples=cfg.samples, seed=cfg.seed)

@@ -9,12 +9,16 @@ after the other. Every rank then receives every unit's records (``all_gather_obj
 computes the metrics from the merged records, so the result equals a single-process run
 with the same seed (bit for bit on CPUs, where the kernels are deterministic; on GPUs up
 to their float non-determinism). Checks that are not shardable run on rank 0 alone and
-their result is broadcast. Only rank 0 writes outputs.
+their result is sent to the others. Only rank 0 writes outputs.
 
 Failure is collective, never a hang: a unit that raises on one rank is gathered as that
 rank's message and every rank raises it, so the check ends ``status="error"`` everywhere
-with the failing rank's message; a rank that dies is noticed by torchrun, which stops the
-others; every collective has a timeout (``AUDIT_DIST_TIMEOUT`` seconds, default 1800).
+with the failing rank's message. Every exchange between ranks is labelled (what it is, for
+which check), so ranks that fell out of step (one failed outside a unit while the others
+went on) notice it at their next exchange and stop the battery together
+(:class:`DesyncError`); a rank that dies is noticed by torchrun, which stops the others;
+every collective has a timeout (``AUDIT_DIST_TIMEOUT`` seconds, default 10800: ranks wait
+at the end of each check for the slowest unit).
 
 Each finished unit is checkpointed on its own (``OUT/.audit-checkpoint/<check>/``), so
 ``--resume`` after a crash recomputes only the units that had not finished -- with the same
@@ -35,13 +39,21 @@ import torch
 
 from .errors import UsageError
 
-__all__ = ["World", "init_from_env", "current", "launched", "shutdown", "unit_seed", "ShardError", "map_units", "chunks"]
+__all__ = ["World", "init_from_env", "current", "launched", "shutdown", "unit_seed", "ShardError", "DesyncError",
+           "map_units", "chunks"]
 
-DEFAULT_TIMEOUT_S = 1800
+DEFAULT_TIMEOUT_S = 10800
 
 
 class ShardError(RuntimeError):
     """A work unit failed on some rank; the message names the rank."""
+
+
+class DesyncError(BaseException):
+    """The ranks met at different exchanges: one of them left the common path (it failed
+    outside a work unit). Every rank that took part in that exchange raises it, so they stop
+    together; finished units stay checkpointed for ``--resume``. A BaseException, like
+    KeyboardInterrupt, so that no check's own ``except Exception`` swallows it."""
 
 
 @dataclass(frozen=True)
@@ -71,15 +83,22 @@ class World:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
+    def exchange(self, label: str, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (in rank order) for the exchange named ``label``; raises
+        :class:`DesyncError` on every rank when the ranks are not all at that exchange."""
         if not self.distributed:
-            return obj
-        import torch.distributed as dist
+            return [obj]
+        parts = self.gather((label, obj))
+        labels = [lab for lab, _ in parts]
+        if any(lab != label for lab in labels):
+            where = ", ".join(f"rank {r} at {lab!r}" for r, lab in enumerate(labels))
+            hint = [o for lab, o in parts if lab.startswith("check-end:") and o]
+            raise DesyncError(f"the processes fell out of step ({where})" + (f"; first error: {hint[0]}" if hint else ""))
+        return [o for _, o in parts]
 
-        box = [obj if self.is_main else None]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+    def from_main(self, label: str, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (an :meth:`exchange` the other ranks send nothing to)."""
+        return self.exchange(label, obj if self.is_main else None)[0]
 
 
 def launched() -> bool:
@@ -105,6 +124,8 @@ def init_from_env(device: str | None = "auto", timeout_s: float | None = None) -
     if use_gpu:
         torch.cuda.set_device(local % torch.cuda.device_count())
     timeout = float(timeout_s or os.environ.get("AUDIT_DIST_TIMEOUT") or DEFAULT_TIMEOUT_S)
+    if use_gpu and "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in os.environ:
+        os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"  # a timed-out NCCL collective aborts, never hangs
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
     except Exception as e:  # noqa: BLE001 - one line, not a traceback from the rendezvous
@@ -138,35 +159,37 @@ def unit_seed(seed: int, tag: str, k: int) -> int:
 
 def map_units(world: World, n_units: int, fn: Callable[[int, torch.Generator], Any], *, seed: int, tag: str,
               load: Callable[[int], Any] | None = None, save: Callable[[int, Any], None] | None = None,
-              on_done: Callable[[], None] | None = None) -> list[Any]:
+              on_done: Callable[[], None] | None = None, keep: Callable[[Any], bool] | None = None,
+              where: str = "") -> list[Any]:
     """Run ``fn(k, generator)`` for the units ``k`` of this rank and return every unit's
     result, in unit order, on every rank.
 
-    ``load(k)`` returns a checkpointed result (or None) and ``save(k, r)`` stores one;
-    ``on_done`` is called after each unit (progress). Results must be picklable (tensors
-    on the CPU). A unit that raises makes every rank raise :class:`ShardError` with the
-    failing rank's message."""
+    ``load(k)`` returns a checkpointed result (or None) and ``save(k, r)`` stores one (only
+    when ``keep(r)``, if given: a transient failure is not worth keeping); ``on_done`` is
+    called after each unit (progress). Results must be picklable (tensors on the CPU). A
+    unit that raises makes every rank raise :class:`ShardError` with the failing rank's
+    message. ``where`` (the check's name) labels the exchange."""
     mine: dict[int, Any] = {}
     err = ""
     for k in range(world.rank, n_units, world.size):
-        got = load(k) if load is not None else None
-        if got is None:
-            try:
+        try:
+            got = load(k) if load is not None else None
+            if got is None:
                 got = fn(k, torch.Generator().manual_seed(unit_seed(seed, tag, k)))
-            except KeyboardInterrupt:
+                if save is not None and (keep is None or keep(got)):
+                    save(k, got)
+            mine[k] = got
+            if on_done is not None:
+                on_done()
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - becomes every rank's error below
+            if not world.distributed:
                 raise
-            except Exception as e:  # noqa: BLE001 - becomes every rank's error below
-                if not world.distributed:
-                    raise
-                msg = str(e).strip().splitlines()[0][:400] if str(e).strip() else ""
-                err = f"rank {world.rank}, unit {k}: {type(e).__name__}: {msg}"
-                break
-            if save is not None:
-                save(k, got)
-        mine[k] = got
-        if on_done is not None:
-            on_done()
-    parts = world.gather((mine, err))
+            msg = str(e).strip().splitlines()[0][:400] if str(e).strip() else ""
+            err = f"rank {world.rank}, unit {k}: {type(e).__name__}: {msg}"
+            break
+    parts = world.exchange(f"units:{where}/{tag}:{n_units}", (mine, err))
     errors = [e for _, e in parts if e]
     if errors:
         raise ShardError(errors[0])

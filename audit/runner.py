@@ -22,7 +22,7 @@ import torch
 from .checkpoint import Checkpoints, fingerprint
 from .config import AuditConfig
 from .data import AuditData, stratified_indices
-from .distributed import World, chunks, current, map_units
+from .distributed import DesyncError, World, chunks, map_units
 from .errors import UsageError
 from .model import AuditModel, resolve_device
 from .policy import evaluate_gate
@@ -67,19 +67,25 @@ class Context:
         """Offer something to later checks under a documented name (docs/results.md)."""
         self.published[name] = value
 
-    def map_units(self, n_units: int, fn, *, tag: str = "units", desc: str = "", unit: str = "unit") -> list:
+    def map_units(self, n_units: int, fn, *, tag: str = "units", desc: str = "", unit: str = "unit",
+                  keep=None) -> list:
         """Run ``fn(k, generator)`` for work units ``k = 0 .. n_units-1`` and return all their
         results in unit order. Units are split over the processes of a distributed run
         (:mod:`audit.distributed`); each has its own seeded generator, so the results do not
         depend on how many processes ran them. With a checkpoint folder, finished units are
-        saved and (``--resume``) reused."""
+        saved (those ``keep(result)`` accepts, when given) and (``--resume``) reused."""
         name, fp, store = self.check_name, self.fingerprint, self.store
         load = (lambda k: store.load_unit(name, tag, k, fp)) if store is not None and self.resume else None
         save = (lambda k, r: store.save_unit(name, tag, k, fp, r)) if store is not None else None
         mine = len(range(self.world.rank, n_units, self.world.size))
         with self.bar(total=mine, desc=desc or tag, unit=unit) as bar:
             return map_units(self.world, n_units, fn, seed=derive_seed(self.seed, name), tag=tag, load=load,
-                             save=save, on_done=lambda: bar.update(1))
+                             save=save, on_done=lambda: bar.update(1), keep=keep, where=name)
+
+    def agree(self, label: str, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (e.g. a batch size chosen from free GPU memory,
+        which must be the same everywhere for the units to compute the same numbers)."""
+        return self.world.from_main(f"agree:{self.check_name}/{label}", value) if self.world.distributed else value
 
     def bar(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it"):
         """A progress bar on stderr (silent with --quiet)."""
@@ -99,11 +105,12 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
     with ``resume=True`` as well, checks checkpointed by an earlier run with the same model,
     samples, seed and options are reused instead of run again (see audit.checkpoint).
 
-    In a torch.distributed run (``world``, by default the initialized process group) every
-    rank calls this with the same arguments; shardable checks split their work units over
-    the ranks, the others run on rank 0, and every rank returns the same result."""
+    In a torch.distributed run every rank calls this with the same arguments and ``world``
+    (``audit.distributed.current()`` for the initialized process group; the default is a
+    single process, whatever the environment); shardable checks split their work units
+    over the ranks, the others run on rank 0, and every rank returns the same result."""
     cfg = AuditConfig.coerce(config)
-    world = world if world is not None else current()
+    world = world if world is not None else World()
     progress = progress and world.is_main
     if not world.is_main:
         log = None
@@ -137,8 +144,8 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
     ctx = Context(model=model, data=data, config=cfg, seed=cfg.seed, device=model.device, progress=progress,
                   world=world, store=store, resume=resume)
     if data is not None:
-        parts = chunks(len(data), cfg.batch_size)
-        ctx.logits = torch.cat(map_units(world, len(parts), lambda k, g: model.logits(data.x[parts[k]], batch_size=cfg.batch_size),
+        parts = chunks(len(data), cfg.batch_size)  # work units, split over the ranks of a distributed run
+        ctx.logits = torch.cat(map_units(world, len(parts), lambda k, g: model.logits(data.x[parts[k]]),
                                          seed=cfg.seed, tag="logits")) if parts else model.logits(data.x)
         bad = ~torch.isfinite(ctx.logits).all(1)
         if bad.any():
@@ -155,10 +162,12 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
         ctx.generator = torch.Generator().manual_seed(s)
         torch.manual_seed(s)
         options = cfg.options_for(name)
-        fp = fingerprint(model_info=info, data=data, seed=cfg.seed, check=name, options=options, version=_version())
+        fp = fingerprint(model_info=info, data=data, seed=cfg.seed, check=name, options=options, version=_version(),
+                         batch_size=cfg.batch_size)
         ctx.fingerprint = fp
         saved = store.load(name, fp) if (store is not None and resume and world.is_main) else None
-        saved = world.broadcast(saved) if world.distributed and resume else saved
+        if world.distributed and resume:
+            saved = world.from_main(f"resume:{name}", saved)
         if saved is not None:
             res, pub = saved
             ctx.published.update(pub)
@@ -172,21 +181,37 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
             log(f"check {name}: running")
         before = set(ctx.published)
         alone = world.distributed and not cls.shardable  # runs on rank 0, the others receive it
+        aborted = False
         if not alone or world.is_main:
+            ctx.world = World() if alone else world
             try:
                 res = cls(options).run(ctx)
                 res.name = name
             except KeyboardInterrupt:
                 interrupted = True
                 res.error = "interrupted"
+            except DesyncError as e:
+                aborted = True
+                res.error = f"stopped: {e}"
             except Exception as e:  # noqa: BLE001 - a crashing check must not sink the battery
                 res.error = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500]
                 res.data["traceback"] = traceback.format_exc()[-4000:]
+            ctx.world = world
             res.duration_s = round(time.perf_counter() - t, 3)  # as saved, so a re-render is identical
         new = {k: v for k, v in ctx.published.items() if k not in before}
-        if alone:
-            res, new = world.broadcast((res, new))
-            ctx.published.update(new)
+        if world.distributed and not interrupted and not aborted:
+            try:
+                if alone:
+                    res, new = world.from_main(f"alone:{name}", (res, new))
+                    ctx.published.update(new)
+                # every rank ends the check together, and with the same verdict
+                errors = world.exchange(f"check-end:{name}", res.error)
+                first = next((f"rank {r}: {e}" for r, e in enumerate(errors) if e), None)
+                if first and not res.error:
+                    res.error = first
+            except DesyncError as e:
+                aborted = True
+                res.error = res.error or f"stopped: {e}"
         res.finalize_status()
         results.append(res)
         if store is not None and res.error is None and world.is_main:
@@ -194,7 +219,7 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
             store.drop_units(name)
         if log:
             log(f"check {name}: {res.status} ({res.duration_s:.1f} s){' - ' + res.error if res.error else ''}")
-        if interrupted:
+        if interrupted or aborted:  # what ran is kept; --resume picks up the rest
             break
     duration = time.perf_counter() - t0
     gates = [evaluate_gate(g, results) for g in cfg.gates]

@@ -128,8 +128,9 @@ class AttributionCheck(Check):
                                 smoothgrad_noise=o.smoothgrad_noise, occlusion_window=o.occlusion_window,
                                 bounds=tuple(model.spec.bounds), seed=int(torch.randint(0, 2**31 - 1, (1,),
                                                                                          generator=ctx.generator)))
-        settings.internal_batch_size = o.internal_batch_size or choose_internal_batch(model, x[:1].to(dev),
-                                                                                     o.memory_budget_mb)
+        # chosen from free memory; rank 0's choice for every rank, since it decides the noise draws
+        settings.internal_batch_size = ctx.agree("internal_batch_size", o.internal_batch_size or choose_internal_batch(
+            model, x[:1].to(dev), o.memory_budget_mb))
         chunk = max(1, min(ctx.config.batch_size, 32, settings.internal_batch_size // 2))
 
         # the randomization test's images: the first correct ones (they are interleaved across classes)
@@ -161,7 +162,8 @@ class AttributionCheck(Check):
                     "seconds": round(time.perf_counter() - t0, 3)}
 
         oom: list[int] = []
-        for m, rec in zip(list(methods), ctx.map_units(len(methods), one_method, tag="methods", unit="method")):
+        for m, rec in zip(list(methods), ctx.map_units(len(methods), one_method, tag="methods", unit="method",
+                                                      keep=lambda r: "failed" not in r)):
             if "failed" in rec:
                 res.finding("warn", "attribution.method_failed", f"{m.title} failed and was skipped: {rec['failed']}",
                             method=m.name)

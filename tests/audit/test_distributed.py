@@ -125,6 +125,39 @@ def test_a_failing_rank_fails_the_run_with_its_message(tiny_net, pattern_folder,
         assert "rank      : 1" in p.stderr and "exitcode  : 7" in p.stderr, p.stderr[-2000:]
 
 
+def test_a_failing_verdict_still_writes_the_report(model_files, pattern_folder, labels_file, tmp_path):
+    """A failed gate ends every rank with exit 1; rank 0 has written everything first (the
+    ranks meet once more after the writing, so torchrun does not stop rank 0 mid-write)."""
+    cfg = tmp_path / "gates.toml"
+    cfg.write_text('[gates]\n"clean.accuracy" = ">= 1.5"\n')
+    out = tmp_path / "o"
+    p = _torchrun(["run", str(model_files / "ts.pt"), "--data", str(pattern_folder), "--labels", str(labels_file),
+                   "--config", str(cfg), "--device", "cpu", "--batch-size", "8", "--checks", "clean", "-q",
+                   "--out", str(out)])
+    assert p.returncode != 0 and "exitcode  : 1" in p.stderr, p.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "fail" and (out / "report.html").is_file() and (out / "junit.xml").is_file()
+
+
+def test_ranks_out_of_step_stop_together_and_keep_the_report(tiny_net, pattern_folder, labels_file, dist_config,
+                                                            tmp_path):
+    """rank 1 fails in the adversarial check *outside* a work unit (its first forward pass of
+    the ε=0 sanity test), so it skips the units rank 0 waits on: both notice at the next
+    exchange, stop the battery, and rank 0 still writes the report with the error."""
+    f = tmp_path / "bomb.pt"
+    torch.save(RankBomb(tiny_net, rank=1, mode="raise", after=3), f)  # 3 = its share of the clean logits
+    out = tmp_path / "o"
+    p = _torchrun(["run", str(f), "--trust", "--data", str(pattern_folder), "--labels", str(labels_file),
+                   "--config", str(dist_config), "--device", "cpu", "--checks", "clean,adversarial,fooling", "-q",
+                   "--out", str(out)], timeout=180)
+    assert p.returncode != 0, p.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    adv = next(c for c in res["checks"] if c["name"] == "adversarial")
+    assert adv["status"] == "error" and "fell out of step" in adv["error"], adv["error"]
+    assert "boom on rank 1" in adv["error"]
+    assert [c["name"] for c in res["checks"]] == ["clean", "adversarial"]  # the battery stopped there
+
+
 def test_units_split_over_ranks_and_merge_in_order():
     """The unit-to-rank split and the merge, without processes: each fake rank runs its
     units; the merged list is the single-process list."""
@@ -139,16 +172,24 @@ def test_units_split_over_ranks_and_merge_in_order():
     calls.clear()
 
     class FakeWorld(D.World):
-        def gather(self, obj):  # what all_gather would return: every rank's own units
+        def gather(self, obj):  # what all_gather would return: every rank's own units, same label
+            label, _ = obj
             parts = []
             for r in range(self.size):
                 mine = {k: fn(k, torch.Generator().manual_seed(D.unit_seed(3, "t", k))) for k in range(r, 7, self.size)}
-                parts.append((mine, ""))
+                parts.append((label, (mine, "")))
             return parts
 
     merged = D.map_units(FakeWorld(rank=0, size=3), 7, lambda k, g: None, seed=3, tag="t")
     assert merged == single  # the random draws belong to the unit, not to the rank
     assert D.unit_seed(3, "t", 1) != D.unit_seed(3, "t", 2) != D.unit_seed(4, "t", 2)
+
+    class Behind(D.World):  # rank 1 stands at another exchange
+        def gather(self, obj):
+            return [obj, ("check-end:adversarial", "RuntimeError: boom")]
+
+    with pytest.raises(D.DesyncError, match="rank 1 at 'check-end:adversarial'.*boom"):
+        D.map_units(Behind(rank=0, size=2), 3, lambda k, g: k, seed=0, tag="t", where="adversarial")
 
 
 def test_interrupted_check_resumes_from_its_finished_units(model_files, pattern_folder, labels_file, dist_config,
@@ -182,3 +223,13 @@ def test_interrupted_check_resumes_from_its_finished_units(model_files, pattern_
     assert seen == [16]  # 24 samples in units of 8: only the third unit ran again
     assert _metrics(out) == _metrics(straight)
     assert not (out / ".audit-checkpoint" / "adversarial").exists()  # dropped once the check is checkpointed
+
+
+def test_batch_size_is_part_of_the_fingerprint():
+    """The batch size cuts the units (and so fixes their generators): units saved with one
+    batch size are never reused under another."""
+    from audit.checkpoint import fingerprint
+
+    kw = dict(model_info={"sha256": "x"}, data=None, seed=0, check="adversarial", options={}, version="1")
+    assert fingerprint(**kw, batch_size=8) != fingerprint(**kw, batch_size=6)
+    assert fingerprint(**kw, batch_size=8) == fingerprint(**kw, batch_size=8)
