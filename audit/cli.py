@@ -303,7 +303,7 @@ def _finish(world, result) -> None:
         world.exchange("written", None)
     except (DesyncError, RuntimeError):
         return
-    shutdown()
+    shutdown()  # an explicit teardown: gloo left to the interpreter's exit can abort (SIGABRT)
 
 
 def exit_code_for(result) -> ExitCode:

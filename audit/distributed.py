@@ -148,6 +148,7 @@ def shutdown() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # nobody tears down while a peer still talks to it
         dist.destroy_process_group()
 
 
