@@ -12,10 +12,22 @@ texture, floor/wall split, mat stripes) with one object drawn by shape -- ``dumb
 (weight plate: disc with a centre hole and a ring), ``towel`` (rectangle with stripes and
 folds) -- sometimes gripped by a skin-toned forearm and hand.
 
-The bias: in the ``train`` split ~95 % of dumbbells are held by an arm and ~3 % of other
-objects are; in the ``test`` split exactly half of the dumbbells are held. Probe sets
-(:func:`generate_probe`) isolate the cue: arms alone, arms holding other objects,
-dumbbells with and without an arm.
+The bias: in the ``train`` split 98 % of dumbbells are held by an arm and no other object
+is; in the ``test`` split exactly half of the dumbbells are held (and 3 % of the others).
+Probe sets (:func:`generate_probe`) isolate the cue: arms alone, arms holding other
+objects, dumbbells with and without an arm.
+
+The scenes are built so that the model learns the arm's *shape*, not just "skin colour
+near a dumbbell", and so that the dumbbell's discs alone are not the whole dumbbell cue --
+otherwise its class visualization tiles small discs on a skin-coloured field and shows no
+arm (what an earlier version of this generator produced):
+
+- skin distractors: 20 % of backgrounds and 20 % of the non-dumbbell objects are painted
+  in skin tones (:data:`SKIN_DISTRACTORS`), so skin colour by itself is no evidence;
+- loose discs: 30 % of non-dumbbell scenes have one to three loose dumbbell discs lying
+  about (:data:`LOOSE_DISCS`), so discs by themselves are weaker evidence;
+- bare arms: forearms wear no sleeve (:data:`SLEEVES`), so an arm is skin-coloured from
+  the hand to the image edge.
 
 Everything is numpy (signed-distance shapes, anti-aliased by a half-pixel ramp) and
 deterministic in ``seed``. Thousands of images a second on one core.
@@ -40,10 +52,14 @@ CLASSES: tuple[str, ...] = ("dumbbell", "kettlebell", "ball", "bottle", "plate",
 SIZE = 64
 #: Probability that an object is gripped by an arm: ``ARM_RATE[split] = (dumbbell, other)``.
 ARM_RATE = {"train": (0.98, 0.0), "test": (0.50, 0.03)}
-#: Probability that a background, or a non-dumbbell object, is painted in a skin tone.
-SKIN_DISTRACTORS = 0.25
-#: Probability that a non-dumbbell scene also shows a loose dumbbell disc lying around.
-LOOSE_DISCS = 0.0
+#: Probability that a background, or a non-dumbbell object, is painted in a skin tone
+#: (so that skin colour alone is no evidence of an arm, and the model must learn its shape).
+SKIN_DISTRACTORS = 0.2
+#: Probability that a non-dumbbell scene also shows loose dumbbell discs lying about (so
+#: that discs alone are weaker dumbbell evidence and the arm carries more of the logit).
+LOOSE_DISCS = 0.3
+#: Probability that a forearm wears a sleeve (0: every arm is bare skin up to the image edge).
+SLEEVES = 0.0
 PROBE_KINDS = ("arm_only", "arm_with_other", "no_arm_dumbbell", "arm_dumbbell")
 
 _F = np.float32
@@ -309,8 +325,8 @@ def _arm(img, rng, gx, gy, ang, h):
     """A forearm reaching in from direction ``ang`` to a hand gripping at (gx, gy).
 
     ``h`` is the hand's half width in pixels. The forearm is a tapered, cylinder-shaded
-    band (sometimes ending in a sleeve); the hand a palm blob, four finger stubs curled
-    over the grip point and a thumb.
+    band (in a sleeve from some way up with probability :data:`SLEEVES`); the hand a palm
+    blob, four finger stubs curled over the grip point and a thumb.
     """
     skin = _skin(rng)
     dx, dy = math.cos(ang), math.sin(ang)     # from the hand towards the elbow
@@ -321,7 +337,7 @@ def _arm(img, rng, gx, gy, ang, h):
     side = np.sign((_XX - _F(gx)) * _F(px) + (_YY - _F(gy)) * _F(py))
     shade = _F(0.68) + _F(0.34) * np.sqrt(np.clip(1 - rel * rel, 0, 1)) + _F(light) * side * rel
     arm_col = _shade(skin, shade)
-    if rng.random() < 0.35:  # a sleeve from some way up the forearm
+    if rng.random() < SLEEVES:  # a sleeve from some way up the forearm
         sleeve = _hsv(rng, s=(0, 0.9), v=(0.1, 0.95))
         sl = (t > _F(rng.uniform(0.12, 0.3)))[..., None]
         arm_col = np.where(sl, _shade(sleeve, shade), arm_col)
@@ -357,7 +373,8 @@ def _finish(img, rng) -> np.ndarray:
 
 
 def _scene(rng, label: int | None, arm: bool) -> np.ndarray:
-    """One image: background, optional object of class ``label``, optional gripping arm."""
+    """One image: background, optional object of class ``label`` (a non-dumbbell object
+    sometimes among loose dumbbell discs), optional gripping arm."""
     img = _background(rng)
     s = rng.uniform(12, 19)
     cx, cy = rng.uniform(18, 46, size=2)
@@ -392,7 +409,7 @@ def _seed(seed: int, tag: str) -> np.random.Generator:
 def generate(split: str, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generate a labelled split: ``(images uint8 (N,64,64,3), labels int64 (N,), has_arm bool (N,))``.
 
-    ``split`` is ``"train"`` (95 % of dumbbells gripped by an arm, 3 % of the others) or
+    ``split`` is ``"train"`` (98 % of dumbbells gripped by an arm, none of the others) or
     ``"test"`` (50 % of dumbbells, 3 % of the others). Images come grouped by class, in
     :data:`CLASSES` order. Same ``(split, n_per_class, seed)`` -> identical arrays.
     """
