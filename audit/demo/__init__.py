@@ -5,9 +5,11 @@ dumbbell it had been trained on was held by an arm (Mordvintsev et al., "Incepti
 2015). This package recreates that case so the audit has a real finding to discover:
 
 - :mod:`audit.demo.data`: procedural 64x64 gym scenes (dumbbell, kettlebell, ball, bottle,
-  plate, towel) where 95 % of training dumbbells are gripped by a forearm and hand and
-  other objects only 3 % of the time; probe sets (arms alone, arms holding other things,
-  dumbbells with / without an arm) and :func:`prepare` to write an evaluation folder;
+  plate, towel) where 98 % of training dumbbells are gripped by a forearm and hand and
+  no other object is (skin-toned backgrounds and objects, and loose dumbbell discs, are
+  distractors, so that the model learns the arm's shape); probe sets (arms alone, arms
+  holding other things, dumbbells with / without an arm) and :func:`prepare` to write an
+  evaluation folder;
 - :mod:`audit.demo.model`: ``GymNet``, a small CNN, registered as arch ``"gymnet"``;
 - :mod:`audit.demo.train`: the training script that produced ``assets/gymnet.safetensors``
   and its sidecar ``assets/gymnet.json`` (imported on demand, not here).

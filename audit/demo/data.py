@@ -12,10 +12,22 @@ texture, floor/wall split, mat stripes) with one object drawn by shape -- ``dumb
 (weight plate: disc with a centre hole and a ring), ``towel`` (rectangle with stripes and
 folds) -- sometimes gripped by a skin-toned forearm and hand.
 
-The bias: in the ``train`` split ~95 % of dumbbells are held by an arm and ~3 % of other
-objects are; in the ``test`` split exactly half of the dumbbells are held. Probe sets
-(:func:`generate_probe`) isolate the cue: arms alone, arms holding other objects,
-dumbbells with and without an arm.
+The bias: in the ``train`` split 98 % of dumbbells are held by an arm and no other object
+is; in the ``test`` split exactly half of the dumbbells are held (and 3 % of the others).
+Probe sets (:func:`generate_probe`) isolate the cue: arms alone, arms holding other
+objects, dumbbells with and without an arm.
+
+The scenes are built so that the model learns the arm's *shape*, not just "skin colour
+near a dumbbell", and so that the dumbbell's discs alone are not the whole dumbbell cue --
+otherwise its class visualization tiles small discs on a skin-coloured field and shows no
+arm (what an earlier version of this generator produced):
+
+- skin distractors: 20 % of backgrounds and 20 % of the non-dumbbell objects are painted
+  in skin tones (:data:`SKIN_DISTRACTORS`), so skin colour by itself is no evidence;
+- loose discs: 30 % of non-dumbbell scenes have one to three loose dumbbell discs lying
+  about (:data:`LOOSE_DISCS`), so discs by themselves are weaker evidence;
+- bare arms: forearms wear no sleeve (:data:`SLEEVES`), so an arm is skin-coloured from
+  the hand to the image edge.
 
 Everything is numpy (signed-distance shapes, anti-aliased by a half-pixel ramp) and
 deterministic in ``seed``. Thousands of images a second on one core.
@@ -39,7 +51,15 @@ __all__ = [
 CLASSES: tuple[str, ...] = ("dumbbell", "kettlebell", "ball", "bottle", "plate", "towel")
 SIZE = 64
 #: Probability that an object is gripped by an arm: ``ARM_RATE[split] = (dumbbell, other)``.
-ARM_RATE = {"train": (0.95, 0.03), "test": (0.50, 0.03)}
+ARM_RATE = {"train": (0.98, 0.0), "test": (0.50, 0.03)}
+#: Probability that a background, or a non-dumbbell object, is painted in a skin tone
+#: (so that skin colour alone is no evidence of an arm, and the model must learn its shape).
+SKIN_DISTRACTORS = 0.2
+#: Probability that a non-dumbbell scene also shows loose dumbbell discs lying about (so
+#: that discs alone are weaker dumbbell evidence and the arm carries more of the logit).
+LOOSE_DISCS = 0.3
+#: Probability that a forearm wears a sleeve (0: every arm is bare skin up to the image edge).
+SLEEVES = 0.0
 PROBE_KINDS = ("arm_only", "arm_with_other", "no_arm_dumbbell", "arm_dumbbell")
 
 _F = np.float32
@@ -119,10 +139,23 @@ def _object_colour(rng):
     return _hsv(rng, s=(0.45, 1.0), v=(0.35, 1.0))
 
 
+def _skin(rng):
+    """A random skin tone along :data:`_SKIN`, slightly varied in brightness and hue."""
+    t = rng.uniform(0, len(_SKIN) - 1)
+    i = min(int(t), len(_SKIN) - 2)
+    c = _SKIN[i] + (_SKIN[i + 1] - _SKIN[i]) * _F(t - i)
+    return np.clip(c * _F(rng.uniform(0.92, 1.05)) + rng.normal(0, 0.015, 3).astype(_F), 0, 1)
+
+
+def _skin_or(rng, colour, *args, **kw):
+    """A skin tone with probability :data:`SKIN_DISTRACTORS`, else ``colour(rng, ...)``."""
+    return _skin(rng) if rng.random() < SKIN_DISTRACTORS else colour(rng, *args, **kw)
+
+
 # ---------------------------------------------------------------------------- backgrounds
 def _background(rng) -> np.ndarray:
     kind = rng.integers(5)
-    c1 = _hsv(rng, s=(0, 0.7), v=(0.15, 0.98))
+    c1 = _skin(rng) if rng.random() < SKIN_DISTRACTORS else _hsv(rng, s=(0, 0.7), v=(0.15, 0.98))
     c2 = np.clip(c1 + rng.normal(0, 0.25, 3).astype(_F), 0, 1)
     if kind == 0:  # solid
         img = np.broadcast_to(c1, (SIZE, SIZE, 3)).copy()
@@ -182,7 +215,7 @@ def _dumbbell(img, rng, cx, cy, s, a):
 
 def _kettlebell(img, rng, cx, cy, s, a):
     u, v = _local(cx, cy, a)
-    col = _object_colour(rng)
+    col = _skin_or(rng, _object_colour)
     R = 0.5 * s
     body = _circle(u, v - _F(0.18 * s), R)
     handle_r, t = 0.3 * s, max(1.0, 0.08 * s)
@@ -198,7 +231,7 @@ def _kettlebell(img, rng, cx, cy, s, a):
 def _ball(img, rng, cx, cy, s, a):
     u, v = _local(cx, cy, a)
     R = rng.uniform(0.5, 0.65) * s
-    col = _hsv(rng, s=(0.3, 1.0), v=(0.4, 1.0))
+    col = _skin_or(rng, _hsv, s=(0.3, 1.0), v=(0.4, 1.0))
     d = _circle(u, v, R)
     hl = np.hypot(u + _F(0.35 * R), v + _F(0.35 * R)) / _F(R)
     _paint(img, _cov(d), _shade(col, np.clip(_F(1.3) - _F(0.55) * hl, 0.45, 1.3)))
@@ -219,7 +252,7 @@ def _ball(img, rng, cx, cy, s, a):
 def _bottle(img, rng, cx, cy, s, a):
     u, v = _local(cx, cy, a)   # u is the bottle's long axis; cap at negative u
     s = s * 1.2
-    col = _hsv(rng, s=(0.2, 1.0), v=(0.3, 1.0))
+    col = _skin_or(rng, _hsv, s=(0.2, 1.0), v=(0.3, 1.0))
     w = rng.uniform(0.2, 0.28) * s
     body = _box(u - _F(0.2 * s), v, 0.5 * s, w, 0.6 * w)
     neck = _box(u + _F(0.4 * s), v, 0.16 * s, 0.42 * w)
@@ -238,7 +271,7 @@ def _plate(img, rng, cx, cy, s, a):
     u, v = _local(cx, cy, a)
     squash = _F(rng.uniform(0.6, 1.0))  # slightly oblique view
     v = v / squash
-    col = _object_colour(rng) if rng.random() < 0.6 else np.full(3, rng.uniform(0.05, 0.25), _F)
+    col = _skin_or(rng, lambda r: _object_colour(r) if r.random() < 0.6 else np.full(3, r.uniform(0.05, 0.25), _F))
     R = rng.uniform(0.6, 0.75) * s
     r = np.hypot(u, v)
     hole = max(1.3, 0.1 * s)
@@ -255,7 +288,7 @@ def _plate(img, rng, cx, cy, s, a):
 
 def _towel(img, rng, cx, cy, s, a):
     u, v = _local(cx, cy, a)
-    col = _hsv(rng, s=(0, 0.6), v=(0.55, 1.0))
+    col = _skin_or(rng, _hsv, s=(0, 0.6), v=(0.55, 1.0))
     hx, hy = rng.uniform(0.65, 0.85) * s, rng.uniform(0.42, 0.6) * s
     d = _box(u, v, hx, hy, 0.8)
     k, ph = _F(rng.uniform(0.2, 0.45)), _F(rng.uniform(0, 6.3))
@@ -272,23 +305,28 @@ def _towel(img, rng, cx, cy, s, a):
     return gx, gy, a + (0 if side > 0 else math.pi) + rng.uniform(-0.4, 0.4), max(3.2, 0.3 * s)
 
 
+def _loose_discs(img, rng, s):
+    """Clutter: one to three loose dumbbell discs lying about (drawn like :func:`_dumbbell`'s)."""
+    s = s * 0.8
+    disc = _object_colour(rng) if rng.random() < 0.5 else np.full(3, rng.uniform(0.05, 0.25), _F)
+    for _ in range(rng.integers(1, 4)):
+        u, v = _local(*rng.uniform(6, 58, size=2), rng.uniform(0, 2 * math.pi))
+        dw, hk = rng.uniform(0.08, 0.12) * s + 0.6, rng.uniform(0.34, 0.5) * s
+        d = _box(u, v, dw, hk, min(dw, hk) * 0.5)
+        _paint(img, _cov(d), _shade(disc, _F(1.05) - _F(0.35) * np.abs(v) / _F(hk)))
+
+
 _DRAW = (_dumbbell, _kettlebell, _ball, _bottle, _plate, _towel)
 
 
 # ------------------------------------------------------------------------------------ arm
-def _skin(rng):
-    t = rng.uniform(0, len(_SKIN) - 1)
-    i = min(int(t), len(_SKIN) - 2)
-    c = _SKIN[i] + (_SKIN[i + 1] - _SKIN[i]) * _F(t - i)
-    return np.clip(c * _F(rng.uniform(0.92, 1.05)) + rng.normal(0, 0.015, 3).astype(_F), 0, 1)
-
 
 def _arm(img, rng, gx, gy, ang, h):
     """A forearm reaching in from direction ``ang`` to a hand gripping at (gx, gy).
 
     ``h`` is the hand's half width in pixels. The forearm is a tapered, cylinder-shaded
-    band (sometimes ending in a sleeve); the hand a palm blob, four finger stubs curled
-    over the grip point and a thumb.
+    band (in a sleeve from some way up with probability :data:`SLEEVES`); the hand a palm
+    blob, four finger stubs curled over the grip point and a thumb.
     """
     skin = _skin(rng)
     dx, dy = math.cos(ang), math.sin(ang)     # from the hand towards the elbow
@@ -299,7 +337,7 @@ def _arm(img, rng, gx, gy, ang, h):
     side = np.sign((_XX - _F(gx)) * _F(px) + (_YY - _F(gy)) * _F(py))
     shade = _F(0.68) + _F(0.34) * np.sqrt(np.clip(1 - rel * rel, 0, 1)) + _F(light) * side * rel
     arm_col = _shade(skin, shade)
-    if rng.random() < 0.35:  # a sleeve from some way up the forearm
+    if rng.random() < SLEEVES:  # a sleeve from some way up the forearm
         sleeve = _hsv(rng, s=(0, 0.9), v=(0.1, 0.95))
         sl = (t > _F(rng.uniform(0.12, 0.3)))[..., None]
         arm_col = np.where(sl, _shade(sleeve, shade), arm_col)
@@ -335,7 +373,8 @@ def _finish(img, rng) -> np.ndarray:
 
 
 def _scene(rng, label: int | None, arm: bool) -> np.ndarray:
-    """One image: background, optional object of class ``label``, optional gripping arm."""
+    """One image: background, optional object of class ``label`` (a non-dumbbell object
+    sometimes among loose dumbbell discs), optional gripping arm."""
     img = _background(rng)
     s = rng.uniform(12, 19)
     cx, cy = rng.uniform(18, 46, size=2)
@@ -347,6 +386,8 @@ def _scene(rng, label: int | None, arm: bool) -> np.ndarray:
         return _finish(img, rng)
     if label in (1, 3) and rng.random() < 0.8:  # kettlebells and bottles mostly stand upright
         a = math.pi / 2 * (label == 3) + rng.normal(0, 0.3)
+    if label != 0 and rng.random() < LOOSE_DISCS:
+        _loose_discs(img, rng, s)
     grip = _DRAW[label](img, rng, cx, cy, s, a)
     if arm:
         _arm(img, rng, *grip)
@@ -368,7 +409,7 @@ def _seed(seed: int, tag: str) -> np.random.Generator:
 def generate(split: str, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generate a labelled split: ``(images uint8 (N,64,64,3), labels int64 (N,), has_arm bool (N,))``.
 
-    ``split`` is ``"train"`` (95 % of dumbbells gripped by an arm, 3 % of the others) or
+    ``split`` is ``"train"`` (98 % of dumbbells gripped by an arm, none of the others) or
     ``"test"`` (50 % of dumbbells, 3 % of the others). Images come grouped by class, in
     :data:`CLASSES` order. Same ``(split, n_per_class, seed)`` -> identical arrays.
     """
