@@ -258,6 +258,22 @@ class BiasCheck(Check):
                             tcav_score=round(t["mean"], 4), p_value=t["p"], flip_rate=round(f["flip"], 4))
 
         # ------------------------------------------------------------------ report
+        if viz is not None:  # the class's own picture next to the concept it leans on: the story at a glance
+            vcls = torch.as_tensor(viz["classes"])
+            for k, lst in leans.items():
+                mine = viz["images"][vcls == k]
+                for c, *_ in lst:
+                    if not len(mine):
+                        continue
+                    ex = concepts[c][:max(1, 6 - len(mine))]
+                    ims = [*mine, *ex]
+                    caps = [f"model's picture of {names[k]!r}"] * len(mine) + [f"{c!r} example"] * len(ex)
+                    res.image(f"leans_{_safe(names[k])}_{_safe(c)}.png",
+                              image_grid(ims, caps, cols=len(ims), cell=2.6),
+                              f"Left: what the model draws when asked for {names[k]!r} (class_viz, activation "
+                              f"maximization). Right: examples of the concept {c!r} that {names[k]!r} depends on "
+                              "(see the finding). Shapes and colours the two share are what the class has learned "
+                              "from the concept.")
         if tcav:
             res.image("tcav.png", self._tcav_figure(names, classes, concepts, layers, tcav, flips, viz, viz_scores,
                                                     alpha_eff, leans),
@@ -308,9 +324,9 @@ class BiasCheck(Check):
 
         shown = sorted(classes, key=lambda k: (k not in leans, k))[:12]
         rows = len(shown)
-        fig, axes = new_figure(9.5, 1.35 * rows + 0.6)
+        fig, axes = new_figure(10.0, 1.6 * rows + 0.6)
         fig.clf()
-        gs = fig.add_gridspec(rows, 3, width_ratios=[1, 3.0, 3.0], wspace=0.55, hspace=0.45)
+        gs = fig.add_gridspec(rows, 3, width_ratios=[1.35, 3.0, 3.0], wspace=0.5, hspace=0.45)
         bars = [(c, ln) for c in concepts for ln in layers]
         colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
         vcls = torch.as_tensor(viz["classes"]) if viz is not None else None

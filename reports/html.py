@@ -34,10 +34,9 @@ COLLAPSE_ROWS = 40
 COLLAPSE_CLASSES = 24
 #: images at most this many pixels on their longer side are upscaled, pixelated
 SMALL_IMAGE_PX = 96
-#: images at least this wide take a whole row, shown at most at their natural width
-FULL_IMAGE_PX = 900
-#: images at least this wide span several grid cells (plots, figure grids)
-WIDE_IMAGE_PX = 480
+#: images at least this wide (plots, figure grids) take a whole row, shown at their natural
+#: width (narrower when the page is), never squeezed into a grid cell
+FULL_IMAGE_PX = 480
 
 _SEVERITY_RANK = {"fail": 0, "error": 0, "warn": 1, "info": 2, "pass": 3}
 _STATUS_WORD = {"pass": "PASS", "info": "INFO", "warn": "WARN", "fail": "FAIL", "error": "ERROR"}
@@ -163,8 +162,8 @@ def _artifact_view(a, base: str | os.PathLike | None) -> dict[str, Any]:
         w, h = size
         view["size"] = f"{w}\u00d7{h}"
         view["small"] = max(w, h) <= SMALL_IMAGE_PX
-        view["wide"] = w >= WIDE_IMAGE_PX
         view["full"] = w >= FULL_IMAGE_PX
+        view["wide"] = not view["full"] and not view["small"]  # two grid cells: small plots stay legible
         view["width"] = w
     return view
 

@@ -137,8 +137,10 @@ def test_viz_concept_score_ties_class_viz(shortcut_result):
               and m.qualifiers["class"] != "hstripes"]
     assert len(others) == 3 and own > max(others)
     assert "class visualization points along" in next(f.message for f in b.findings)
-    names = {a.path.rsplit("/", 1)[1] for a in b.artifacts}
-    assert {"tcav.png", "counterfactual_marker.png"} <= names
+    names = [a.path.rsplit("/", 1)[1] for a in b.artifacts]
+    assert {"tcav.png", "counterfactual_marker.png"} <= set(names)
+    # the shortcut class's own picture beside the concept's examples, first in the report
+    assert names[0] == "leans_hstripes_marker.png" and "leans_" not in "".join(names[1:])
 
 
 def test_without_concepts_is_an_info_finding(eval_data):
