@@ -69,7 +69,7 @@ def report(eng) -> None:
     res.data["ids"] = eng.ids
     res.data["timings_s"] = eng.timings
     res.data["queries"] = eng.queries
-    res.summary = "; ".join(summary) + f"; clean {eng.acc:.1%}, n={eng.n}"
+    res.summary = "; ".join(summary) + f"; clean accuracy {eng.acc:.1%} on the {eng.n} attacked samples"
 
 
 def _masking(eng, nr, cur) -> None:

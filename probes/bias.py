@@ -278,8 +278,11 @@ class BiasCheck(Check):
             res.image("tcav.png", self._tcav_figure(names, classes, concepts, layers, tcav, flips, viz, viz_scores,
                                                     alpha_eff, leans),
                       "Per class: its class visualization (when class_viz ran), TCAV scores per concept and layer "
-                      "(bars: mean over runs, whiskers: std; grey tick: random-vs-random mean; * significant "
-                      f"at p < {alpha_eff:.2g}), and the concepts it leans on.")
+                      "(bars: mean over runs, whiskers: std; grey tick: random-vs-random mean; * differs from "
+                      f"random at p < {alpha_eff:.2g}, in either direction), and the concepts it leans on. A class "
+                      f"depends on a concept only when its score is significantly high (>= {self.options.min_score:g}) "
+                      "and pasting the concept flips other images to it; a significantly low score means the "
+                      "concept pushes away from the class.")
         for c, (pasted, pred) in pasted_store.items():
             target = next((k for k, lst in leans.items() if any(e[0] == c for e in lst)), None)
             if target is None:
