@@ -134,6 +134,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         dev = torch.device(str(device))
     except RuntimeError:
         raise UsageError(f"--device {device!r} is not auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and dev.index is not None and launched():
+        raise UsageError(f"--device {device}: under torchrun each process takes its own GPU (LOCAL_RANK); pass "
+                         "--device cuda or auto (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"--device {device} asked for a GPU, but torch sees none; use --device cpu or auto")

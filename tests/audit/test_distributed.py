@@ -233,3 +233,18 @@ def test_batch_size_is_part_of_the_fingerprint():
     kw = dict(model_info={"sha256": "x"}, data=None, seed=0, check="adversarial", options={}, version="1")
     assert fingerprint(**kw, batch_size=8) != fingerprint(**kw, batch_size=6)
     assert fingerprint(**kw, batch_size=8) == fingerprint(**kw, batch_size=8)
+
+
+def test_device_choice_under_torchrun(monkeypatch):
+    """Launched by torchrun, a process takes its own GPU; naming one GPU for all is an error."""
+    from audit.errors import UsageError
+    from audit.model import resolve_device
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(UsageError, match="each process takes its own GPU"):
+        resolve_device("cuda:0")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+    else:
+        assert resolve_device("auto") == torch.device("cuda", 1 % torch.cuda.device_count())
