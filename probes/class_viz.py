@@ -40,7 +40,7 @@ from audit.imaging import image_grid
 from audit.registry import Check, register_check
 from audit.results import CheckResult
 
-from .concept_layers import capture, default_layers, hookable
+from .concept_layers import capture, conv_layers, default_layers, hookable
 from .viz_param import FourierImage, few_threads_for_small_work, random_views, to_input_size
 
 
@@ -83,9 +83,11 @@ def _gram_similarity(act: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
 def visualize(model, targets: list[int], *, steps: int, lr: float, image_hw: tuple[int, int],
               generator: torch.Generator, objective: str = "logit", decay: float = 1.0, sd: float = 0.01,
               diversity: float = 0.0, groups: list[int] | None = None, amp: bool = True,
-              view_kw: dict | None = None, progress=None) -> torch.Tensor:
+              view_kw: dict | None = None, progress=None, channel_layer: str | None = None) -> torch.Tensor:
     """Optimize one picture per entry of ``targets`` (class indices) and return them as a
-    CPU tensor (n, C, *image_hw) in [0, 1]. ``model`` is an AuditModel (pixel space)."""
+    CPU tensor (n, C, *image_hw) in [0, 1]. ``model`` is an AuditModel (pixel space).
+    With ``channel_layer`` (a module name), ``targets`` are channel indices of that layer and
+    the objective is the channel's mean activation (Olah et al. 2017's channel objective)."""
     dev = model.device
     c, ih, iw = model.spec.input_shape
     n = len(targets)
@@ -95,14 +97,19 @@ def visualize(model, targets: list[int], *, steps: int, lr: float, image_hw: tup
     grp = torch.tensor(groups if groups is not None else targets, device=dev)
     use_div = diversity > 0 and n > 1 and len(set(grp.tolist())) < n and hookable(model.net)
     layer = default_layers(model.net, 1) if use_div else []
+    hooks = layer + ([channel_layer] if channel_layer and channel_layer not in layer else [])
     use_amp = amp and dev.type == "cuda"
     rows = torch.arange(n, device=dev)
     for _ in range(steps):
         x = random_views(img(), (ih, iw), generator, **(view_kw or {}))
-        with capture(model.net, layer) as store, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+        with capture(model.net, hooks) as store, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = model(x).float()
-        obj = logits[rows, tgt]
-        if objective == "logit_minus_mean" and logits.shape[1] > 1:
+        if channel_layer:
+            act = store[channel_layer].float()
+            obj = act[rows, tgt].flatten(1).mean(1)
+        else:
+            obj = logits[rows, tgt]
+        if objective == "logit_minus_mean" and logits.shape[1] > 1 and not channel_layer:
             obj = obj - (logits.sum(1) - obj) / (logits.shape[1] - 1)
         loss = -obj.sum()
         if use_div and layer[0] in store:
@@ -126,10 +133,14 @@ class ClassVizCheck(Check):
         "target_confidence": "softmax probability of the class on its own visualization (mean over seeds; per `class`)",
         "target_top1": "share of the class's visualizations the model classifies as that class (per `class`)",
         "mean_target_confidence": "target_confidence averaged over the visualized classes",
+        "channel_activation": "mean activation of a channel (option `channels`) on its own visualization "
+                              "(per `layer`, `channel`)",
     }
     findings = {
         "class_viz.not_reached": "info: the optimization did not make the model confident of some classes on their "
                                  "own pictures (too few steps, or gradients that do not reach the input)",
+        "class_viz.channels_unsupported": "info: channel visualizations need module hooks (not in TorchScript / "
+                                          "export programs)",
         "class_viz.no_gradient": "info: the model gives no usable input gradient, so no visualization was made",
     }
 
@@ -150,6 +161,8 @@ class ClassVizCheck(Check):
         min_crop: float = 0.6  #: smallest random crop of a picture larger than the input
         amp: bool = True  #: bfloat16 autocast on CUDA
         confident: float = 0.5  #: below this target confidence a class is listed in class_viz.not_reached
+        channels: list = field(default_factory=list)  #: channel indices of `layer` to visualize too (channel objective)
+        layer: str = ""  #: module name for `channels` (named_modules); "" = the last convolution
 
         def __post_init__(self) -> None:
             from audit.errors import ConfigError
@@ -238,6 +251,8 @@ class ClassVizCheck(Check):
                                             title="class visualizations (caption: class, then the model's top-3 on the picture)"),
                   f"What the model thinks each class looks like: activation maximization, {o.steps} steps, "
                   f"{image_hw[0]}x{image_hw[1]} px; under each picture the model's own top-3 predictions on it.")
+        if o.channels:
+            self._channels(ctx, res, image_hw, view_kw, work)
         steps_total = len(targets) * o.steps
         res.data["pictures"] = records
         res.data["timing"] = {"seconds": round(elapsed, 2), "image_steps": steps_total,
@@ -250,3 +265,58 @@ class ClassVizCheck(Check):
                        f"{elapsed:.1f} s); mean target confidence {mean_conf:.2f}, "
                        f"top-1 on own picture {float(is_top.float().mean()):.0%}" + (f"; {note}" if note else ""))
         return res
+
+    def _channels(self, ctx, res: CheckResult, image_hw, view_kw, work) -> None:
+        """Pictures maximizing the mean activation of the chosen channels of one layer, each
+        captioned with its activation and the class the model sees in it."""
+        o, model = self.options, ctx.model
+        if not hookable(model.net):
+            res.finding("info", "class_viz.channels_unsupported", "Channel visualizations need module hooks, which "
+                        f"this {model.info.get('format')} model does not offer; none were made.")
+            return
+        layer = o.layer or (default_layers(model.net, 1) or [""])[0]
+        mods = dict(model.net.named_modules())
+        if layer not in mods:
+            from audit.errors import ConfigError
+
+            raise ConfigError(f"[checks.class_viz] layer {layer!r} is not a module of the model "
+                              f"(conv layers: {', '.join(conv_layers(model.net)[-6:])})")
+        c, ih, iw = model.spec.input_shape
+        with capture(model.net, [layer]) as store, torch.no_grad():
+            model(torch.full((1, c, ih, iw), 0.5, device=model.device))
+        width = store[layer].shape[1]
+        chans = [int(ch) for ch in o.channels]
+        bad = [ch for ch in chans if not 0 <= ch < width]
+        if bad:
+            from audit.errors import ConfigError
+
+            raise ConfigError(f"[checks.class_viz] channels {bad} out of range: layer {layer!r} has {width} channels")
+        parts = chunks(len(chans), o.batch_size)
+
+        def unit(k: int, gen: torch.Generator) -> torch.Tensor:
+            with few_threads_for_small_work(model.device, work):
+                return visualize(model, [chans[i] for i in parts[k].tolist()], steps=o.steps, lr=o.lr,
+                                 image_hw=image_hw, generator=gen, decay=o.decay, amp=o.amp, view_kw=view_kw,
+                                 channel_layer=layer)
+
+        pics = torch.cat(ctx.map_units(len(parts), unit, tag="channels", desc="channels", unit="batch"))
+        small = to_input_size(pics, (ih, iw))
+        with capture(model.net, [layer]) as store, torch.no_grad():
+            probs = model(small.to(model.device)).float().softmax(1).cpu()
+        act = store[layer].float().flatten(2).mean(2).cpu()
+        names = model.class_names
+        caps, records = [], []
+        for j, ch in enumerate(chans):
+            a = float(act[j, ch])
+            top = int(probs[j].argmax())
+            res.metric("channel_activation", a, layer=layer, channel=ch)
+            records.append({"layer": layer, "channel": ch, "activation": round(a, 4),
+                            "top1": [names[top], round(float(probs[j, top]), 4)]})
+            caps.append(f"{layer}:{ch} (act {a:.2g})\nseen as {names[top]} {float(probs[j, top]):.2f}")
+        res.data["channels"] = records
+        cols = min(8, max(1, math.ceil(math.sqrt(len(chans)))))
+        res.image("channels.png", image_grid(list(pics), caps, cols=cols, cell=2.2,
+                                             title=f"channel visualizations at {layer}"),
+                  f"What channels {', '.join(map(str, chans[:12]))}{' ...' if len(chans) > 12 else ''} of layer {layer} "
+                  "respond to: pictures maximizing each channel's mean activation (Olah et al. 2017), captioned with "
+                  "the activation and the class the model sees in the picture.")

@@ -146,3 +146,38 @@ def test_max_classes_one_and_bad_options(tiny_model):
     assert len([m for m in c.metrics if m.name == "target_confidence"]) == 1
     with pytest.raises(ConfigError, match="max_classes must be at least 1"):
         AuditConfig(checks=["class_viz"], check_options={"class_viz": {"max_classes": 0}})
+
+
+def test_channel_objective_drives_its_channel(tiny_model):
+    """channels = [...]: each picture excites its own channel more than the other channels'
+    pictures do, and more than a grey image does."""
+    from probes.class_viz import visualize
+    from probes.concept_layers import capture, default_layers
+
+    layer = default_layers(tiny_model.net, 1)[0]
+    chans = [3, 7, 12]
+    pics = visualize(tiny_model, chans, steps=64, lr=0.05, image_hw=(16, 16),
+                     generator=torch.Generator().manual_seed(0), channel_layer=layer)
+    with capture(tiny_model.net, [layer]) as store, torch.no_grad():
+        tiny_model(torch.cat([pics, torch.full((1, 3, 16, 16), 0.5)]))
+    a = store[layer].float().flatten(2).mean(2)[:, chans]  # rows: pictures (+ grey), columns: channels
+    for j in range(len(chans)):
+        others = torch.cat([a[:j, j], a[j + 1:, j]])  # the other pictures and the grey image
+        assert a[j, j] > others.max() + 0.2, a
+
+    # through the check: one metric, record and gallery per channel
+    _, c = _viz(tiny_model, channels=[3, 7], steps=32)
+    acts = {m.qualifiers["channel"]: m.value for m in c.metrics if m.name == "channel_activation"}
+    assert sorted(acts) == [3, 7]
+    assert {m.qualifiers["layer"] for m in c.metrics if m.name == "channel_activation"} == {layer}
+    assert "channels.png" in {x.path.rsplit("/", 1)[1] for x in c.artifacts}
+    assert [r["channel"] for r in c.data["channels"]] == [3, 7]
+
+
+def test_channel_options_are_checked(tiny_model):
+    r = run_audit(tiny_model, None, {"audit": {"checks": ["class_viz"]},
+                                     "checks": {"class_viz": {"steps": 2, "channels": [999]}}})
+    assert "out of range" in r.check("class_viz").error
+    r = run_audit(tiny_model, None, {"audit": {"checks": ["class_viz"]},
+                                     "checks": {"class_viz": {"steps": 2, "channels": [0], "layer": "nope"}}})
+    assert "not a module" in r.check("class_viz").error
