@@ -224,6 +224,16 @@ def test_interrupted_check_resumes_from_its_finished_units(model_files, pattern_
     assert _metrics(out) == _metrics(straight)
     assert not (out / ".audit-checkpoint" / "adversarial").exists()  # dropped once the check is checkpointed
 
+    # units do not depend on the number of processes: a run interrupted in one process
+    # resumes under torchrun with two, and still gives the straight run's numbers
+    seen.clear()
+    out2 = tmp_path / "out2"
+    assert main(common + ["--out", str(out2)]) == ExitCode.INTERRUPTED
+    assert len(list((out2 / ".audit-checkpoint" / "adversarial").glob("samples-*.pt"))) == 2
+    p = _torchrun(common + ["--out", str(out2), "--resume", "--threads", "1"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert _metrics(out2) == _metrics(straight)
+
 
 def test_batch_size_is_part_of_the_fingerprint():
     """The batch size cuts the units (and so fixes their generators): units saved with one
