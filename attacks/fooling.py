@@ -39,7 +39,6 @@ Publishes ``fooling.images``: {method: {class name: (C, H, W) CPU tensor}} of be
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import statistics
 import time
@@ -48,6 +47,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from audit.distributed import chunks
 from audit.errors import ConfigError
 from audit.imaging import image_grid
 from audit.registry import Check, register_check
@@ -215,8 +215,6 @@ class FoolingCheck(Check):
 
         # work units: gradient ascent per chunk of batch_size target classes (independent per
         # class); each evolution whole (its MAP-Elites archive spans the classes)
-        from audit.distributed import chunks
-
         units = [(m, part) for m in o.methods
                  for part in (chunks(len(targets), bs) if m == "gradient" else [torch.arange(len(targets))])]
 
@@ -227,10 +225,10 @@ class FoolingCheck(Check):
             if method == "gradient":
                 g = self._gen(base, f"gradient:{int(part[0]) if len(part) else 0}", torch.device("cpu"))
                 try:
-                    r = gradient_ascent(model, [targets[i] for i in part.tolist()], shape, steps=o.steps, lr=o.lr, l2_decay=o.l2_decay,
-                                        blur_every=o.blur_every, blur_sigma=o.blur_sigma, bounds=model.spec.bounds,
-                                        batch_size=bs, gen=g, device=dev, early_stop=o.early_stop, levels=levels,
-                                        progress=ctx.bar)
+                    r = gradient_ascent(model, [targets[i] for i in part.tolist()], shape, steps=o.steps, lr=o.lr,
+                                        l2_decay=o.l2_decay, blur_every=o.blur_every, blur_sigma=o.blur_sigma,
+                                        bounds=model.spec.bounds, batch_size=bs, gen=g, device=dev,
+                                        early_stop=o.early_stop, levels=levels, progress=ctx.bar)
                 except RuntimeError as e:
                     return {"unavailable": str(e).splitlines()[0][:200]}
             else:

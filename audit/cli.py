@@ -269,9 +269,7 @@ def _run_and_write(model, data, cfg, out: Path, log, *, quiet: bool, baseline=No
     world = world or World()
     result = run_audit(model, data, cfg, progress=not quiet, log=log, checkpoint=out, resume=resume, world=world)
     if not world.is_main:  # rank 0 writes; the others wait for it (torchrun stops everyone once one rank exits non-zero)
-        code = exit_code_for(result)
-        _finish(world, result)
-        return code
+        return _finish(world, result, exit_code_for(result))
     if baseline is not None:
         from .compare import compare, regression_gate
 
@@ -287,23 +285,25 @@ def _run_and_write(model, data, cfg, out: Path, log, *, quiet: bool, baseline=No
         if not quiet:
             print(result.summary(), file=sys.stderr)
     finally:
-        _finish(world, result)
-    return exit_code_for(result)
+        code = _finish(world, result, exit_code_for(result))
+    return code
 
 
-def _finish(world, result) -> None:
+def _finish(world, result, code: int) -> int:
     """The last meeting of a distributed run: after rank 0 wrote the outputs, so that no rank
-    exits first (torchrun would stop rank 0 mid-write). Skipped after an interruption, when
+    exits first (torchrun would stop rank 0 mid-write); every rank returns rank 0's exit
+    code (which also reflects a --baseline comparison). Skipped after an interruption, when
     the ranks may stand at different points."""
     if not world.distributed or result.interrupted:
-        return
+        return code
     from .distributed import DesyncError, shutdown
 
     try:
-        world.exchange("written", None)
+        code = world.from_main("written", code)
     except (DesyncError, RuntimeError):
-        return
+        return code
     shutdown()  # an explicit teardown: gloo left to the interpreter's exit can abort (SIGABRT)
+    return code
 
 
 def exit_code_for(result) -> ExitCode:
