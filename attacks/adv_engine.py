@@ -36,7 +36,6 @@ class NormRun:
     ran: list[str] = field(default_factory=list)
     square_scope: str = "all"
     adv_logits: torch.Tensor | None = None  #: logits of ``adv`` (zeros where no adversarial was found)
-    unbounded_rate: float | None = None  #: share of attacked samples fooled at the unbounded ε
     unverified: list[int] = field(default_factory=lambda: [0, 0])  #: [dropped, re-found] adversarials
 
     #: per-sample fields, concatenated when work units merge
@@ -171,7 +170,6 @@ class Engine:
         ai = self.attacked.nonzero().flatten()
         bad = torch.cat([r["grad_bad"] for r in recs])
         share = float(bad[ai].float().mean()) if len(ai) and self.grad_ok else 0.0
-        self.zero_grad_share = share
         if len(ai) and share > 0.05:
             self.res.finding("warn", "gradient_masking.zero_gradients",
                              f"The input gradient of the logit margin is zero or non-finite for {share:.0%} of the "
@@ -180,7 +178,6 @@ class Engine:
         for nr in self.runs:
             if nr.fmn_norm is not None and len(ai):
                 rate = float(torch.isfinite(nr.fmn_norm[ai]).float().mean())
-                nr.unbounded_rate = rate
                 if rate < 0.99:
                     top = max_epsilon(nr.norm, self.x.shape[1:])
                     self.res.finding("warn", "gradient_masking.unbounded_attack_fails",
