@@ -275,8 +275,8 @@ class Engine:
 
     def _record(self, nr: NormRun, attack: str, k: int, gidx: torch.Tensor, fooled: torch.Tensor,
                 xadv: torch.Tensor) -> None:
-        """Validate and store adversarials of ``attack`` at ε index ``k`` for samples ``gidx``."""
-        fooled = self._confirm(xadv, gidx, fooled)
+        """Validate and store adversarials of ``attack`` at ε index ``k`` for samples ``gidx``
+        (candidates already confirmed in fp32 by their producer, see :meth:`_confirm`)."""
         if not fooled.any():
             return
         gi = gidx[fooled.cpu()]
@@ -310,7 +310,7 @@ class Engine:
 
             def fn(ch, k=k, eps=eps):
                 fooled, xa = attack_fn(self.x[ch].to(self.dev), self.lab[ch].to(self.dev), eps, ch)
-                self._record(nr, attack, k, ch, fooled.cpu(), xa)
+                self._record(nr, attack, k, ch, self._confirm(xa, ch, fooled.cpu()), xa)
 
             batched(gi, self.bs, fn)
             bar.update(1)
