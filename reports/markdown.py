@@ -89,49 +89,40 @@ def render_markdown(result: "AuditResult") -> str:
         lines.append("- **The run was interrupted: results are incomplete.**")
     lines.append("")
 
-    lines.append("### Checks")
-    lines.append("")
-    if result.checks:
-        lines.append("| Check | Status | Time | Summary |")
-        lines.append("|---|---|---:|---|")
-        for c in result.checks:
-            summary = _text(c.summary)
-            if c.error:
-                err = _text(c.error)
-                summary = f"{summary}<br>error: {err}" if summary else f"error: {err}"
-            lines.append(f"| {_text(c.name)} | {_status(c.status)} | {_dur(c.duration_s)} | {summary} |")
-    else:
-        lines.append("No checks ran.")
-    lines.append("")
+    rows = []
+    for c in result.checks:
+        summary = _text(c.summary)
+        if c.error:
+            err = _text(c.error)
+            summary = f"{summary}<br>error: {err}" if summary else f"error: {err}"
+        rows.append([_text(c.name), _status(c.status), _dur(c.duration_s), summary])
+    _table(lines, "### Checks", ["Check", "Status", "Time:", "Summary"], rows, "No checks ran.")
 
-    lines.append("### Gates")
-    lines.append("")
-    if result.gates:
-        lines.append("| Gate | Condition | Value | Status | Message |")
-        lines.append("|---|---|---:|---|---|")
-        for g in result.gates:
-            lines.append(f"| {_code(g.gate)} | {_code(g.condition)} | {_num(g.value)} | "
-                         f"{_status(g.status)} | {_text(g.message)} |")
-    else:
-        lines.append("No gates configured.")
-    lines.append("")
+    _table(lines, "### Gates", ["Gate", "Condition", "Value:", "Status", "Message"],
+           [[_code(g.gate), _code(g.condition), _num(g.value), _status(g.status), _text(g.message)]
+            for g in result.gates], "No gates configured.")
 
     findings = sorted(result.findings(), key=lambda cf: _RANK.get(cf[1].severity, 9))
     shown = findings[:MAX_FINDINGS]
     title = "### Findings"
     if len(findings) > len(shown):
         title += f" (top {len(shown)} of {len(findings)})"
-    lines.append(title)
-    lines.append("")
-    if shown:
-        lines.append("| Severity | Code | Check | Class | Message |")
-        lines.append("|---|---|---|---|---|")
-        for check, f in shown:
-            lines.append(f"| {_status(f.severity)} | {_code(f.code)} | {_text(check)} | "
-                         f"{_text(f.class_)} | {_text(f.message)} |")
-    else:
-        lines.append("No findings.")
-    lines.append("")
+    _table(lines, title, ["Severity", "Code", "Check", "Class", "Message"],
+           [[_status(f.severity), _code(f.code), _text(check), _text(f.class_), _text(f.message)]
+            for check, f in shown], "No findings.")
     lines.append("The full report with images is in `report.html` next to `results.json`.")
     lines.append("")
     return "\n".join(lines)
+
+
+def _table(lines: list[str], title: str, head: list[str], rows: list[list[str]], empty: str) -> None:
+    """Append a titled Markdown table (a head ending in ``:`` is a right-aligned column), or
+    ``empty`` when there are no rows, and a blank line."""
+    lines += [title, ""]
+    if rows:
+        lines.append("| " + " | ".join(h.rstrip(":") for h in head) + " |")
+        lines.append("|" + "|".join("---:" if h.endswith(":") else "---" for h in head) + "|")
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    else:
+        lines.append(empty)
+    lines.append("")
