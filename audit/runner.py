@@ -201,14 +201,14 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
         new = {k: v for k, v in ctx.published.items() if k not in before}
         if world.distributed and not interrupted and not aborted:
             try:
-                if alone:
+                if alone:  # rank 0's result, verdict included, for every rank
                     res, new = world.from_main(f"alone:{name}", (res, new))
                     ctx.published.update(new)
-                # every rank ends the check together, and with the same verdict
-                errors = world.exchange(f"check-end:{name}", res.error)
-                first = next((f"rank {r}: {e}" for r, e in enumerate(errors) if e), None)
-                if first and not res.error:
-                    res.error = first
+                else:  # every rank ends the check together, and with the same verdict
+                    errors = world.exchange(f"check-end:{name}", res.error)
+                    first = next((f"rank {r}: {e}" for r, e in enumerate(errors) if e), None)
+                    if first and not res.error:
+                        res.error = first
             except DesyncError as e:
                 aborted = True
                 res.error = res.error or f"stopped: {e}"
