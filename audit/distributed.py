@@ -30,7 +30,6 @@ a filesystem every node sees for ``--resume`` to find the units of other nodes.
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
@@ -38,6 +37,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import UsageError
+from .seeding import derive_seed
 
 __all__ = ["World", "init_from_env", "current", "launched", "shutdown", "unit_seed", "ShardError", "DesyncError",
            "map_units", "chunks"]
@@ -155,7 +155,7 @@ def shutdown() -> None:
 def unit_seed(seed: int, tag: str, k: int) -> int:
     """The seed of unit ``k`` of a check's ``tag``ged unit list (a check's seed in, not the
     rank or the number of processes)."""
-    return (int(seed) * 1_000_003 + zlib.crc32(f"{tag}:{k}".encode())) % (2**31 - 1)
+    return derive_seed(seed, f"{tag}:{k}")
 
 
 def map_units(world: World, n_units: int, fn: Callable[[int, torch.Generator], Any], *, seed: int, tag: str,

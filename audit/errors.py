@@ -37,3 +37,17 @@ class DataError(UsageError):
 
 class ConfigError(UsageError):
     """The config file or options are invalid."""
+
+
+def first_line(e: BaseException | str, limit: int = 400, *, with_type: bool = False) -> str:
+    """The first non-empty line of an exception's message (or of a string), cut to ``limit``
+    characters; the type's name when the message is empty. ``with_type=True`` prefixes
+    ``TypeName: ``. The one place the tool shortens an error for a one-line report."""
+    text = str(e).strip()
+    line = text.splitlines()[0][:limit] if text else ""
+    if isinstance(e, BaseException):
+        name = type(e).__name__
+        if with_type:
+            return f"{name}: {line}" if line else name
+        return line or name
+    return line

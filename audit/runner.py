@@ -12,7 +12,6 @@ import os
 import platform
 import time
 import traceback
-import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -27,12 +26,8 @@ from .errors import UsageError
 from .model import AuditModel, resolve_device
 from .policy import evaluate_gate
 from .registry import get_check
+from .seeding import derive_seed
 from .results import AuditResult, CheckResult, GateResult, STATUS_ORDER
-
-
-def derive_seed(seed: int, name: str) -> int:
-    """A check's own seed: stable across runs and independent of which other checks run."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31 - 1)
 
 
 @dataclass
