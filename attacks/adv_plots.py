@@ -8,6 +8,8 @@ import statistics
 
 import torch
 
+from audit.published import AdversarialExamples
+
 from audit.imaging import figure_png, image_grid, new_figure
 
 from . import adv_core as core
@@ -171,9 +173,9 @@ def _publish(eng, nr) -> bool:
     gi = (nr.adv_k < nr.K).nonzero().flatten()
     if len(gi) == 0:
         return False
-    eng.ctx.publish("adversarial.examples", {
-        "x": eng.x[gi].clone(), "x_adv": nr.adv[gi].clone(), "y": eng.y[gi].clone(),
-        "pred_adv": nr.adv_logits[gi].argmax(1), "norm": nr.norm,
-        "epsilon": torch.tensor([nr.eps[k] for k in nr.adv_k[gi].tolist()]),
-        "ids": [eng.ids[i] for i in gi.tolist()]})
+    eng.ctx.publish("adversarial.examples", AdversarialExamples(
+        x=eng.x[gi].clone(), x_adv=nr.adv[gi].clone(), y=eng.y[gi].clone(),
+        pred_adv=nr.adv_logits[gi].argmax(1), norm=nr.norm,
+        epsilon=torch.tensor([nr.eps[k] for k in nr.adv_k[gi].tolist()]),
+        ids=[eng.ids[i] for i in gi.tolist()]))
     return True

@@ -39,6 +39,7 @@ import math
 from dataclasses import dataclass, field
 
 from audit.errors import ConfigError
+from audit.published import AdversarialExamples
 from audit.registry import Check, register_check
 from audit.results import CheckResult
 
@@ -74,6 +75,7 @@ def fmt_eps(e: float, norm: str) -> str:
 @register_check("adversarial")
 class AdversarialCheck(Check):
     shardable = True  # work units: chunks of batch_size samples
+    publishes = {"adversarial.examples": AdversarialExamples}
     description = ("robust accuracy vs ε (L∞, L2) under FGSM, PGD, FMN, Square and noise; minimal perturbations; "
                    "examples; gradient-masking sanity checks")
     metrics = {

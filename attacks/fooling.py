@@ -50,6 +50,7 @@ import torch
 from audit.distributed import chunks
 from audit.errors import ConfigError
 from audit.imaging import image_grid
+from audit.published import FoolingImages
 from audit.registry import Check, register_check
 from audit.results import CheckResult
 
@@ -82,6 +83,7 @@ def _pct(p: float) -> str:
 
 @register_check("fooling")
 class FoolingCheck(Check):
+    publishes = {"fooling.images": FoolingImages}
     description = ("fooling images (Nguyen et al. 2015): gradient ascent and evolution (direct, CPPN) from noise "
                    "to >=99% confidence per class; confidence on noise, blank and pattern inputs")
     needs_data = False
@@ -257,7 +259,7 @@ class FoolingCheck(Check):
             summary[method] = r
             self._report_method(res, method, r, names, levels)
             published[method] = {names[t]: r.images[i] for i, t in enumerate(targets)}
-        ctx.publish("fooling.images", published)
+        ctx.publish("fooling.images", FoolingImages(published))
         self._garbage(ctx, res, self._gen(base, "garbage", torch.device("cpu")), bs)
         res.data["timings_s"] = timings
         self._findings(res, summary, len(targets))

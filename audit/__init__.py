@@ -14,10 +14,13 @@ from .config import AuditConfig  # noqa: E402
 from .data import AuditData, load_data  # noqa: E402
 from .errors import AuditError, ExitCode, UsageError  # noqa: E402
 from .model import AuditModel, ModelSpec, load_model  # noqa: E402
-from .registry import Check, register_check, registered_checks  # noqa: E402
+from .check import Check, Unit  # noqa: E402
+from .context import Context  # noqa: E402
+from .records import record  # noqa: E402
+from .registry import register_check, registered_checks  # noqa: E402
 from .results import AuditResult, CheckResult  # noqa: E402
-from .runner import Context, run_audit  # noqa: E402
+from .runner import run_audit  # noqa: E402
 
 __all__ = ["AuditConfig", "AuditData", "AuditError", "AuditModel", "AuditResult", "Check", "CheckResult", "Context",
-           "ExitCode", "ModelSpec", "UsageError", "load_data", "load_model", "register_check", "registered_checks",
-           "run_audit", "__version__"]
+           "ExitCode", "ModelSpec", "Unit", "UsageError", "load_data", "load_model", "record", "register_check",
+           "registered_checks", "run_audit", "__version__"]

@@ -9,7 +9,7 @@ After each check finishes, the runner writes into ``OUT/.audit-checkpoint/``:
 * its image artifacts, as the files under ``OUT/artifacts/<check>/`` they will be anyway.
 
 Shardable checks also checkpoint each finished *work unit* (:mod:`audit.distributed`) as
-``<check>/<tag>-<k>.pt``, so a crash in the middle of a long check loses only the units that
+``<check>/<tag>-<index>.pt``, so a crash in the middle of a long check loses only the units that
 were running; they are dropped once the whole check is checkpointed.
 
 A checkpoint is reused only when its fingerprint matches: the model file's SHA-256, the
@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .records import decode, encode
 from .results import CheckResult
 
 DIRNAME = ".audit-checkpoint"
@@ -75,7 +77,7 @@ class Checkpoints:
         pub = self.dir / f"{name}.published.pt"
         if pub.is_file():
             try:
-                published = torch.load(pub, map_location="cpu", weights_only=True)
+                published = decode(torch.load(pub, map_location="cpu", weights_only=True))
             except Exception:  # noqa: BLE001 - a damaged checkpoint means: run the check again
                 return None
         return res, published
@@ -84,7 +86,7 @@ class Checkpoints:
         self.dir.mkdir(parents=True, exist_ok=True)
         if published:
             try:
-                torch.save(published, self.dir / f"{res.name}.published.pt")
+                torch.save(encode(published), self.dir / f"{res.name}.published.pt")
             except Exception:  # noqa: BLE001 - not saveable: no checkpoint, the check simply reruns
                 return
         for a in res.artifacts:
@@ -97,26 +99,29 @@ class Checkpoints:
         tmp.replace(self.dir / f"{res.name}.json")  # atomic: a kill never leaves half a checkpoint
 
     # ------------------------------------------------------------------ work units
-    def _unit(self, check: str, tag: str, k: int) -> Path:
-        return self.dir / check / f"{tag}-{k:05d}.pt"
+    def _unit(self, check: str, key: str) -> Path:
+        return self.dir / check / (re.sub(r"[^A-Za-z0-9_.-]", "-", key) + ".pt")
 
-    def load_unit(self, check: str, tag: str, k: int, fp: str) -> Any:
-        """The records of unit ``k`` saved by an earlier run with the same fingerprint, or None."""
-        p = self._unit(check, tag, k)
+    def load_unit(self, check: str, key: str, fp: str) -> Any:
+        """The record of unit ``key`` (``tag:index``) saved by an earlier run with the same
+        fingerprint, or None (absent, stale or damaged: the unit is simply recomputed)."""
+        p = self._unit(check, key)
         if not p.is_file():
             return None
         try:
             saved = torch.load(p, map_location="cpu", weights_only=True)
+            if not (isinstance(saved, dict) and saved.get("fingerprint") == fp and saved.get("key") == key):
+                return None
+            return decode(saved.get("records"))
         except Exception:  # noqa: BLE001 - a damaged unit is simply recomputed
             return None
-        return saved.get("records") if isinstance(saved, dict) and saved.get("fingerprint") == fp else None
 
-    def save_unit(self, check: str, tag: str, k: int, fp: str, records: Any) -> None:
-        p = self._unit(check, tag, k)
+    def save_unit(self, check: str, key: str, fp: str, records: Any) -> None:
+        p = self._unit(check, key)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
         try:
-            torch.save({"fingerprint": fp, "records": records}, tmp)
+            torch.save({"fingerprint": fp, "key": key, "records": encode(records)}, tmp)
         except Exception:  # noqa: BLE001 - not saveable: the unit would simply rerun
             tmp.unlink(missing_ok=True)
             return

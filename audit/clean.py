@@ -13,13 +13,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .check import Check, Unit
 from .imaging import figure_png, image_grid, new_figure
-from .registry import Check, register_check
-from .results import CheckResult
+from .options import opt
+from .records import record
+from .registry import register_check
+from .results import CheckResult, SampleTable
 
 
 def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> tuple[float, list[dict]]:
-    """ECE with ``bins`` equal-width bins over (0, 1]; also returns the per-bin table."""
+    """ECE (Guo et al. 2017) with ``bins`` equal-width bins over (0, 1]: the sum over bins of
+    (bin size / N) * |accuracy - mean confidence|. ``conf``: (N,) float max-softmax
+    probabilities; ``correct``: (N,) bool. Returns the ECE (a float in [0, 1]) and the
+    per-bin table (``lo``, ``hi``, ``n``, ``accuracy``, ``confidence``) of non-empty bins."""
     edges = torch.linspace(0, 1, bins + 1)
     ece, table = 0.0, []
     n = len(conf)
@@ -54,37 +60,51 @@ class CleanCheck(Check):
 
     @dataclass
     class Options:
-        ece_bins: int = 15
-        ece_warn: float = 0.1  #: ECE above this raises clean.miscalibrated
-        weak_class_ratio: float = 0.5  #: a class below this fraction of overall accuracy is weak
-        mistakes: int = 12  #: most confidently wrong examples shown
+        ece_bins: int = opt(15, min=1, doc="equal-width confidence bins of the ECE")
+        ece_warn: float = opt(0.1, min=0, max=1, doc="ECE above this raises clean.miscalibrated")
+        weak_class_ratio: float = opt(0.5, min=0, max=1, doc="a class below this fraction of overall accuracy is weak")
+        mistakes: int = opt(12, min=0, doc="most confidently wrong examples shown")
 
-    def run(self, ctx) -> CheckResult:
-        o = self.options
+    def compute(self, unit: Unit, ctx, generator) -> "CleanRecord":
+        """Everything from the clean logits the runner computed once (one unit)."""
+        probs = ctx.probs
+        y = ctx.data.y
+        conf, pred = probs.max(1)
+        nll = -torch.log(probs[torch.arange(len(y)), y].clamp_min(1e-12))
+        return CleanRecord(confidence=conf, pred=pred, nll=nll)
+
+    def summarize(self, records: list["CleanRecord"], ctx) -> CheckResult:
+        o, r = self.options, records[0]
         res = CheckResult(self.name)
         data, model = ctx.data, ctx.model
         names = model.class_names
-        y = data.y
-        probs = ctx.probs
-        conf, pred = probs.max(1)
+        y, conf, pred = data.y, r.confidence, r.pred
         correct = pred == y
         acc = float(correct.float().mean())
         ece, table = expected_calibration_error(conf, correct, o.ece_bins)
-        nll = float(-torch.log(probs[torch.arange(len(y)), y].clamp_min(1e-12)).mean())
         res.metric("accuracy", acc)
         res.metric("mean_confidence", float(conf.mean()))
         res.metric("expected_calibration_error", ece, bins=o.ece_bins)
-        res.metric("nll", nll)
+        res.metric("nll", float(r.nll.mean()))
         res.metric("samples", len(y))
-        k = model.num_classes
         per_class = {}
-        for c in range(k):
+        for c in range(model.num_classes):
             m = y == c
             if m.any():
                 per_class[c] = float(correct[m].float().mean())
                 res.metric("accuracy", per_class[c], **{"class": names[c]})
+        self._findings(res, model, acc, per_class, ece, float(conf.mean()))
+        self._images(res, data, names, y, pred, conf, correct, table, ece)
+        res.summary = f"accuracy {acc:.1%}, mean confidence {float(conf.mean()):.1%}, ECE {ece:.3f}, n={len(y)}"
+        res.samples = SampleTable(data.ids, {"label": y.tolist(), "pred": pred.tolist(),
+                                             "confidence": [round(float(v), 5) for v in conf],
+                                             "correct": correct.tolist()})
+        res.data["calibration_bins"] = table
+        return res
 
-        # findings
+    def _findings(self, res: CheckResult, model, acc: float, per_class: dict[int, float], ece: float,
+                  mean_conf: float) -> None:
+        o, names = self.options, model.class_names
         if model.output_kind == "probabilities":
             res.finding("info", "model.probability_outputs",
                         "The model outputs probabilities (rows sum to 1), not logits; gradients through a softmax "
@@ -105,26 +125,30 @@ class CleanCheck(Check):
                                 f"Class {names[c]} has accuracy {a:.1%}, under {o.weak_class_ratio:.0%} of the overall {acc:.1%}.",
                                 class_=names[c])
         if ece > o.ece_warn:
-            direction = "over" if float(conf.mean()) > acc else "under"
+            direction = "over" if mean_conf > acc else "under"
             res.finding("warn", "clean.miscalibrated",
                         f"Expected calibration error is {ece:.3f} (> {o.ece_warn}): the model is {direction}confident "
-                        f"(mean confidence {float(conf.mean()):.1%} vs accuracy {acc:.1%}).")
+                        f"(mean confidence {mean_conf:.1%} vs accuracy {acc:.1%}).")
 
-        # images
+    def _images(self, res: CheckResult, data, names, y, pred, conf, correct, table, ece) -> None:
         res.image("confusion.png", _confusion_png(y, pred, names), "Confusion matrix (rows: true class, columns: predicted)")
         res.image("reliability.png", _reliability_png(table, ece), f"Reliability diagram, ECE {ece:.3f}")
         wrong = (~correct).nonzero().flatten()
         if len(wrong):
-            order = wrong[conf[wrong].argsort(descending=True)][: o.mistakes]
+            order = wrong[conf[wrong].argsort(descending=True)][: self.options.mistakes]
             caps = [f"{names[int(y[i])]} → {names[int(pred[i])]} {float(conf[i]):.1%}" for i in order]
             res.image("confident_mistakes.png", image_grid([data.x[i] for i in order], caps),
                       f"The {len(order)} most confidently wrong predictions (true → predicted, confidence)")
-        res.summary = f"accuracy {acc:.1%}, mean confidence {float(conf.mean()):.1%}, ECE {ece:.3f}, n={len(y)}"
-        # per-sample records: merge across shards, diff between runs
-        res.data["records"] = {"id": data.ids, "label": y.tolist(), "pred": pred.tolist(),
-                               "confidence": [round(float(v), 5) for v in conf]}
-        res.data["calibration_bins"] = table
-        return res
+
+
+@record
+class CleanRecord:
+    """The clean check's one record: per sample (N,) max-softmax ``confidence`` (float32),
+    ``pred`` (int64) and ``nll`` of the true class (float32)."""
+
+    confidence: torch.Tensor
+    pred: torch.Tensor
+    nll: torch.Tensor
 
 
 def _confusion_png(y: torch.Tensor, pred: torch.Tensor, names: list[str]) -> bytes:

@@ -2,10 +2,9 @@
 
 ``compare(base, new)`` matches metric rows by (check, name, qualifiers), computes deltas,
 and flags a **regression** where a metric with a known direction got worse by more than
-``tolerance`` (absolute). It also lists the samples whose per-sample outcome flipped: a
-check's ``data.records`` with ``id`` and ``label``/``pred`` (clean correctness) or boolean
-columns are compared id by id, and so is the adversarial check's per-sample robustness at
-each norm and epsilon (``data.ids`` + ``first_fooled``, worst case over its attacks).
+``tolerance`` (absolute). It also lists the samples whose per-sample outcome flipped: every
+boolean column of every check's per-sample table (:class:`~audit.results.SampleTable`, e.g.
+``clean.correct``, ``adversarial.robust[norm=linf,epsilon=0.031]``) is compared id by id.
 """
 from __future__ import annotations
 
@@ -40,41 +39,8 @@ def direction(name: str) -> str:
 
 
 def _records(res: AuditResult) -> dict[str, dict[str, dict[str, bool]]]:
-    """check -> outcome name -> {sample id: bool}."""
-    out: dict[str, dict[str, dict[str, bool]]] = {}
-    for c in res.checks:
-        rec = c.data.get("records") if isinstance(c.data, dict) else None
-        if not isinstance(rec, dict) or "id" not in rec:
-            continue
-        ids = [str(i) for i in rec["id"]]
-        cols: dict[str, dict[str, bool]] = {}
-        if "label" in rec and "pred" in rec:
-            cols["correct"] = {i: a == b for i, a, b in zip(ids, rec["label"], rec["pred"])}
-        for k, v in rec.items():
-            if isinstance(v, list) and len(v) == len(ids) and v and all(isinstance(b, bool) for b in v):
-                cols[k] = dict(zip(ids, v))
-        if cols:
-            out[c.name] = cols
-    correct = out.get("clean", {}).get("correct")
-    for c in res.checks:  # adversarial: per norm, per epsilon, correct and robust under every attack
-        d = c.data if isinstance(c.data, dict) else {}
-        ids = d.get("ids")
-        if not isinstance(ids, list) or correct is None:  # clean errors are never attacked: need clean's records
-            continue
-        cols = out.setdefault(c.name, {})
-        for norm, nd in d.items():
-            if not (isinstance(nd, dict) and "first_fooled" in nd and "epsilons" in nd):
-                continue
-            firsts = [v for v in nd["first_fooled"].values() if isinstance(v, list) and len(v) == len(ids)]
-            if not firsts:
-                continue
-            worst = [min(col) for col in zip(*firsts)]  # index of the first epsilon any attack fooled
-            for i, eps in enumerate(nd["epsilons"]):
-                cols[f"robust[norm={norm},epsilon={eps:.4g}]"] = {
-                    str(s): bool(correct.get(str(s))) and w > i for s, w in zip(ids, worst)}
-        if not cols:
-            out.pop(c.name)
-    return out
+    """check -> outcome column -> {sample id: bool}, from each check's per-sample table."""
+    return {c.name: cols for c in res.checks if c.samples is not None and (cols := c.samples.outcomes())}
 
 
 def compare(base: AuditResult, new: AuditResult, *, tolerance: float = 0.01) -> dict[str, Any]:

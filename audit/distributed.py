@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 from .seeding import derive_seed
 
 __all__ = ["World", "init_from_env", "current", "launched", "shutdown", "unit_seed", "ShardError", "DesyncError",
@@ -130,7 +130,7 @@ def init_from_env(device: str | None = "auto", timeout_s: float | None = None) -
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
     except Exception as e:  # noqa: BLE001 - one line, not a traceback from the rendezvous
         raise UsageError(f"cannot join the torch.distributed process group ({backend}): "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+                         f"{first_line(e)}") from None
     return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local, backend=backend)
 
 
@@ -158,25 +158,28 @@ def unit_seed(seed: int, tag: str, k: int) -> int:
     return derive_seed(seed, f"{tag}:{k}")
 
 
-def map_units(world: World, n_units: int, fn: Callable[[int, torch.Generator], Any], *, seed: int, tag: str,
+def map_units(world: World, n_units: int, fn: Callable[[int, torch.Generator], Any], *, seed: int,
+              tag: str = "units", keys: list[str] | None = None,
               load: Callable[[int], Any] | None = None, save: Callable[[int, Any], None] | None = None,
               on_done: Callable[[], None] | None = None, keep: Callable[[Any], bool] | None = None,
               where: str = "") -> list[Any]:
     """Run ``fn(k, generator)`` for the units ``k`` of this rank and return every unit's
-    result, in unit order, on every rank.
+    result, in unit order, on every rank. Unit ``k``'s generator is seeded from ``seed`` and
+    its key (``keys[k]``, default ``f"{tag}:{k}"``).
 
     ``load(k)`` returns a checkpointed result (or None) and ``save(k, r)`` stores one (only
     when ``keep(r)``, if given: a transient failure is not worth keeping); ``on_done`` is
     called after each unit (progress). Results must be picklable (tensors on the CPU). A
     unit that raises makes every rank raise :class:`ShardError` with the failing rank's
     message. ``where`` (the check's name) labels the exchange."""
+    keys = keys if keys is not None else [f"{tag}:{k}" for k in range(n_units)]
     mine: dict[int, Any] = {}
     err = ""
     for k in range(world.rank, n_units, world.size):
         try:
             got = load(k) if load is not None else None
             if got is None:
-                got = fn(k, torch.Generator().manual_seed(unit_seed(seed, tag, k)))
+                got = fn(k, torch.Generator().manual_seed(derive_seed(seed, keys[k])))
                 if save is not None and (keep is None or keep(got)):
                     save(k, got)
             mine[k] = got
@@ -187,10 +190,9 @@ def map_units(world: World, n_units: int, fn: Callable[[int, torch.Generator], A
         except Exception as e:  # noqa: BLE001 - becomes every rank's error below
             if not world.distributed:
                 raise
-            msg = str(e).strip().splitlines()[0][:400] if str(e).strip() else ""
-            err = f"rank {world.rank}, unit {k}: {type(e).__name__}: {msg}"
+            err = f"rank {world.rank}, unit {keys[k]}: {first_line(e, 400, with_type=True)}"
             break
-    parts = world.exchange(f"units:{where}/{tag}:{n_units}", (mine, err))
+    parts = world.exchange(f"units:{where}/{keys[0] if keys else ''}:{n_units}", (mine, err))
     errors = [e for _, e in parts if e]
     if errors:
         raise ShardError(errors[0])

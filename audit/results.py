@@ -113,6 +113,36 @@ class Artifact:
 
 
 @dataclass
+class SampleTable:
+    """Per-sample outcomes of a check, so two runs compare sample by sample (``audit diff``,
+    ``--baseline``): ``ids`` the sample ids, ``columns`` name -> one value per id. Boolean
+    columns are outcomes where True is the good one (``correct``; ``robust[norm=linf,epsilon=0.031]``);
+    other columns (labels, predictions, confidences) are context."""
+
+    ids: list[str]
+    columns: dict[str, list] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ids = [str(i) for i in self.ids]
+        for k, v in self.columns.items():
+            if len(v) != len(self.ids):
+                raise ValueError(f"sample column {k!r} has {len(v)} values for {len(self.ids)} ids")
+
+    def outcomes(self) -> dict[str, dict[str, bool]]:
+        """Boolean column name -> {sample id: value}."""
+        return {k: dict(zip(self.ids, v)) for k, v in self.columns.items()
+                if v and all(isinstance(b, bool) for b in v)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": list(self.ids), **{k: list(v) for k, v in self.columns.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SampleTable":
+        d = dict(d)
+        return cls(ids=d.pop("id"), columns=d)
+
+
+@dataclass
 class CheckResult:
     """What one check returns. ``status`` is derived from findings unless the check
     errored; ``summary`` is the check's one-line key numbers for the report table."""
@@ -126,6 +156,8 @@ class CheckResult:
     artifacts: list[Artifact] = field(default_factory=list)
     summary: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+    #: per-sample outcomes (compared id by id between runs), or None
+    samples: SampleTable | None = None
 
     # -- helpers for checks -------------------------------------------------
     def metric(self, name: str, value: float | None, **qualifiers: Any) -> Metric:
@@ -156,6 +188,8 @@ class CheckResult:
              "metrics": [m.to_dict() for m in self.metrics],
              "findings": [f.to_dict() for f in self.findings],
              "artifacts": [a.to_dict() for a in self.artifacts]}
+        if self.samples is not None:
+            d["samples"] = self.samples.to_dict()
         if self.data:
             d["data"] = self.data
         return d
@@ -167,7 +201,8 @@ class CheckResult:
                    metrics=[Metric.from_dict(m) for m in d.get("metrics", [])],
                    findings=[Finding.from_dict(f) for f in d.get("findings", [])],
                    artifacts=[Artifact.from_dict(a) for a in d.get("artifacts", [])],
-                   data=d.get("data", {}))
+                   data=d.get("data", {}),
+                   samples=SampleTable.from_dict(d["samples"]) if isinstance(d.get("samples"), dict) else None)
 
 
 @dataclass

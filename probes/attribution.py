@@ -36,6 +36,7 @@ UNHOOKABLE_FORMATS = ("torchscript", "export")
 
 @register_check("attribution")
 class AttributionCheck(Check):
+    reads = ("adversarial.examples",)
     shardable = True  # work units: each method's maps, then each step of the randomization cascade
     description = ("attribution maps (captum: saliency, IG, SmoothGrad, Grad-CAM, occlusion, guided backprop) "
                    "with randomization and deletion/insertion sanity checks")
@@ -434,18 +435,18 @@ def select_images(ctx, *, per_class: int, mistakes: int, adversarial: int):
     groups += ["mistake"] * len(wrong)
     xs, ys, ids = [data.x[chosen]], [data.y[chosen]], [str(data.ids[i]) for i in chosen]
     adv = ctx.published.get("adversarial.examples")
-    if adversarial > 0 and isinstance(adv, dict) and "x" in adv and "x_adv" in adv and len(adv["x"]) > 0:
-        xa, xo = torch.as_tensor(adv["x_adv"]).float().cpu(), torch.as_tensor(adv["x"]).float().cpu()
-        ya = torch.as_tensor(adv.get("y", torch.full((len(xo),), -1))).long().cpu()
+    if adversarial > 0 and adv is not None and len(adv.x) > 0:
+        xa, xo = adv.x_adv.float().cpu(), adv.x.float().cpu()
+        ya = adv.y.long().cpu()
         if xo.shape[1:] == data.x.shape[1:] and xa.shape == xo.shape:
             pick = torch.randperm(len(xo), generator=g)[:adversarial].tolist()
-            aids = adv.get("ids")
+            aids = adv.ids
             for j in pick:
                 name = str(aids[j]) if isinstance(aids, (list, tuple)) and len(aids) == len(xo) else f"adv{j}"
                 xs += [xo[j:j + 1], xa[j:j + 1]]
                 ys += [ya[j:j + 1], ya[j:j + 1]]
                 groups += ["adversarial-original", "adversarial"]
-                ids += [name, f"{name} (adversarial, {adv.get('norm', '?')})"]
+                ids += [name, f"{name} (adversarial, {adv.norm})"]
     x = torch.cat(xs)
     if len(x) == 0:
         return None

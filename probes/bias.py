@@ -79,6 +79,7 @@ def _fmt_p(p: float) -> str:
 
 @register_check("bias")
 class BiasCheck(Check):
+    reads = ("class_viz.images",)
     description = "concept dependence: TCAV with significance, counterfactual concept insertion, tie to class_viz"
     needs_data = True
     metrics = {
@@ -220,7 +221,7 @@ class BiasCheck(Check):
         viz = ctx.published.get("class_viz.images")
         viz_scores = {}  # (class, concept, layer) -> (picture, other classes' pictures, concept examples)
         if viz is not None and layers:
-            vx, vcls = viz["images"].float(), torch.as_tensor(viz["classes"])
+            vx, vcls = viz.images.float(), torch.as_tensor(viz.classes)
             acts_v = tc.activations(model, layers, vx, space=o.space)
             for ln in layers:
                 for c in concepts:
@@ -259,9 +260,9 @@ class BiasCheck(Check):
 
         # ------------------------------------------------------------------ report
         if viz is not None:  # the class's own picture next to the concept it leans on: the story at a glance
-            vcls = torch.as_tensor(viz["classes"])
+            vcls = torch.as_tensor(viz.classes)
             for k, lst in leans.items():
-                mine = viz["images"][vcls == k]
+                mine = viz.images[vcls == k]
                 for c, *_ in lst:
                     if not len(mine):
                         continue
@@ -332,13 +333,13 @@ class BiasCheck(Check):
         gs = fig.add_gridspec(rows, 3, width_ratios=[1.35, 3.0, 3.0], wspace=0.5, hspace=0.45)
         bars = [(c, ln) for c in concepts for ln in layers]
         colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
-        vcls = torch.as_tensor(viz["classes"]) if viz is not None else None
+        vcls = torch.as_tensor(viz.classes) if viz is not None else None
         for r, k in enumerate(shown):
             ax_img = fig.add_subplot(gs[r, 0])
             ax_img.axis("off")
             if vcls is not None and (vcls == k).any():
                 j = int((vcls == k).nonzero()[0])
-                a = to_uint8_hwc(viz["images"][j])
+                a = to_uint8_hwc(viz.images[j])
                 ax_img.imshow(a[:, :, 0] if a.shape[2] == 1 else a, cmap="gray" if a.shape[2] == 1 else None)
             else:
                 ax_img.text(0.5, 0.5, "(no class_viz)", ha="center", va="center", fontsize=7, color="grey")

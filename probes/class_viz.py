@@ -37,6 +37,7 @@ import torch
 
 from audit.distributed import chunks
 from audit.imaging import image_grid
+from audit.published import ClassVizImages
 from audit.registry import Check, register_check
 from audit.results import CheckResult
 
@@ -126,6 +127,7 @@ def visualize(model, targets: list[int], *, steps: int, lr: float, image_hw: tup
 
 @register_check("class_viz")
 class ClassVizCheck(Check):
+    publishes = {"class_viz.images": ClassVizImages}
     description = "activation maximization: a picture of each class as the model sees it, with its top-3 on it"
     needs_data = False
     shardable = True  # work units: chunks of batch_size pictures (classes x seeds)
@@ -260,7 +262,7 @@ class ClassVizCheck(Check):
                               "device": str(model.device), "image_hw": list(image_hw), "batch_size": o.batch_size}
         if note:
             res.data["note"] = note
-        ctx.publish("class_viz.images", {"images": small, "classes": list(targets), "seeds": list(seeds)})
+        ctx.publish("class_viz.images", ClassVizImages(images=small, classes=list(targets), seeds=list(seeds)))
         res.summary = (f"{len(classes)} classes visualized ({o.steps} steps, {image_hw[0]}x{image_hw[1]} px, "
                        f"{elapsed:.1f} s); mean target confidence {mean_conf:.2f}, "
                        f"top-1 on own picture {float(is_top.float().mean()):.0%}" + (f"; {note}" if note else ""))

@@ -25,7 +25,7 @@ def test_config_from_toml(tmp_path):
     ("[gates]\n\"clean.accurcy\" = \">= 0.9\"\n", "no metric 'accurcy'"),
     ("[gates]\n\"clean.accuracy\" = \"at least 0.9\"\n", "condition must be like"),
     ("[gaits]\n", "unknown table or key 'gaits'"),
-    ("[checks.clean]\nece_bins = \"ten\"\n", "expected int"),
+    ("[checks.clean]\nece_bins = \"ten\"\n", "ece_bins = .ten.: expected an integer"),
     ("not toml [", "not valid TOML"),
 ])
 def test_bad_config_names_the_problem(tmp_path, text, match):
