@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 OUT    ?= audit-out
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test test-fast install clean-venv
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ demo: $(STAMP)
 ## make test: the test suite
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+## make test-fast: the fast tier (tests not marked slow), about two minutes
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

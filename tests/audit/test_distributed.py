@@ -20,41 +20,7 @@ from tests.tinymodels import RankBomb
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CONFIG = """
-[audit]
-batch_size = 8
-
-[checks.adversarial]
-max_samples = 24
-epsilons = {linf = [0.01, 0.03, 0.1], l2 = [0.3, 1.0]}
-fmn_steps = 10
-square_queries = 10
-
-[checks.fooling]
-methods = ["gradient", "evolution_direct"]
-steps = 15
-queries_per_class = 60
-garbage_samples = 4
-
-[checks.class_viz]
-steps = 12
-batch_size = 2
-
-[checks.attribution]
-per_class = 1
-mistakes = 2
-sanity_images = 2
-randomization_layers = 2
-faithfulness_images = 2
-ig_steps = 4
-smoothgrad_samples = 2
-
-[checks.bias]
-runs = 3
-max_per_class = 6
-random_pool = 12
-max_base = 8
-"""
+from tests.fast_config import FAST_CONFIG as CONFIG  # noqa: E402
 
 
 def _free_port() -> int:
