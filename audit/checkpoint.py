@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .artifacts import write_artifacts
 from .records import decode, encode
 from .results import CheckResult
 
@@ -89,11 +90,7 @@ class Checkpoints:
                 torch.save(encode(published), self.dir / f"{res.name}.published.pt")
             except Exception:  # noqa: BLE001 - not saveable: no checkpoint, the check simply reruns
                 return
-        for a in res.artifacts:
-            if a.data is not None:
-                f = self.out / a.path
-                f.parent.mkdir(parents=True, exist_ok=True)
-                f.write_bytes(a.data)
+        write_artifacts(res.artifacts, self.out)
         tmp = self.dir / f"{res.name}.json.tmp"
         tmp.write_text(json.dumps({"fingerprint": fp, "result": res.to_dict()}, default=str), encoding="utf-8")
         tmp.replace(self.dir / f"{res.name}.json")  # atomic: a kill never leaves half a checkpoint

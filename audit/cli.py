@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
-from .errors import AuditError, ExitCode, UsageError
+from .errors import AuditError, ExitCode, UsageError, first_line
 
 if TYPE_CHECKING:
     from .config import AuditConfig
@@ -164,13 +164,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 3
         if debug:
             traceback.print_exc()
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = first_line(e)
         if type(e).__name__ in ("DistBackendError", "DistNetworkError") or "Connection reset by peer" in msg \
                 or "Connection closed by peer" in msg:
-            print(f"{_me()}: error: another process of the distributed run failed or died ({msg[:160]}); "
+            print(f"{_me()}: error: another process of the distributed run failed or died ({first_line(e, 160)}); "
                   "the failing rank's own message and torchrun's summary say which", file=sys.stderr)
             return ExitCode.INTERNAL_ERROR
-        print(f"{_me()}: internal error: {type(e).__name__}: {msg} (re-run with --debug for the traceback)", file=sys.stderr)
+        print(f"{_me()}: internal error: {first_line(e, with_type=True)} (re-run with --debug for the traceback)",
+              file=sys.stderr)
         return ExitCode.INTERNAL_ERROR
 
 
@@ -337,7 +338,10 @@ def _cmd_report(args) -> int:
     out = Path(args.out) if args.out else Path(result.base_dir)
     _ensure_out(out)
     if out.resolve() != Path(result.base_dir).resolve():
-        _copy_artifacts(result, Path(result.base_dir), out)
+        from .artifacts import write_artifacts
+
+        write_artifacts([a for c in result.checks for a in c.artifacts], out, base=result.base_dir)
+        result.base_dir = str(out)
     from reports import write_all
 
     out.mkdir(parents=True, exist_ok=True)
@@ -367,17 +371,6 @@ def _cmd_init(args) -> int:
         raise UsageError(f"cannot write {p}: {e.strerror or e}") from None
     _logger(args.quiet)(f"wrote {p}; edit it, then: audit run MODEL --data DIR --config {p}")
     return ExitCode.OK
-
-
-def _copy_artifacts(result, src: Path, out: Path) -> None:
-    for c in result.checks:
-        for a in c.artifacts:
-            data = a.read(src)
-            if data is not None:
-                p = out / a.path
-                p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_bytes(data)
-    result.base_dir = str(out)
 
 
 def _cmd_list(args) -> int:

@@ -327,14 +327,11 @@ class AuditResult:
         """Write artifacts, results.json, metrics.csv, report.html, junit.xml, summary.md."""
         from reports import write_all
 
+        from .artifacts import write_artifacts
+
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        for c in self.checks:
-            for a in c.artifacts:
-                if a.data is not None:
-                    p = out / a.path
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    p.write_bytes(a.data)
+        write_artifacts([a for c in self.checks for a in c.artifacts], out)
         self.base_dir = str(out)
         write_all(self, out)
         return out

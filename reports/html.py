@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
+from .format import STATUS_DISPLAY_ORDER, fmt_duration, fmt_value, severity_rank, status_word
+
 if TYPE_CHECKING:  # pragma: no cover
     from audit.results import AuditResult, CheckResult
 
-__all__ = ["render_html", "fmt_value", "fmt_duration"]
+__all__ = ["render_html"]
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -37,9 +39,6 @@ SMALL_IMAGE_PX = 96
 #: images at least this wide (plots, figure grids) take a whole row, shown at their natural
 #: width (narrower when the page is), never squeezed into a grid cell
 FULL_IMAGE_PX = 480
-
-_SEVERITY_RANK = {"fail": 0, "error": 0, "warn": 1, "info": 2, "pass": 3}
-_STATUS_WORD = {"pass": "PASS", "info": "INFO", "warn": "WARN", "fail": "FAIL", "error": "ERROR"}
 
 _MODEL_KEYS = (
     ("path", "Path"),
@@ -58,47 +57,7 @@ _RUN_KEYS = (
 )
 
 
-# --------------------------------------------------------------------------- formatting
-def fmt_value(v: Any) -> str:
-    """A metric value or qualifier for display: numbers to 4 significant digits,
-    integral values as integers, missing (None/NaN) as an em dash."""
-    if v is None:
-        return "\u2014"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "\u2014"
-        if math.isinf(v):
-            return "\u221e" if v > 0 else "\u2212\u221e"
-        if v.is_integer() and abs(v) < 1e6:
-            return str(int(v))
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return "\u00d7".join(fmt_value(x) for x in v) if all(isinstance(x, int) for x in v) \
-            else ", ".join(fmt_value(x) for x in v)
-    if isinstance(v, dict):
-        return ", ".join(f"{k}: {fmt_value(x)}" for k, x in v.items())
-    return str(v)
-
-
-def fmt_duration(s: Any) -> str:
-    """Seconds for display: ``0.42 s``, ``4.2 s``, ``1 min 02 s``."""
-    if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):
-        return "\u2014"
-    if s < 10:
-        return f"{s:.2f} s"
-    if s < 60:
-        return f"{s:.1f} s"
-    m, sec = divmod(int(round(s)), 60)
-    if m < 60:
-        return f"{m} min {sec:02d} s"
-    h, m = divmod(m, 60)
-    return f"{h} h {m:02d} min"
-
-
+# --------------------------------------------------------------------------- text layout
 def break_parts(text: Any) -> list[str]:
     """``a.b[c=1,d=0.5]`` -> ``["a.", "b[c=1,", "d=0.5]"]``: where a long dotted code may
     wrap (after a dot or comma that is not inside a number)."""
@@ -190,8 +149,7 @@ def _finding_view(check_name: str, f, anchors: dict[str, str]) -> dict[str, Any]
 
 
 def _counts(statuses: list[str]) -> list[tuple[str, int]]:
-    order = ("fail", "error", "warn", "info", "pass")
-    return [(s, statuses.count(s)) for s in order if statuses.count(s)]
+    return [(s, statuses.count(s)) for s in STATUS_DISPLAY_ORDER if statuses.count(s)]
 
 
 def build_context(result: "AuditResult", base_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -221,7 +179,7 @@ def build_context(result: "AuditResult", base_dir: str | os.PathLike | None = No
     for c, section_id in zip(result.checks, section_ids):
         share = 100.0 * max(c.duration_s or 0.0, 0.0) / denom if denom > 0 else 0.0
         findings = sorted((_finding_view(c.name, f, anchors) for f in c.findings),
-                          key=lambda f: _SEVERITY_RANK.get(f["severity"], 9))
+                          key=lambda f: severity_rank(f["severity"]))
         checks.append({
             "name": c.name, "anchor": section_id, "status": c.status,
             "duration": fmt_duration(c.duration_s), "share": share,
@@ -237,7 +195,7 @@ def build_context(result: "AuditResult", base_dir: str | os.PathLike | None = No
              for g in result.gates]
 
     all_findings = sorted((_finding_view(name, f, anchors) for name, f in result.findings()),
-                          key=lambda f: _SEVERITY_RANK.get(f["severity"], 9))
+                          key=lambda f: severity_rank(f["severity"]))
 
     class_names = model.pop("class_names", None) or []
     model_rows = [(label, fmt_value(model.pop(key)), key == "sha256")
@@ -270,7 +228,7 @@ def build_context(result: "AuditResult", base_dir: str | os.PathLike | None = No
     return {
         "baseline": baseline,
         "status": result.status,
-        "status_word": _STATUS_WORD.get(result.status, str(result.status).upper()),
+        "status_word": status_word(result.status),
         "interrupted": result.interrupted,
         "passed": result.passed,
         "schema": result.schema,
@@ -287,7 +245,6 @@ def build_context(result: "AuditResult", base_dir: str | os.PathLike | None = No
         "run_rows": run_rows,
         "total_duration": fmt_duration(total),
         "n_images": n_images,
-        "status_word_of": _STATUS_WORD,
     }
 
 
@@ -307,7 +264,7 @@ def _env() -> jinja2.Environment:
             keep_trailing_newline=True,
         )
         _ENV.filters["break_parts"] = break_parts
-        _ENV.filters["status_word"] = lambda s: _STATUS_WORD.get(s, str(s).upper())
+        _ENV.filters["status_word"] = status_word
     return _ENV
 
 

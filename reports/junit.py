@@ -19,10 +19,11 @@ cannot carry at all (control characters) are replaced first.
 """
 from __future__ import annotations
 
-import math
 import re
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
+
+from .format import fmt_seconds, fmt_value, one_line, status_word
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.results import AuditResult, CheckResult, GateResult
@@ -38,32 +39,22 @@ def _clean(text: Any) -> str:
 
 
 def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MESSAGE_MAX else text[: _MESSAGE_MAX - 1] + "\u2026"
-
-
-def _time(s: Any) -> str:
-    if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s) or s < 0:
-        return "0.000"
-    return f"{s:.3f}"
+    return one_line(text, _MESSAGE_MAX)
 
 
 def _value(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "missing"
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
+    """A gate's value in a message: 6 significant digits, ``missing`` for None/NaN."""
+    return fmt_value(v, digits=6, missing="missing")
 
 
 def _finding_line(f) -> str:
     cls = f" [class {f.class_}]" if f.class_ is not None else ""
-    return f"{f.severity.upper()} {f.code}{cls}: {f.message}"
+    return f"{status_word(f.severity)} {f.code}{cls}: {f.message}"
 
 
 def _check_case(parent: ET.Element, c: "CheckResult") -> tuple[int, int]:
     case = ET.SubElement(parent, "testcase", classname="audit.checks", name=_clean(c.name),
-                         time=_time(c.duration_s))
+                         time=fmt_seconds(c.duration_s))
     failures = errors = 0
     fails = [f for f in c.findings if f.severity == "fail"]
     others = [f for f in c.findings if f.severity != "fail"]
@@ -104,7 +95,7 @@ def _gate_case(parent: ET.Element, g: "GateResult") -> tuple[int, int]:
         return 0, 1
     if g.status != "pass":  # an unmet warn (or info) gate passes, with a note
         ET.SubElement(case, "system-out").text = _clean(
-            f"{g.status.upper()}: {msg}" + (f"\n{g.message}" if g.message else ""))
+            f"{status_word(g.status)}: {msg}" + (f"\n{g.message}" if g.message else ""))
     elif g.message:
         ET.SubElement(case, "system-out").text = _clean(g.message)
     return 0, 0
@@ -144,7 +135,7 @@ def render_junit(result: "AuditResult") -> str:
         el.set("tests", str(tests))
         el.set("failures", str(failures))
         el.set("errors", str(errors))
-        el.set("time", _time(total))
+        el.set("time", fmt_seconds(total))
     suite.set("skipped", "0")
     if run.get("started"):
         suite.set("timestamp", _clean(run["started"]))

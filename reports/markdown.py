@@ -8,8 +8,9 @@ neither break a table nor inject HTML into the rendered page.
 from __future__ import annotations
 
 import html
-import math
 from typing import TYPE_CHECKING, Any
+
+from .format import fmt_duration, fmt_value, one_line, severity_rank, status_word
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.results import AuditResult
@@ -19,16 +20,14 @@ __all__ = ["render_markdown", "MAX_FINDINGS"]
 #: findings listed at most (worst first)
 MAX_FINDINGS = 20
 
-_RANK = {"fail": 0, "warn": 1, "info": 2}
+#: how a missing value or duration reads in the summary
+MISSING = "n/a"
 
 
 def _text(s: Any) -> str:
     """Escape for a GFM table cell: HTML-escape, fold newlines, escape pipes and the
     characters that start Markdown emphasis, links or code."""
-    if s is None:
-        return ""
-    out = html.escape(str(s), quote=False)
-    out = " ".join(out.split())
+    out = html.escape(one_line(s), quote=False)
     for ch in ("\\", "|", "`", "*", "_", "[", "]"):
         out = out.replace(ch, "\\" + ch)
     return out
@@ -38,28 +37,14 @@ def _code(s: Any, *, table: bool = True) -> str:
     """An inline code span that survives any content (backticks; pipes in a table cell)."""
     if s is None or str(s) == "":
         return ""
-    s = " ".join(str(s).split())
+    s = one_line(s)
     if table:
         s = s.replace("|", "\\|")
     return f"`` {s} ``" if "`" in s else f"`{s}`"
 
 
-def _num(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and abs(v) < 1e6 else f"{v:.4g}"
-    return _text(v)
-
-
-def _dur(s: Any) -> str:
-    if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):
-        return "n/a"
-    return f"{s:.1f} s" if s < 600 else f"{s / 60:.1f} min"
-
-
 def _status(s: str) -> str:
-    return f"**{s.upper()}**" if s in ("fail", "error") else s.upper()
+    return f"**{status_word(s)}**" if s in ("fail", "error") else status_word(s)
 
 
 def render_markdown(result: "AuditResult") -> str:
@@ -67,9 +52,9 @@ def render_markdown(result: "AuditResult") -> str:
     model = result.model or {}
     run = result.run or {}
     lines: list[str] = []
-    lines.append(f"## Model audit: {result.status.upper()}")
+    lines.append(f"## Model audit: {status_word(result.status)}")
     lines.append("")
-    verdict = f"**Verdict: {result.status.upper()}**"
+    verdict = f"**Verdict: {status_word(result.status)}**"
     verdict += " (passes CI)" if result.passed else " (does not pass CI)"
     lines.append(verdict)
     lines.append("")
@@ -78,7 +63,7 @@ def render_markdown(result: "AuditResult") -> str:
         lines.append(f"- SHA-256: {_code(model['sha256'], table=False)}")
     extra = []
     if run.get("duration_s") is not None:
-        extra.append(f"duration {_dur(run.get('duration_s'))}")
+        extra.append(f"duration {fmt_duration(run.get('duration_s'), missing=MISSING)}")
     if run.get("device"):
         extra.append(f"device {_text(run['device'])}")
     if run.get("seed") is not None:
@@ -95,14 +80,14 @@ def render_markdown(result: "AuditResult") -> str:
         if c.error:
             err = _text(c.error)
             summary = f"{summary}<br>error: {err}" if summary else f"error: {err}"
-        rows.append([_text(c.name), _status(c.status), _dur(c.duration_s), summary])
+        rows.append([_text(c.name), _status(c.status), fmt_duration(c.duration_s, missing=MISSING), summary])
     _table(lines, "### Checks", ["Check", "Status", "Time:", "Summary"], rows, "No checks ran.")
 
     _table(lines, "### Gates", ["Gate", "Condition", "Value:", "Status", "Message"],
-           [[_code(g.gate), _code(g.condition), _num(g.value), _status(g.status), _text(g.message)]
-            for g in result.gates], "No gates configured.")
+           [[_code(g.gate), _code(g.condition), _text(fmt_value(g.value, missing=MISSING)), _status(g.status),
+             _text(g.message)] for g in result.gates], "No gates configured.")
 
-    findings = sorted(result.findings(), key=lambda cf: _RANK.get(cf[1].severity, 9))
+    findings = sorted(result.findings(), key=lambda cf: severity_rank(cf[1].severity))
     shown = findings[:MAX_FINDINGS]
     title = "### Findings"
     if len(findings) > len(shown):

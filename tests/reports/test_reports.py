@@ -353,6 +353,6 @@ def test_duplicate_check_names_get_unique_section_ids():
     (None, "\u2014"), (float("nan"), "\u2014"), (7, "7"), ([3, 16, 16], "3\u00d716\u00d716"),
 ])
 def test_fmt_value(value, shown):
-    from reports.html import fmt_value
+    from reports.format import fmt_value
 
     assert fmt_value(value) == shown
