@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, first_line
+from .progress import Progress
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
@@ -238,12 +239,8 @@ def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize
     channels = int(input_shape[0]) if input_shape else None
     size = (int(input_shape[1]), int(input_shape[2])) if input_shape else None
     tensors, ids = [], []
-    it = keep
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(keep, desc="loading images", unit="img", leave=False)
-    for i in it:
+    bar = Progress(progress).units(len(keep), "data: loading images", "image")
+    for i in keep:
         f, _ = files[i]
         im = _decode_image(f)
         if size is None:  # no model to compare with: the first image sets the size
@@ -253,6 +250,7 @@ def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize
             hint = " (taken from the first image)"
         tensors.append(_to_tensor(im, channels, size, f, convert, resize, hint))
         ids.append(str(f.relative_to(p)))
+        bar.update(1)
     x = torch.stack(tensors)
     return AuditData(x, y_all[list(keep)], names, ids, str(p), notes)
 
@@ -273,7 +271,7 @@ def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
                 d = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
             raise DataError(f"{p} is not a tensor file this tool reads (.pt with x and y, or .npz): "
-                            f"{str(e).strip().splitlines()[0][:160]}") from None
+                            f"{first_line(e, 160)}") from None
     if not isinstance(d, dict) or "x" not in d or "y" not in d:
         raise DataError(f"{p} must hold a dict with 'x' (N, C, H, W in [0, 1]) and 'y' (N labels)")
     x = torch.as_tensor(np.asarray(d["x"]) if not isinstance(d["x"], torch.Tensor) else d["x"])

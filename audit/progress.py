@@ -54,7 +54,7 @@ class PlainLines(_Silent):
             self._line()
 
     def _line(self) -> None:
-        print(f"audit: {self.desc}: {self.n}/{self.total} {self.unit}{'s' if self.total != 1 else ''} "
+        print(f"audit: {self.desc}: {self.n}/{self.total} {_plural(self.unit, self.total)} "
               f"({time.perf_counter() - self.t0:.1f} s)", file=self.stream, flush=True)
 
     def update(self, n: int = 1) -> None:
@@ -72,6 +72,12 @@ class PlainLines(_Silent):
         for v in super().__iter__():
             yield v
             self.update(1)
+
+
+def _plural(word: str, n: int) -> str:
+    if n == 1:
+        return word
+    return word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
 
 
 class Progress:

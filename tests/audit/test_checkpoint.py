@@ -75,6 +75,7 @@ def test_a_changed_seed_does_not_reuse(model_files, pattern_folder, labels_file,
     assert json.loads((tmp_path / "o" / "results.json").read_text())["run"]["resumed"] == []
 
 
+@pytest.mark.slow
 def test_a_killed_process_resumes(model_files, pattern_folder, labels_file, tmp_path):
     """SIGKILL (no chance to write anything) after the first check finished: --resume reuses it."""
     import os

@@ -276,6 +276,7 @@ def test_unseen_model_kind_in_three_formats(mystery_files, pattern_folder, label
     assert any("tuple" in a for a in res["model"]["adaptations"])
 
 
+@pytest.mark.slow
 def test_concepts_flag_reaches_the_bias_check(model_files, pattern_folder, labels_file, tmp_path, capsys):
     from tests.conftest import write_imagefolder
     from tests.tinymodels import make_patterns

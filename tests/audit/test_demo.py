@@ -136,6 +136,7 @@ def test_gymnet_registered_and_clean():
     assert len(MEAN) == len(STD) == 3
 
 
+@pytest.mark.slow
 def test_train_from_scratch_beats_chance():
     from audit.demo.train import predict, train
 
@@ -174,6 +175,7 @@ def test_sidecar_describes_the_model():
     assert MODEL_PATH.stat().st_size < 5_000_000
 
 
+@pytest.mark.slow
 def test_shipped_model_is_accurate_and_has_the_shortcut():
     from audit.demo.train import measure_shortcut, predict
 

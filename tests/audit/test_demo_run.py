@@ -2,8 +2,13 @@
 results.json next to the report."""
 import json
 
+import pytest
+
 from audit.errors import ExitCode
 from audit.registry import registered_checks
+
+pytestmark = pytest.mark.slow  # real subprocesses / the whole demo
+
 
 STATUSES = {"pass", "warn", "fail", "error"}
 

@@ -18,6 +18,9 @@ from audit.cli import main
 from audit.errors import ExitCode
 from tests.tinymodels import RankBomb
 
+pytestmark = pytest.mark.slow  # real subprocesses / the whole demo
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 from tests.fast_config import FAST_CONFIG as CONFIG  # noqa: E402

@@ -185,6 +185,7 @@ def test_torchvision_weights_from_the_local_hub_cache(tmp_path, monkeypatch):
         torch.testing.assert_close(m(x), net((x - mean) / std), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_python_dash_m_audit_works():
     import subprocess
     import sys
