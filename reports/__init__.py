@@ -26,16 +26,19 @@ from .markdown import render_markdown
 if TYPE_CHECKING:  # pragma: no cover
     from audit.results import AuditResult
 
-__all__ = ["write_all", "render_html", "render_junit", "render_markdown", "FILES"]
+__all__ = ["write_all", "render_html", "render_junit", "render_markdown", "FILES", "REPORTS"]
 
-#: report kind -> file name written by :func:`write_all`
-FILES = {
-    "json": "results.json",
-    "csv": "metrics.csv",
-    "html": "report.html",
-    "junit": "junit.xml",
-    "markdown": "summary.md",
+#: report kind -> (file name, renderer(result, base_dir) -> text). A new format is one
+#: module with a renderer and one line here.
+REPORTS: dict[str, tuple[str, Callable[["AuditResult", str], str]]] = {
+    "json": ("results.json", lambda result, base: result.to_json() + "\n"),
+    "csv": ("metrics.csv", lambda result, base: result.frame.to_csv(index=False)),
+    "html": ("report.html", lambda result, base: render_html(result, base_dir=base)),
+    "junit": ("junit.xml", lambda result, base: render_junit(result)),
+    "markdown": ("summary.md", lambda result, base: render_markdown(result)),
 }
+#: report kind -> file name written by :func:`write_all`
+FILES = {kind: name for kind, (name, _) in REPORTS.items()}
 
 
 def write_all(result: "AuditResult", out: str | os.PathLike) -> dict[str, Path]:
@@ -52,25 +55,16 @@ def write_all(result: "AuditResult", out: str | os.PathLike) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     base = result.base_dir if result.base_dir is not None else str(out)
 
-    # Looked up at call time (module globals), so a renderer can be swapped or patched.
-    renderers: dict[str, Callable[[], str]] = {
-        "json": lambda: result.to_json() + "\n",
-        "csv": lambda: result.frame.to_csv(index=False),
-        "html": lambda: render_html(result, base_dir=base),
-        "junit": lambda: render_junit(result),
-        "markdown": lambda: render_markdown(result),
-    }
-
     written: dict[str, Path] = {}
     errors: list[tuple[str, BaseException]] = []
     texts: dict[str, str] = {}
-    for kind, render in renderers.items():
-        path = out / FILES[kind]
+    for kind, (name, render) in REPORTS.items():
+        path = out / name
         try:
-            text = render()
+            text = render(result, base)
             _write_text(path, text)
         except Exception as exc:  # noqa: BLE001 - every writer must get its chance
-            errors.append((FILES[kind], exc))
+            errors.append((name, exc))
             continue
         texts[kind] = text
         written[kind] = path
