@@ -8,7 +8,7 @@ result.save("audit-out")  # report.html, results.json, metrics.csv, junit.xml, s
 assert result.passed, result.summary()
 ```
 """
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .config import AuditConfig  # noqa: E402
 from .data import AuditData, load_data  # noqa: E402

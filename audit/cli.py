@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from . import __version__
+from .version import __version__
 from .errors import AuditError, ExitCode, UsageError, first_line
 
 if TYPE_CHECKING:

@@ -30,6 +30,7 @@ from .progress import Progress
 from .registry import battery_order, get_check
 from .results import AuditResult, CheckResult, GateResult, STATUS_ORDER
 from .seeding import derive_seed
+from .version import __version__
 
 __all__ = ["run_audit", "Context", "derive_seed"]
 
@@ -228,6 +229,4 @@ def _shape(s) -> str:
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
