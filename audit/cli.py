@@ -321,7 +321,7 @@ def exit_code_for(result) -> ExitCode:
 
 
 def _cmd_demo(args) -> int:
-    from .demo_run import load_demo
+    from .demo.run import load_demo
 
     cfg = _config_from_args(args)
     world = _world(cfg)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from audit.zoo import register_arch
-
 __all__ = ["GymNet", "gymnet", "MEAN", "STD"]
 
 #: Per-channel normalization the demo model was trained with (roughly the generator's
@@ -54,7 +52,7 @@ class GymNet(nn.Module):
         return self.classifier(self.dropout(self.flatten(self.pool(self.features(x)))))
 
 
-@register_arch("gymnet")
 def gymnet(*, num_classes: int = 6) -> nn.Module:
-    """The demo architecture, untrained (load ``audit/demo/assets/gymnet.safetensors``)."""
+    """The demo architecture, untrained (load ``audit/demo/assets/gymnet.safetensors``); the
+    architecture registry's lazy ``gymnet`` entry (:mod:`audit.zoo`) points here."""
     return GymNet(num_classes=num_classes)

@@ -1,4 +1,4 @@
-"""audit/model.py: format detection, safe loading, spec, output adaptation."""
+"""audit/model/: format detection, safe loading, spec, output adaptation."""
 import json
 import pickle
 

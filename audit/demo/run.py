@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import AuditConfig, parse_gate
+from ..config import AuditConfig, parse_gate
 
 #: gates the demo shows; a new user's audit.toml can start from these
 DEMO_GATES = {"clean.accuracy": ">= 0.85", "clean.accuracy[class=*]": {"condition": ">= 0.6", "severity": "warn"},
@@ -18,18 +18,19 @@ DEMO_CLASS_VIZ = {"rotate_deg": 30.0, "jitter": 0.1}
 def load_demo(out: Path, cfg: AuditConfig, *, samples_per_class: int = 16, log=print, world=None):
     """Generate the demo's evaluation data under ``out/demo-data`` (deterministic for the
     seed), load the shipped model, and return (model, data, config). In a distributed run
-    rank 0 writes the data and the other ranks wait for it."""
-    from . import demo
-    from .data import load_data
-    from .model import load_model
+    rank 0 writes the data and the other ranks wait for it. The demo's gates and class_viz
+    settings apply where ``cfg`` sets none. Raises what ``load_model`` / ``load_data`` raise."""
+    from ..data import load_data
+    from ..model import load_model
+    from . import MODEL_PATH, prepare
 
     root = Path(out) / "demo-data"
     if world is None or world.is_main:
-        paths = demo.prepare(root, n_per_class=samples_per_class, seed=cfg.seed)
+        paths = prepare(root, n_per_class=samples_per_class, seed=cfg.seed)
     if world is not None and world.distributed:
         paths = world.from_main("demo-data", paths if world.is_main else None)
     log(f"demo data written to {root}")
-    model = load_model(demo.MODEL_PATH, device=cfg.device)
+    model = load_model(MODEL_PATH, device=cfg.device)
     data = load_data(paths["val"], model=model, samples=cfg.samples, seed=cfg.seed)
     if not cfg.gates:
         selected = cfg.selected_checks()

@@ -1,0 +1,100 @@
+""":func:`load_model`: a model file (or torchvision weights) -> a ready :class:`AuditModel`."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import ModelLoadError
+from .device import resolve_device
+from .loaders import Loaded, LoadRequest, load_net
+from .spec import ModelSpec, ResolvedSpec, resolve_spec
+from .wrapper import AuditModel
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _model_path(path: str | os.PathLike | None) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"model file {p} does not exist")
+    if p.is_dir():
+        raise ModelLoadError(f"{p} is a folder; give the model file itself")
+    return p
+
+
+def _provenance(p: Path | None, loaded: Loaded, resolved: ResolvedSpec) -> dict[str, Any]:
+    """``AuditModel.info``: path, sha256, what the loader adds (arch), format, trusted_pickle, weights."""
+    info: dict[str, Any] = {"path": str(p) if p else None, "sha256": sha256_file(p) if p else None}
+    info.update(loaded.info)
+    info["format"] = loaded.fmt
+    info["trusted_pickle"] = loaded.fmt == "pickle"
+    if resolved.weights:
+        info["weights"] = str(resolved.weights)
+    return info
+
+
+def _freeze(net: Any) -> None:
+    """Eval mode (exported programs keep the mode they were exported in) and no parameter gradients."""
+    if isinstance(net, nn.Module) and not isinstance(net, torch.fx.GraphModule):
+        net.eval()
+    elif hasattr(net, "eval"):
+        try:
+            net.eval()
+        except (NotImplementedError, RuntimeError):
+            pass
+    for prm in net.parameters():
+        prm.requires_grad_(False)
+
+
+def _wrap(loaded: Loaded, spec: ModelSpec, info: dict[str, Any], dev: torch.device) -> AuditModel:
+    model = AuditModel(loaded.net, spec, info=info, fixed_batch=loaded.fixed_batch).to(dev)
+    model.training = False  # the wrapper itself is in eval mode too (the net's mode was set by _freeze)
+    if spec.input_shape is not None:
+        model.finalize()
+    return model
+
+
+def load_model(path: str | os.PathLike | None = None, *, arch: str | None = None, num_classes: int | None = None,
+               weights: str | None = None, input_size: str | Sequence[int] | None = None,
+               mean: str | Sequence[float] | None = None, std: str | Sequence[float] | None = None,
+               labels: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
+               trust: bool = False, device: str | torch.device | None = "auto",
+               sidecar: str | os.PathLike | bool | None = True) -> AuditModel:
+    """Load a trained classifier from ``path`` into an :class:`AuditModel` on ``device``.
+
+    The format is detected from the file's content (TorchScript, ``torch.export``,
+    safetensors / state_dict / checkpoint with ``arch``, a pickled ``nn.Module`` only with
+    ``trust``); with no ``path``, ``weights`` names torchvision weights in the local hub
+    cache. ``input_size`` is ``"CxHxW"``, ``mean`` / ``std`` per-channel floats for pixels in
+    [0, 1], ``labels`` a file of class names, one a line. ``sidecar``: True looks for
+    ``model.pt.json`` / ``model.json``, a path names one, False ignores it.
+
+    Spec precedence: explicit options > JSON sidecar > torchvision weight metadata
+    (``weights=``) > the export's input signature > what the data shows (filled in by the
+    runner). When the input shape is known the model is finalized (probed once) here.
+    Raises :class:`ModelLoadError` / :class:`UsageError` with one line that says what is
+    wrong and what to do.
+    """
+    dev = resolve_device(device)
+    p = _model_path(path)
+    resolved = resolve_spec(p, arch=arch, weights=weights, sidecar=sidecar, input_size=input_size, mean=mean,
+                            std=std, labels=labels, class_names=class_names, num_classes=num_classes)
+    loaded = load_net(LoadRequest(p, resolved.spec, arch=resolved.arch, weights=resolved.weights,
+                                  tv_weights=resolved.tv_weights, trust=trust))
+    info = _provenance(p, loaded, resolved)
+    _freeze(loaded.net)
+    return _wrap(loaded, resolved.spec, info, dev)

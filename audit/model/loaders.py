@@ -1,0 +1,258 @@
+"""One loader per model-file format, behind the :data:`LOADERS` dispatch table.
+
+:func:`audit.model.detect.detect_format` names a file's kind from its content; ``LOADERS``
+maps that kind to the function that turns the file into a network. Adding a format is one
+loader ``load_x(req) -> Loaded`` here, one line in ``LOADERS``, and the content test that
+names it in ``detect_format``.
+
+Nothing here runs code from a model file unless ``trust`` is set: a ``torch.save`` file is
+opened with ``weights_only=True`` first, and a ``torch.export`` archive is loaded with
+``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from ..errors import ModelLoadError, UsageError
+from .detect import detect_format
+from .messages import error_line
+from .spec import ModelSpec
+from .statedict import as_state_dict, build_from_state_dict
+
+
+@dataclass
+class LoadRequest:
+    """What a loader gets: the model file (None for torchvision weights alone), the spec so
+    far (a loader may add to it: an export's input shape, a state_dict's class count), the
+    architecture for a state_dict, the torchvision weights name and member, and ``trust``
+    (allow a pickle to run code)."""
+
+    path: Path | None
+    spec: ModelSpec
+    arch: str | None = None
+    weights: str | None = None
+    tv_weights: Any = None
+    trust: bool = False
+
+    @property
+    def where(self) -> str:
+        """The source, as messages name it."""
+        return str(self.path or self.weights)
+
+
+@dataclass
+class Loaded:
+    """A loader's result: the network (an ``nn.Module``, ``ScriptModule`` or an exported
+    program's module) taking normalized float (N, C, H, W) input, the format it came in (one
+    of :data:`audit.model.detect.FORMATS`), the batch size an export was traced at (None:
+    any), and entries for ``AuditModel.info``."""
+
+    net: Any
+    fmt: str
+    fixed_batch: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+Loader = Callable[[LoadRequest], Loaded]
+
+
+# ----------------------------------------------------------------------------- shared steps
+def _needs_code(msg: str) -> bool:
+    """Whether a weights-only unpickling failed because the pickle references code."""
+    return "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg
+
+
+def _from_state_dict(obj: Any, req: LoadRequest, fmt: str) -> Loaded:
+    sd = as_state_dict(obj)
+    if sd is None:
+        raise ModelLoadError(f"{req.where} holds a {type(obj).__name__}, neither a model nor a state_dict of tensors")
+    net = build_from_state_dict(sd, arch=req.arch, spec=req.spec, where=req.where)
+    return Loaded(net, fmt, info={"arch": req.arch})
+
+
+# ----------------------------------------------------------------------------- TorchScript
+def load_torchscript(req: LoadRequest) -> Loaded:
+    """A ``torch.jit.save`` archive. Raises :class:`ModelLoadError` when it fails to load."""
+    try:
+        net = torch.jit.load(str(req.path), map_location="cpu")
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"{req.path} is a TorchScript archive that fails to load ({error_line(e)})") from None
+    return Loaded(net, "torchscript")
+
+
+# ----------------------------------------------------------------------------- torch.export
+@contextmanager
+def _weights_only_unless(trust: bool) -> Iterator[None]:
+    """``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` for the block unless ``trust``; restored after."""
+    old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    if not trust:
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if not trust:
+            if old is None:
+                os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+            else:
+                os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+
+
+def _load_exported_program(p: Path, trust: bool):
+    """``torch.export.load`` unpickles the archive's sample inputs and constants, and falls back
+    to ``weights_only=False`` when that fails: without ``trust`` the fallback is forbidden,
+    so a crafted archive's code never runs."""
+    try:
+        with _weights_only_unless(trust), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(str(p))
+    except Exception as e:  # noqa: BLE001
+        if not trust and _needs_code(str(e)):
+            raise ModelLoadError(f"{p} is a torch.export archive holding pickled objects that need code to load; "
+                                 "it was not run. Re-run with --trust only if you trust its source") from None
+        raise ModelLoadError(f"{p} is a torch.export archive that fails to load ({error_line(e)})") from None
+
+
+def _unpack_export(ep) -> tuple[nn.Module, int | None, tuple[int, int, int] | None]:
+    """The program's module, and from its one input's traced shape (N, C, H, W): N when it is
+    static, (C, H, W) when all three are."""
+    mod = ep.module()
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
+    if len(placeholders) != 1:
+        return mod, None, None
+    dims = list(getattr(placeholders[0].meta.get("val"), "shape", []))
+    if len(dims) != 4:
+        return mod, None, None
+    fixed = dims[0] if isinstance(dims[0], int) else None
+    shape = tuple(int(d) for d in dims[1:]) if all(isinstance(d, int) for d in dims[1:]) else None
+    return mod, fixed, shape  # type: ignore[return-value]
+
+
+def load_export(req: LoadRequest) -> Loaded:
+    """A ``torch.export`` archive (``.pt2``); its static input shape fills the spec (source
+    ``export``). Raises :class:`ModelLoadError` when it fails to load or, without
+    ``trust``, holds pickled objects that need code."""
+    net, fixed, shape = _unpack_export(_load_exported_program(req.path, req.trust))
+    req.spec.set("input_shape", shape, "export")
+    return Loaded(net, "export", fixed_batch=fixed)
+
+
+# ----------------------------------------------------------------------------- safetensors
+def load_safetensors(req: LoadRequest) -> Loaded:
+    """A ``.safetensors`` state_dict, built with ``--arch``. Raises :class:`ModelLoadError`
+    when the file is corrupt or the weights do not fit the architecture."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        obj = load_file(str(req.path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{req.path} is a corrupt safetensors file ({error_line(e)})") from None
+    return _from_state_dict(obj, req, "safetensors")
+
+
+# ----------------------------------------------------------------------------- torch.save
+_NEEDS_CODE = object()
+
+
+def _load_weights_only(p: Path, trust: bool) -> Any:
+    """The unpickled object, or ``_NEEDS_CODE`` when the pickle needs code and ``trust`` allows
+    it. Raises :class:`ModelLoadError` for a corrupt file, or code without ``trust``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError ...
+        msg = str(e)
+        if not _needs_code(msg):
+            raise ModelLoadError(f"{p} cannot be read as a PyTorch file ({error_line(e)}); "
+                                 "it may be truncated or corrupt") from None
+        if not trust:
+            m = re.search(r"GLOBAL ([\w\.]+)", msg)
+            what = f" (it references {m.group(1)})" if m else ""
+            raise ModelLoadError(
+                f"{p} is a pickle that needs Python code to load{what}; it was not run. If you trust "
+                "its source, re-run with --trust; otherwise save it as TorchScript, torch.export or a state_dict") from None
+    return _NEEDS_CODE
+
+
+def _load_with_code(p: Path) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=False)
+    except (AttributeError, ModuleNotFoundError, ImportError) as e:
+        raise ModelLoadError(f"{p} is a pickled model whose code cannot be imported ({e}); put the module "
+                             "that defines its class on PYTHONPATH") from None
+
+
+def _module_in(obj: Any) -> nn.Module | None:
+    """``obj`` itself when it is a module, else the first module among a dict's values."""
+    if isinstance(obj, nn.Module):
+        return obj
+    if isinstance(obj, dict):
+        return next((v for v in obj.values() if isinstance(v, nn.Module)), None)
+    return None
+
+
+def load_torch_save(req: LoadRequest) -> Loaded:
+    """A ``torch.save`` file: a state_dict or training checkpoint (built with ``--arch``;
+    format ``state_dict``), or, only with ``trust``, a pickled ``nn.Module`` (format
+    ``pickle``). Raises :class:`ModelLoadError` for a corrupt file, a pickle that needs code
+    without ``trust``, code that cannot be imported, or weights that do not fit."""
+    obj = _load_weights_only(req.path, req.trust)
+    if obj is _NEEDS_CODE:
+        obj = _load_with_code(req.path)
+        module = _module_in(obj)
+        if module is not None:
+            return Loaded(module, "pickle")
+    return _from_state_dict(obj, req, "state_dict")
+
+
+# ----------------------------------------------------------------------------- torchvision
+def _cached_weights_file(w) -> Path:
+    p = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
+    if not p.is_file():
+        raise ModelLoadError(f"weights {w} are not in the local torch hub cache ({p}); this tool does not "
+                             "download: fetch them once with torchvision on a connected machine, or pass the model file")
+    return p
+
+
+def load_torchvision(req: LoadRequest) -> Loaded:
+    """torchvision weights by name (``--weights``) from the local torch hub cache, into their
+    architecture; nothing is downloaded. Raises :class:`UsageError` without a weights name,
+    :class:`ModelLoadError` when the file is not in the cache."""
+    if req.tv_weights is None:
+        raise UsageError("give a model file, or --weights NAME to load torchvision weights from the local cache")
+    obj = torch.load(_cached_weights_file(req.tv_weights), map_location="cpu", weights_only=True)
+    loaded = _from_state_dict(obj, req, "torchvision")
+    loaded.info = {"path": str(req.weights), **loaded.info}
+    return loaded
+
+
+# ----------------------------------------------------------------------------- dispatch
+#: file kind (``detect_format``'s answer, or ``torchvision`` when there is no file) -> loader
+LOADERS: dict[str, Loader] = {
+    "torchscript": load_torchscript,
+    "export": load_export,
+    "safetensors": load_safetensors,
+    "torch_save": load_torch_save,
+    "torchvision": load_torchvision,
+}
+
+
+def load_net(req: LoadRequest) -> Loaded:
+    """Detect the kind of ``req.path`` (torchvision weights when there is no path) and run its
+    loader. Raises :class:`ModelLoadError` / :class:`UsageError` as the loaders do."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        kind = "torchvision" if req.path is None else detect_format(req.path)
+        return LOADERS[kind](req)

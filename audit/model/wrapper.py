@@ -1,0 +1,223 @@
+""":class:`AuditModel`: the classifier every check works on, in pixel space with plain logits."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import UsageError
+from .messages import error_line
+from .spec import ModelSpec
+
+#: seed of the random inputs :meth:`AuditModel.finalize` probes the model with (fixed, so
+#: that loading a model is deterministic whatever the run's ``--seed``)
+PROBE_SEED = 1234
+#: tolerance for "rows sum to 1" (probabilities) and "rows logsumexp to 0" (log-probabilities)
+_PROB_ATOL = 1e-3
+_DICT_KEYS = ("logits", "out", "output", "scores")
+
+
+class AuditModel(nn.Module):
+    """A classifier in pixel space.
+
+    ``forward(x)``: ``x`` a float tensor (N, C, H, W) on :attr:`device` with values in
+    ``spec.bounds`` ([0, 1]) -> float32 logits (N, num_classes). The model's normalization
+    (``spec.mean`` / ``spec.std``) is folded in; tuple, dict and ``.logits`` outputs are
+    reduced to the logits tensor, and probability outputs are turned into log-probabilities
+    (see ``adaptations`` and ``output_kind``). An export traced at a fixed batch size
+    (``fixed_batch``) is fed in chunks of that size.
+
+    ``info`` is the provenance block of results.json (path, sha256, format, ...). ``ready``
+    is False until :meth:`finalize` has probed the model (the input shape may come from the
+    data). Constructing raises :class:`UsageError` when mean/std do not fit the channels or a
+    std is not positive.
+    """
+
+    def __init__(self, net: nn.Module, spec: ModelSpec, *, info: dict[str, Any] | None = None,
+                 fixed_batch: int | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.spec = spec
+        self.info = dict(info or {})
+        self.adaptations: list[str] = []
+        self.fixed_batch = fixed_batch
+        self.output_kind = "logits"  # or "probabilities", "log_probabilities"
+        self.ready = False
+        self._set_norm()
+
+    # ------------------------------------------------------------------ normalization
+    def _set_norm(self) -> None:
+        """(Re)build the ``mean`` / ``std`` buffers, (1, C, 1, 1) float32 (they follow ``.to(device)``)."""
+        c = self.spec.input_shape[0] if self.spec.input_shape else None
+        mean, std = self.spec.mean, self.spec.std
+        for name, val, default in (("mean", mean, 0.0), ("std", std, 1.0)):
+            if val is not None and c is not None and len(val) not in (1, c):
+                raise UsageError(f"--{name} has {len(val)} values but the model takes {c} channels")
+            t = torch.tensor(val if val is not None else [default], dtype=torch.float32).view(1, -1, 1, 1)
+            if name in self._buffers:
+                self._buffers[name] = t.to(self._buffers[name].device)
+            else:
+                self.register_buffer(name, t, persistent=False)
+        if std is not None and any(s <= 0 for s in std):
+            raise UsageError("--std values must be positive")
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's inputs must be."""
+        return self.mean.device
+
+    @property
+    def num_classes(self) -> int:
+        """Width of the logits (known once finalized)."""
+        assert self.spec.num_classes is not None
+        return self.spec.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """One name per output: the spec's, else ``"0"``, ``"1"``, ..."""
+        return self.spec.class_names or [str(i) for i in range(self.num_classes)]
+
+    # ------------------------------------------------------------------ forward
+    def _raw(self, x: torch.Tensor) -> Any:
+        """The network's own output on normalized ``x``, in ``fixed_batch`` chunks when set
+        (a short last chunk padded with copies of its last image, the padding cut off)."""
+        z = (x - self.mean) / self.std
+        if self.fixed_batch is None or z.shape[0] == self.fixed_batch:
+            return self.net(z)
+        outs, b = [], self.fixed_batch
+        for i in range(0, z.shape[0], b):
+            chunk = z[i:i + b]
+            n = chunk.shape[0]
+            if n < b:
+                chunk = torch.cat([chunk, chunk[-1:].expand(b - n, *chunk.shape[1:])])
+            outs.append(self._to_tensor(self.net(chunk))[:n])
+        return torch.cat(outs)
+
+    def _to_tensor(self, out: Any) -> torch.Tensor:
+        """The logits tensor in a network's output (a tensor, a tuple's first element, a dict's
+        ``logits``/``out``/``output``/``scores`` or only tensor, or ``.logits``); raises
+        :class:`UsageError` when there is none."""
+        if isinstance(out, torch.Tensor):
+            return out
+        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+            self._note("output is a tuple; its first element is taken as the logits")
+            return out[0]
+        if isinstance(out, dict):
+            found = self._tensor_in_dict(out)
+            if found is not None:
+                return found
+        logits = getattr(out, "logits", None)
+        if isinstance(logits, torch.Tensor):
+            self._note("output object has .logits; it is taken as the logits")
+            return logits
+        raise UsageError(f"the model returns {type(out).__name__}, not a logits tensor, tuple, or dict with 'logits'")
+
+    def _tensor_in_dict(self, out: dict) -> torch.Tensor | None:
+        for k in _DICT_KEYS:
+            if isinstance(out.get(k), torch.Tensor):
+                self._note(f"output is a dict; its {k!r} entry is taken as the logits")
+                return out[k]
+        tensors = [v for v in out.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            self._note("output is a dict with one tensor; it is taken as the logits")
+            return tensors[0]
+        return None
+
+    def _note(self, text: str) -> None:
+        if text not in self.adaptations:
+            self.adaptations.append(text)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (N, C, H, W) in [0, 1] on :attr:`device` -> float32 logits (N, num_classes)."""
+        out = self._to_tensor(self._raw(x))
+        if out.ndim != 2:
+            out = out.reshape(out.shape[0], -1)
+        out = out.float()
+        if self.output_kind == "probabilities":
+            out = torch.log(out.clamp_min(1e-12))
+        return out
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+        """Batched inference without gradients: ``x`` (N, C, H, W) in [0, 1] on any device ->
+        float32 logits (N, num_classes) on the CPU (an empty (0, num_classes) tensor for N = 0)."""
+        outs = [self(x[i:i + batch_size].to(self.device)).cpu() for i in range(0, x.shape[0], batch_size)]
+        return torch.cat(outs) if outs else torch.empty(0, self.num_classes)
+
+    # ------------------------------------------------------------------ finalization
+    def finalize(self, input_shape: tuple[int, int, int] | None = None, source: str = "data",
+                 class_names: list[str] | None = None) -> "AuditModel":
+        """Fix the input shape (C, H, W) if still unknown (recorded as ``source``), then probe
+        one forward pass on 4 random images: output width (-> ``num_classes``), probability
+        or log-probability outputs (-> ``output_kind``), NaN. ``class_names`` (e.g. the data's
+        folders) are taken when the spec has none and their number fits. Called by
+        ``load_model`` when the shape is known, else by the runner once the data is loaded.
+        Returns ``self``. Raises :class:`UsageError` when the shape is unknown, the model
+        fails on the probe or outputs NaN/inf, or the class names or count do not fit."""
+        if input_shape is not None:
+            self.spec.set("input_shape", tuple(input_shape), source)
+        if self.spec.input_shape is None:
+            raise UsageError("the model's input size is unknown: pass --input-size CxHxW or give data to infer it from")
+        self._set_norm()
+        raw = self._probe()
+        width = raw.shape[1]
+        self._check_width(width)
+        self.spec.set("num_classes", width, "output")
+        if class_names is not None and self.spec.class_names is None and len(class_names) == width:
+            self.spec.set("class_names", list(class_names), "data")
+        self._detect_output_kind(raw)
+        self.ready = True
+        return self
+
+    def _probe(self) -> torch.Tensor:
+        """The raw outputs, (4, width) float32, on 4 seeded random inputs in [0, 1]."""
+        g = torch.Generator().manual_seed(PROBE_SEED)
+        x = torch.rand(4, *self.spec.input_shape, generator=g).to(self.device)
+        try:
+            with torch.no_grad():
+                raw = self._to_tensor(self._raw(x))
+        except UsageError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure of the user's model on a well-formed input
+            raise UsageError(f"the model fails on an input of shape {list(x.shape)}: {error_line(e)}; "
+                             "check --input-size / the data's size") from None
+        if raw.ndim != 2:
+            raw = raw.reshape(raw.shape[0], -1)
+        raw = raw.float()
+        if not torch.isfinite(raw).all():
+            raise UsageError("the model outputs NaN or infinite values on random inputs in [0, 1]; "
+                             "check its weights and the --mean/--std normalization")
+        return raw
+
+    def _check_width(self, width: int) -> None:
+        if self.spec.class_names is not None and len(self.spec.class_names) != width:
+            src = self.spec.sources.get("class_names", "labels")
+            raise UsageError(f"{len(self.spec.class_names)} class names ({src}) for a model with {width} outputs; "
+                             "give one name per class with --labels FILE")
+        if self.spec.num_classes is not None and self.spec.num_classes != width:
+            raise UsageError(f"the model outputs {width} scores but {self.spec.num_classes} classes were given "
+                             f"({self.spec.sources.get('num_classes', 'flag')}); fix --num-classes/--labels")
+
+    def _detect_output_kind(self, raw: torch.Tensor) -> None:
+        width = raw.shape[1]
+        sums = raw.sum(1)
+        if width > 1 and (raw >= 0).all() and (raw <= 1).all() and torch.allclose(sums, torch.ones_like(sums),
+                                                                                 atol=_PROB_ATOL):
+            self.output_kind = "probabilities"
+            self._note("outputs are probabilities (rows sum to 1); their log is used as logits")
+        elif width > 1 and (raw <= 0).all() and torch.allclose(raw.logsumexp(1), torch.zeros_like(sums),
+                                                               atol=_PROB_ATOL):
+            self.output_kind = "log_probabilities"
+            self._note("outputs are log-probabilities; used as logits (softmax is unchanged)")
+
+    def describe(self) -> dict[str, Any]:
+        """The ``model`` block of results.json: ``info`` plus the spec (lists, not tuples),
+        ``output_kind``, ``adaptations`` and ``spec_sources``."""
+        return {**self.info, "num_classes": self.spec.num_classes,
+                "input_shape": list(self.spec.input_shape) if self.spec.input_shape else None,
+                "class_names": self.class_names if self.spec.num_classes else None,
+                "mean": list(self.spec.mean) if self.spec.mean else None,
+                "std": list(self.spec.std) if self.spec.std else None,
+                "bounds": list(self.spec.bounds), "output_kind": self.output_kind,
+                "adaptations": list(self.adaptations), "spec_sources": dict(self.spec.sources)}
