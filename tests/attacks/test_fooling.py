@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 
 from attacks.fooling import FoolingCheck
-from attacks.fooling_cppn import CPPNEncoding, DirectEncoding
-from attacks.fooling_garbage import KINDS, garbage_inputs
-from attacks.fooling_search import log_odds
+from attacks.fooling.cppn import CPPNEncoding, DirectEncoding
+from attacks.fooling.garbage import KINDS, garbage_inputs
+from attacks.fooling.search import log_odds
 from audit.config import AuditConfig
 from audit.errors import ConfigError
 from audit.model import AuditModel, ModelSpec
@@ -123,7 +123,7 @@ def test_method_numbers_do_not_depend_on_other_methods(tiny_model):
 ])
 def test_bad_options_are_config_errors(bad):
     with pytest.raises(ConfigError):
-        FoolingCheck.Options(**bad)
+        FoolingCheck.parse_options(bad)
     with pytest.raises(ConfigError):
         AuditConfig.from_dict({"checks": {"fooling": bad}})
 

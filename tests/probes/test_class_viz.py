@@ -1,4 +1,4 @@
-"""Tests for probes/class_viz.py and probes/viz_param.py: the pictures make a trained model
+"""Tests for probes/class_viz/ (check, optimize, param): the pictures make a trained model
 confident of their class, are reproducible from the seed, and come at the model's input size."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from audit.model import AuditModel, ModelSpec
 from audit.runner import run_audit
-from probes.viz_param import FourierImage, random_views, to_input_size
+from probes.class_viz.param import FourierImage, random_views, to_input_size
 from tests.tinymodels import PATTERNS, train_tiny
 
 
@@ -81,7 +81,8 @@ def test_gallery_top3_and_larger_image(tiny_model):
     recs = c.data["pictures"]
     assert len(recs) == 4 and all(len(r["top3"]) == 3 for r in recs)
     assert all(abs(sum(p for _, p in r["top3"]) - 1) < 1 and r["top3"][0][1] >= r["top3"][1][1] for r in recs)
-    assert c.data["timing"]["image_hw"] == [32, 32] and c.data["timing"]["image_steps"] == 4 * 24
+    assert c.data["throughput"]["image_hw"] == [32, 32] and c.data["throughput"]["image_steps"] == 4 * 24
+    assert set(c.data["timings"]) == {"classes"} and c.data["timings"]["classes"] > 0
     [art] = c.artifacts
     assert art.path.endswith("gallery.png") and art.data[:4] == b"\x89PNG"
     assert {m.qualifiers.get("class") for m in c.metrics if m.name == "target_confidence"} == {"checker", "blob"}
@@ -122,7 +123,7 @@ def test_fourier_image_and_views():
 
 
 def test_few_threads_for_small_work_restores_the_setting():
-    from probes.viz_param import few_threads_for_small_work
+    from probes.class_viz.param import few_threads_for_small_work
 
     torch.set_num_threads(2)
     try:
@@ -144,14 +145,14 @@ def test_max_classes_one_and_bad_options(tiny_model):
     c = res.check("class_viz")
     assert c.status != "error", c.error
     assert len([m for m in c.metrics if m.name == "target_confidence"]) == 1
-    with pytest.raises(ConfigError, match="max_classes must be at least 1"):
+    with pytest.raises(ConfigError, match="max_classes = 0: must be >= 1"):
         AuditConfig(checks=["class_viz"], check_options={"class_viz": {"max_classes": 0}})
 
 
 def test_channel_objective_drives_its_channel(tiny_model):
     """channels = [...]: each picture excites its own channel more than the other channels'
     pictures do, and more than a grey image does."""
-    from probes.class_viz import visualize
+    from probes.class_viz.optimize import visualize
     from probes.concept_layers import capture, default_layers
 
     layer = default_layers(tiny_model.net, 1)[0]

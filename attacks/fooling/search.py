@@ -6,7 +6,7 @@ Networks are Easily Fooled: High Confidence Predictions for Unrecognizable Image
   model's bounds, all target classes optimized in one batch (Simonyan et al. 2014; the paper's
   Section 3.5 and Yosinski et al. 2015 regularization).
 * :func:`map_elites` -- black-box (outputs only): MAP-Elites (Mouret & Clune 2015) whose cells
-  are the target classes, over either genome encoding of :mod:`attacks.fooling_cppn`.
+  are the target classes, over either genome encoding of :mod:`attacks.fooling.cppn`.
 
 Both return a :class:`SearchResult`: per target class the best image, its confidence for the
 target and its predicted class, and the first step (or query count) at which the target's
@@ -14,21 +14,25 @@ confidence reached each threshold. Confidence is the softmax over *all* classes 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from audit.records import record
+
 #: the confidence levels whose first step / query is recorded per class
 LEVELS = (0.99, 0.999, 0.9999)
 
 
-@dataclass
+@record
 class SearchResult:
-    """Per target class (in the order of ``targets``): best image (CPU), best confidence for
-    the target, predicted class (index) of that image and its confidence, and ``first`` --
-    per level (default :data:`LEVELS`) the step or query count at which the target first reached it
+    """Per target class (in the order of ``targets``, class indices): ``images`` (T, C, H, W)
+    float32 on the CPU, the best image (in the model's bounds once the caller mapped it),
+    ``best`` its confidence for the target (softmax in [0, 1]), ``pred`` the predicted class
+    (index) of that image and ``pred_conf`` its confidence, and ``first`` -- per level
+    (default :data:`LEVELS`) the step or query count at which the target first reached it
     (None if never). ``used`` is the steps run (gradient) or images queried (evolution)."""
 
     targets: list[int]
