@@ -34,6 +34,11 @@ one. Every random number derives from the check's generator: a seed base drawn f
 then one generator per part (:func:`audit.seeding.derive_seed` of the base and the part's
 name), so a method's numbers do not depend on which other methods run.
 
+Gradient ascent tells for itself whether the input gradient is usable (a missing or zero
+gradient of its targets' log-softmax at the first step: ``fooling.gradient_unavailable``)
+rather than reading ``ctx.gradient_problem``: that probe differentiates one class's logit,
+which can be constant in a model whose log-softmax still has a gradient.
+
 Publishes ``fooling.images`` (:class:`audit.published.FoolingImages`).
 """
 from __future__ import annotations
@@ -83,13 +88,12 @@ class GarbageRecord:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What ``units`` and ``summarize`` share: the seed base, the targets (ascending class
-    indices), whether they are a sample, and why input gradients cannot be used (or None)."""
+    """What ``units`` and ``summarize`` share: the seed base and the targets (ascending class
+    indices), and whether they are a sample."""
 
     base: int
     targets: list[int]
     sampled: bool
-    gradient_problem: str | None
 
 
 @register_check("fooling")
@@ -169,13 +173,11 @@ class FoolingCheck(Check):
 
     # ------------------------------------------------------------------ plan
     def _plan(self, ctx) -> _Plan:
-        """The seed base (the first draw from the check's generator), the targets and the
-        gradient verdict; computed once and shared by ``units`` and ``summarize``."""
+        """The seed base (the first draw from the check's generator) and the targets;
+        computed once and shared by ``units`` and ``summarize``."""
         if self._plan_cache is None:
             base = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
-            targets, sampled = self._targets(ctx, part_generator(base, "targets"))
-            needs = any(get_method(m).needs_gradient for m in self.options.methods)
-            self._plan_cache = _Plan(base, targets, sampled, ctx.gradient_problem if needs else None)
+            self._plan_cache = _Plan(base, *self._targets(ctx, part_generator(base, "targets")))
         return self._plan_cache
 
     def _targets(self, ctx, gen: torch.Generator) -> tuple[list[int], bool]:
@@ -202,18 +204,13 @@ class FoolingCheck(Check):
 
     # ------------------------------------------------------------------ contract
     def units(self, ctx) -> list[Unit]:
-        """``searches:k`` for every part of every method (a method that needs gradients is
-        left out when the model has none; its indices stay reserved), then ``garbage:0``."""
+        """``searches:k`` for every part of every method, numbered across the methods in
+        ``methods`` order, then ``garbage:0``."""
         o, plan = self.options, self._plan(ctx)
         bs = max(1, int(ctx.config.batch_size))
-        out, k = [], 0
-        for name in o.methods:
-            method = get_method(name)
-            for part in method.parts(len(plan.targets), bs):
-                if not (method.needs_gradient and plan.gradient_problem):
-                    out.append(Unit("searches", k, {"method": name, "part": part, "targets": plan.targets,
-                                                    "base": plan.base}))
-                k += 1
+        parts = [(name, part) for name in o.methods for part in get_method(name).parts(len(plan.targets), bs)]
+        out = [Unit("searches", k, {"method": name, "part": part, "targets": plan.targets, "base": plan.base})
+               for k, (name, part) in enumerate(parts)]
         if o.garbage:
             out.append(Unit("garbage", 0, {"base": plan.base}))
         return out
@@ -258,8 +255,6 @@ class FoolingCheck(Check):
             method = get_method(name)
             mine = [r for r in searches if r.method == name]
             bad = [r.unavailable for r in mine if r.unavailable]
-            if method.needs_gradient and plan.gradient_problem:
-                bad.insert(0, f"input gradients cannot be used: {plan.gradient_problem}")
             if bad:
                 res.finding("info", "fooling.gradient_unavailable",
                             f"Gradient ascent could not run ({bad[0]}); only the black-box evolution results apply.")

@@ -98,8 +98,8 @@ class FoolingMethod:
     """A way to synthesize fooling images. Subclasses set ``name`` (the option value),
     ``access`` (``"white-box"`` or ``"black-box"``), ``cost`` (``"steps"`` or
     ``"queries"``: the metric that counts its work), ``title`` (the gallery's words) and
-    ``needs_gradient`` (skipped, with ``fooling.gradient_unavailable``, when the model has
-    no usable input gradient), and implement :meth:`search`."""
+    ``needs_gradient`` (a RuntimeError of its search, e.g. no input gradient, is reported as
+    ``fooling.gradient_unavailable`` and the method skipped), and implement :meth:`search`."""
 
     name: ClassVar[str] = ""
     access: ClassVar[str] = "black-box"

@@ -56,8 +56,8 @@ def test_target_class_reaches_high_confidence(tiny_model):
     assert all(m.value == 1.0 for m in c.metrics if m.name == "target_top1")
     # the published pictures really are classified as their class (recomputed here)
     with torch.no_grad():
-        pred = tiny_model(pub["images"]).argmax(1)
-    assert pred.tolist() == pub["classes"] == [0, 1, 2, 3]
+        pred = tiny_model(pub.images).argmax(1)
+    assert pred.tolist() == pub.classes == [0, 1, 2, 3]
     # a random-noise start is not already confident: the optimization did the work
     with torch.no_grad():
         noise = torch.sigmoid(0.01 * torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
@@ -69,15 +69,15 @@ def test_deterministic_for_a_seed(tiny_model):
     a, _ = _published(tiny_model, seed=3, steps=16)
     b, _ = _published(tiny_model, seed=3, steps=16)
     c, _ = _published(tiny_model, seed=4, steps=16)
-    assert torch.equal(a["images"], b["images"])
-    assert not torch.allclose(a["images"], c["images"], atol=1e-3)
+    assert torch.equal(a.images, b.images)
+    assert not torch.allclose(a.images, c.images, atol=1e-3)
 
 
 def test_gallery_top3_and_larger_image(tiny_model):
     pub, c = _published(tiny_model, steps=24, image_size=32, classes=["checker", "blob"], seeds=2, diversity=0.5)
-    assert pub["images"].shape == (4, 3, 16, 16)  # published at the model's input size
-    assert pub["classes"] == [2, 2, 3, 3] and pub["seeds"] == [0, 1, 0, 1]
-    assert not torch.allclose(pub["images"][0], pub["images"][1], atol=1e-2)  # two seeds, two pictures
+    assert pub.images.shape == (4, 3, 16, 16)  # published at the model's input size
+    assert pub.classes == [2, 2, 3, 3] and pub.seeds == [0, 1, 0, 1]
+    assert not torch.allclose(pub.images[0], pub.images[1], atol=1e-2)  # two seeds, two pictures
     recs = c.data["pictures"]
     assert len(recs) == 4 and all(len(r["top3"]) == 3 for r in recs)
     assert all(abs(sum(p for _, p in r["top3"]) - 1) < 1 and r["top3"][0][1] >= r["top3"][1][1] for r in recs)
@@ -182,3 +182,25 @@ def test_channel_options_are_checked(tiny_model):
     r = run_audit(tiny_model, None, {"audit": {"checks": ["class_viz"]},
                                      "checks": {"class_viz": {"steps": 2, "channels": [0], "layer": "nope"}}})
     assert "not a module" in r.check("class_viz").error
+
+
+def test_options_round_trip_and_records_survive_a_unit_checkpoint(tmp_path):
+    import dataclasses
+
+    from audit.checkpoint import Checkpoints
+    from probes.class_viz import ClassVizCheck
+    from probes.class_viz.check import ChannelPictures, ClassPictures
+
+    o = ClassVizCheck.Options()
+    assert ClassVizCheck.parse_options(dataclasses.asdict(o)) == o
+    store = Checkpoints(tmp_path)
+    recs = [ClassPictures(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 4, 4), torch.rand(2), torch.rand(2, 3),
+                          torch.zeros(2, 3, dtype=torch.long), 0.5),
+            ChannelPictures(torch.rand(1, 3, 8, 8), torch.rand(1), torch.zeros(1, dtype=torch.long), torch.rand(1), 0.1)]
+    for i, rec in enumerate(recs):
+        store.save_unit("class_viz", f"u:{i}", "fp", rec)
+        back = store.load_unit("class_viz", f"u:{i}", "fp")
+        assert type(back) is type(rec)
+        for f in dataclasses.fields(rec):
+            a, b = getattr(rec, f.name), getattr(back, f.name)
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
