@@ -56,7 +56,7 @@ from audit.records import record
 from audit.registry import Check, Unit, register_check
 from audit.results import CheckResult
 
-from .garbage import KINDS, GarbageKind, measure_garbage
+from .garbage import KINDS, measure_garbage
 from .methods import SearchSetup, get_method, part_generator, registered_methods
 from .report import report_garbage, report_method, report_most_fooled, summary_line
 from .search import LEVELS, SearchResult
@@ -82,7 +82,7 @@ class SearchRecord:
 class GarbageRecord:
     """The garbage unit: the model's answers per garbage kind, and ``seconds`` of compute."""
 
-    kinds: list
+    kinds: list  #: GarbageKind per kind, in the order of the `garbage` option
     seconds: float = 0.0
 
 
@@ -257,7 +257,8 @@ class FoolingCheck(Check):
             bad = [r.unavailable for r in mine if r.unavailable]
             if bad:
                 res.finding("info", "fooling.gradient_unavailable",
-                            f"Gradient ascent could not run ({bad[0]}); only the black-box evolution results apply.")
+                            f"{method.title[:1].upper()}{method.title[1:]} could not run ({bad[0]}); only the "
+                            "black-box evolution results apply.")
                 continue
             r = SearchResult.concat([rec.result for rec in mine])
             timings[name] = round(sum(rec.seconds for rec in mine), 3)
@@ -267,7 +268,7 @@ class FoolingCheck(Check):
         ctx.publish("fooling.images", FoolingImages(published))
         garbage = next((r for r in records if isinstance(r, GarbageRecord)), None)
         if garbage is not None:
-            report_garbage(res, [g for g in garbage.kinds if isinstance(g, GarbageKind)], names, o.garbage_share)
+            report_garbage(res, garbage.kinds, names, o.garbage_share)
             timings["garbage"] = garbage.seconds
         res.data["timings"] = timings
         report_most_fooled(res, summary, len(targets), o.threshold, o.most_classes)

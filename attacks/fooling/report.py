@@ -16,7 +16,7 @@ from .garbage import GarbageKind
 from .methods import FoolingMethod
 from .search import SearchResult
 
-__all__ = ["report_method", "report_garbage", "report_most_fooled"]
+__all__ = ["report_method", "report_garbage", "report_most_fooled", "summary_line"]
 
 
 def _median(v: list[float]) -> float | None:
