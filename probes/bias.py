@@ -51,8 +51,8 @@ from audit.results import CheckResult
 
 from . import concept_tcav as tc
 from .class_viz import select_classes
+from .class_viz.param import few_threads_for_small_work
 from .concept_layers import capture, default_layers, hookable, resolve_layers
-from .viz_param import few_threads_for_small_work
 
 
 def load_concepts(path: str, input_shape) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

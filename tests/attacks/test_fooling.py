@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 
 from attacks.fooling import FoolingCheck
-from attacks.fooling_cppn import CPPNEncoding, DirectEncoding
-from attacks.fooling_garbage import KINDS, garbage_inputs
-from attacks.fooling_search import log_odds
+from attacks.fooling.cppn import CPPNEncoding, DirectEncoding
+from attacks.fooling.garbage import KINDS, garbage_inputs
+from attacks.fooling.search import log_odds
 from audit.config import AuditConfig
 from audit.errors import ConfigError
 from audit.model import AuditModel, ModelSpec
@@ -123,7 +123,7 @@ def test_method_numbers_do_not_depend_on_other_methods(tiny_model):
 ])
 def test_bad_options_are_config_errors(bad):
     with pytest.raises(ConfigError):
-        FoolingCheck.Options(**bad)
+        FoolingCheck.parse_options(bad)
     with pytest.raises(ConfigError):
         AuditConfig.from_dict({"checks": {"fooling": bad}})
 
@@ -292,3 +292,54 @@ def test_runs_on_saved_formats(tiny_model, tmp_path, fmt):
     res = _run(model, steps=20, queries_per_class=40, garbage=["black"])
     assert not any(f.code == "fooling.gradient_unavailable" for f in res.findings)
     assert _value(res, "fooling_rate", method="gradient") == 1.0
+
+
+# ----------------------------------------------------------------------------- contract
+def test_method_registry_refuses_duplicates_and_docs_list_every_method():
+    from pathlib import Path
+
+    from attacks.fooling.methods import FoolingMethod, register_method, registered_methods
+
+    assert list(registered_methods()) == ["gradient", "evolution_direct", "evolution_cppn"]
+    with pytest.raises(ValueError, match="already registered"):
+        @register_method
+        class Again(FoolingMethod):
+            name = "gradient"
+    assert registered_methods()["gradient"].__name__ == "GradientAscent"
+    # the options accept exactly the registered names
+    assert FoolingCheck.parse_options({"methods": list(registered_methods())}).methods == list(registered_methods())
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "fooling.md").read_text()
+    for name in registered_methods():
+        assert f"| `{name}` |" in doc, f"docs/fooling.md: no row for method {name}"
+
+
+def test_options_round_trip():
+    import dataclasses
+
+    o = FoolingCheck.Options()
+    assert FoolingCheck.parse_options(dataclasses.asdict(o)) == o
+
+
+def test_records_survive_a_unit_checkpoint(tmp_path):
+    from attacks.fooling.check import GarbageRecord, SearchRecord
+    from attacks.fooling.garbage import GarbageKind
+    from attacks.fooling.search import SearchResult
+    from audit.checkpoint import Checkpoints
+
+    r = SearchResult([1, 2], torch.rand(2, 3, 4, 4), [0.5, 0.9], [1, 0], [0.5, 0.9],
+                     {0.99: [None, 3], 0.999: [None, None]}, 7)
+    g = GarbageKind("black", torch.rand(1), torch.zeros(1, dtype=torch.long), torch.rand(3, 4, 4))
+    store = Checkpoints(tmp_path)
+    for i, rec in enumerate([SearchRecord("gradient", r, "", 1.5), SearchRecord("gradient", None, "no gradient"),
+                             GarbageRecord([g], 0.2)]):
+        store.save_unit("fooling", f"u:{i}", "fp", rec)
+        back = store.load_unit("fooling", f"u:{i}", "fp")
+        assert type(back) is type(rec), (i, back)
+        if isinstance(rec, SearchRecord):
+            assert (back.method, back.unavailable, back.seconds) == (rec.method, rec.unavailable, rec.seconds)
+            if rec.result is not None:
+                assert torch.equal(back.result.images, r.images) and back.result.first == r.first
+                assert (back.result.targets, back.result.best, back.result.used) == (r.targets, r.best, r.used)
+        else:
+            [bk] = back.kinds
+            assert isinstance(bk, GarbageKind) and torch.equal(bk.example, g.example) and bk.kind == "black"

@@ -1,4 +1,4 @@
-"""Tests for probes/class_viz.py and probes/viz_param.py: the pictures make a trained model
+"""Tests for probes/class_viz/ (check, optimize, param): the pictures make a trained model
 confident of their class, are reproducible from the seed, and come at the model's input size."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from audit.model import AuditModel, ModelSpec
 from audit.runner import run_audit
-from probes.viz_param import FourierImage, random_views, to_input_size
+from probes.class_viz.param import FourierImage, random_views, to_input_size
 from tests.tinymodels import PATTERNS, train_tiny
 
 
@@ -56,8 +56,8 @@ def test_target_class_reaches_high_confidence(tiny_model):
     assert all(m.value == 1.0 for m in c.metrics if m.name == "target_top1")
     # the published pictures really are classified as their class (recomputed here)
     with torch.no_grad():
-        pred = tiny_model(pub["images"]).argmax(1)
-    assert pred.tolist() == pub["classes"] == [0, 1, 2, 3]
+        pred = tiny_model(pub.images).argmax(1)
+    assert pred.tolist() == pub.classes == [0, 1, 2, 3]
     # a random-noise start is not already confident: the optimization did the work
     with torch.no_grad():
         noise = torch.sigmoid(0.01 * torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
@@ -69,19 +69,20 @@ def test_deterministic_for_a_seed(tiny_model):
     a, _ = _published(tiny_model, seed=3, steps=16)
     b, _ = _published(tiny_model, seed=3, steps=16)
     c, _ = _published(tiny_model, seed=4, steps=16)
-    assert torch.equal(a["images"], b["images"])
-    assert not torch.allclose(a["images"], c["images"], atol=1e-3)
+    assert torch.equal(a.images, b.images)
+    assert not torch.allclose(a.images, c.images, atol=1e-3)
 
 
 def test_gallery_top3_and_larger_image(tiny_model):
     pub, c = _published(tiny_model, steps=24, image_size=32, classes=["checker", "blob"], seeds=2, diversity=0.5)
-    assert pub["images"].shape == (4, 3, 16, 16)  # published at the model's input size
-    assert pub["classes"] == [2, 2, 3, 3] and pub["seeds"] == [0, 1, 0, 1]
-    assert not torch.allclose(pub["images"][0], pub["images"][1], atol=1e-2)  # two seeds, two pictures
+    assert pub.images.shape == (4, 3, 16, 16)  # published at the model's input size
+    assert pub.classes == [2, 2, 3, 3] and pub.seeds == [0, 1, 0, 1]
+    assert not torch.allclose(pub.images[0], pub.images[1], atol=1e-2)  # two seeds, two pictures
     recs = c.data["pictures"]
     assert len(recs) == 4 and all(len(r["top3"]) == 3 for r in recs)
     assert all(abs(sum(p for _, p in r["top3"]) - 1) < 1 and r["top3"][0][1] >= r["top3"][1][1] for r in recs)
-    assert c.data["timing"]["image_hw"] == [32, 32] and c.data["timing"]["image_steps"] == 4 * 24
+    assert c.data["throughput"]["image_hw"] == [32, 32] and c.data["throughput"]["image_steps"] == 4 * 24
+    assert set(c.data["timings"]) == {"classes"} and c.data["timings"]["classes"] > 0
     [art] = c.artifacts
     assert art.path.endswith("gallery.png") and art.data[:4] == b"\x89PNG"
     assert {m.qualifiers.get("class") for m in c.metrics if m.name == "target_confidence"} == {"checker", "blob"}
@@ -122,7 +123,7 @@ def test_fourier_image_and_views():
 
 
 def test_few_threads_for_small_work_restores_the_setting():
-    from probes.viz_param import few_threads_for_small_work
+    from probes.class_viz.param import few_threads_for_small_work
 
     torch.set_num_threads(2)
     try:
@@ -144,14 +145,14 @@ def test_max_classes_one_and_bad_options(tiny_model):
     c = res.check("class_viz")
     assert c.status != "error", c.error
     assert len([m for m in c.metrics if m.name == "target_confidence"]) == 1
-    with pytest.raises(ConfigError, match="max_classes must be at least 1"):
+    with pytest.raises(ConfigError, match="max_classes = 0: must be >= 1"):
         AuditConfig(checks=["class_viz"], check_options={"class_viz": {"max_classes": 0}})
 
 
 def test_channel_objective_drives_its_channel(tiny_model):
     """channels = [...]: each picture excites its own channel more than the other channels'
     pictures do, and more than a grey image does."""
-    from probes.class_viz import visualize
+    from probes.class_viz.optimize import visualize
     from probes.concept_layers import capture, default_layers
 
     layer = default_layers(tiny_model.net, 1)[0]
@@ -181,3 +182,25 @@ def test_channel_options_are_checked(tiny_model):
     r = run_audit(tiny_model, None, {"audit": {"checks": ["class_viz"]},
                                      "checks": {"class_viz": {"steps": 2, "channels": [0], "layer": "nope"}}})
     assert "not a module" in r.check("class_viz").error
+
+
+def test_options_round_trip_and_records_survive_a_unit_checkpoint(tmp_path):
+    import dataclasses
+
+    from audit.checkpoint import Checkpoints
+    from probes.class_viz import ClassVizCheck
+    from probes.class_viz.check import ChannelPictures, ClassPictures
+
+    o = ClassVizCheck.Options()
+    assert ClassVizCheck.parse_options(dataclasses.asdict(o)) == o
+    store = Checkpoints(tmp_path)
+    recs = [ClassPictures(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 4, 4), torch.rand(2), torch.rand(2, 3),
+                          torch.zeros(2, 3, dtype=torch.long), 0.5),
+            ChannelPictures(torch.rand(1, 3, 8, 8), torch.rand(1), torch.zeros(1, dtype=torch.long), torch.rand(1), 0.1)]
+    for i, rec in enumerate(recs):
+        store.save_unit("class_viz", f"u:{i}", "fp", rec)
+        back = store.load_unit("class_viz", f"u:{i}", "fp")
+        assert type(back) is type(rec)
+        for f in dataclasses.fields(rec):
+            a, b = getattr(rec, f.name), getattr(back, f.name)
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b

@@ -6,7 +6,7 @@ Networks are Easily Fooled: High Confidence Predictions for Unrecognizable Image
   model's bounds, all target classes optimized in one batch (Simonyan et al. 2014; the paper's
   Section 3.5 and Yosinski et al. 2015 regularization).
 * :func:`map_elites` -- black-box (outputs only): MAP-Elites (Mouret & Clune 2015) whose cells
-  are the target classes, over either genome encoding of :mod:`attacks.fooling_cppn`.
+  are the target classes, over either genome encoding of :mod:`attacks.fooling.cppn`.
 
 Both return a :class:`SearchResult`: per target class the best image, its confidence for the
 target and its predicted class, and the first step (or query count) at which the target's
@@ -14,21 +14,25 @@ confidence reached each threshold. Confidence is the softmax over *all* classes 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from audit.records import record
+
 #: the confidence levels whose first step / query is recorded per class
 LEVELS = (0.99, 0.999, 0.9999)
 
 
-@dataclass
+@record
 class SearchResult:
-    """Per target class (in the order of ``targets``): best image (CPU), best confidence for
-    the target, predicted class (index) of that image and its confidence, and ``first`` --
-    per level (default :data:`LEVELS`) the step or query count at which the target first reached it
+    """Per target class (in the order of ``targets``, class indices): ``images`` (T, C, H, W)
+    float32 on the CPU, the best image (in the model's bounds once the caller mapped it),
+    ``best`` its confidence for the target (softmax in [0, 1]), ``pred`` the predicted class
+    (index) of that image and ``pred_conf`` its confidence, and ``first`` -- per level
+    (default :data:`LEVELS`) the step or query count at which the target first reached it
     (None if never). ``used`` is the steps run (gradient) or images queried (evolution)."""
 
     targets: list[int]
@@ -101,66 +105,91 @@ def gradient_ascent(model: Callable[[torch.Tensor], torch.Tensor], targets: list
     and the batch ends when none is left. Raises RuntimeError if no gradient reaches the
     input (the caller reports it)."""
     lo, hi = bounds
-    mid = (lo + hi) / 2
-    b1, b2, eps = 0.9, 0.999, 1e-8
-    top = max(levels)
     t_all = torch.tensor(targets, dtype=torch.long)
     n = len(targets)
-    images = torch.empty(n, *shape)
-    best = torch.full((n,), -1.0)
-    best_lo = torch.full((n,), -float("inf"))
-    first: dict[float, list[int | None]] = {lv: [None] * n for lv in levels}
+    rec = _Best(n, shape, levels)
     used = 0
     x0 = lo + (hi - lo) * torch.rand(n, *shape, generator=gen)  # drawn on CPU: same images on any device
     bar = progress(total=steps * ((n + batch_size - 1) // batch_size), desc="gradient", unit="step") if progress else None
     for s in range(0, n, batch_size):
         ids = torch.arange(s, min(n, s + batch_size))  # global indices of this batch
-        x = x0[ids].to(device)
-        m, v = torch.zeros_like(x), torch.zeros_like(x)
-        tt = t_all[ids].to(device)
-        active = torch.arange(len(ids))  # rows of the batch still optimized
-        for step in range(steps + 1):  # step 0 only scores the starting noise
-            rows = active.to(device)
-            xa = x[rows].requires_grad_(True)
-            logits = model(xa)
-            lp = logits.float().log_softmax(1)[torch.arange(len(rows), device=device), tt[rows]]
-            with torch.no_grad():
-                lo_t = log_odds(logits.detach(), tt[rows]).diagonal().cpu()
-                conf = lp.detach().exp().cpu()
-                g = ids[active]
-                better = lo_t > best_lo[g]
-                images[g[better]] = xa.detach()[better.to(device)].cpu()
-                best_lo[g[better]] = lo_t[better]
-                best[g[better]] = conf[better]
-                for lv in levels:
-                    for j in g[conf >= lv].tolist():
-                        if first[lv][j] is None:
-                            first[lv][j] = step
-            keep = conf < top if early_stop else torch.ones(len(active), dtype=torch.bool)
-            if step == steps or not keep.any():
-                break
-            (-lp.sum()).backward()
-            grad = xa.grad
-            if grad is None or (step == 0 and not bool(grad.abs().sum() > 0)):
-                raise RuntimeError("the input gradient is missing or zero")
-            with torch.no_grad():
-                t = step + 1
-                m[rows] = b1 * m[rows] + (1 - b1) * grad
-                v[rows] = b2 * v[rows] + (1 - b2) * grad * grad
-                xn = xa.detach() - lr * (m[rows] / (1 - b1**t)) / ((v[rows] / (1 - b2**t)).sqrt() + eps)
-                if l2_decay > 0:
-                    xn = mid + (xn - mid) * (1 - l2_decay)
-                if blur_every > 0 and t % blur_every == 0:
-                    xn = gaussian_blur(xn, blur_sigma)
-                x[rows] = xn.clamp(lo, hi)
-            active = active[keep]
-            used = max(used, t)
-            if bar is not None:
-                bar.update(1)
+        used = max(used, _ascend_batch(model, x0[ids].to(device), t_all[ids].to(device), ids, rec, steps=steps, lr=lr,
+                                       l2_decay=l2_decay, blur_every=blur_every, blur_sigma=blur_sigma,
+                                       bounds=bounds, device=device, early_stop=early_stop, bar=bar))
     if bar is not None:
         bar.close()
-    pred, pconf = _predict(model, images, device, batch_size)
-    return SearchResult(list(targets), images, best.tolist(), pred, pconf, first, used)
+    pred, pconf = _predict(model, rec.images, device, batch_size)
+    return SearchResult(list(targets), rec.images, rec.best.tolist(), pred, pconf, rec.first, used)
+
+
+class _Best:
+    """The best image per target so far (by log-odds), its confidence and the first step
+    at which each level was reached; ``images`` (N, C, H, W) on the CPU."""
+
+    def __init__(self, n: int, shape: tuple[int, int, int], levels: tuple[float, ...]) -> None:
+        self.images = torch.empty(n, *shape)
+        self.best = torch.full((n,), -1.0)
+        self.best_lo = torch.full((n,), -float("inf"))
+        self.first: dict[float, list[int | None]] = {lv: [None] * n for lv in levels}
+
+    @torch.no_grad()
+    def update(self, g: torch.Tensor, x: torch.Tensor, logits: torch.Tensor, lp: torch.Tensor, tt: torch.Tensor,
+               step: int) -> torch.Tensor:
+        """Keep the images ``x`` (rows ``g`` of the targets, ``tt`` their classes) that beat
+        their target's best; returns their confidences (CPU)."""
+        lo_t = log_odds(logits.detach(), tt).diagonal().cpu()
+        conf = lp.detach().exp().cpu()
+        better = lo_t > self.best_lo[g]
+        self.images[g[better]] = x.detach()[better.to(x.device)].cpu()
+        self.best_lo[g[better]] = lo_t[better]
+        self.best[g[better]] = conf[better]
+        for lv, row in self.first.items():
+            for j in g[conf >= lv].tolist():
+                if row[j] is None:
+                    row[j] = step
+        return conf
+
+
+def _ascend_batch(model, x: torch.Tensor, tt: torch.Tensor, ids: torch.Tensor, rec: _Best, *, steps: int, lr: float,
+                  l2_decay: float, blur_every: int, blur_sigma: float, bounds: tuple[float, float],
+                  device: torch.device, early_stop: bool, bar) -> int:
+    """Adam ascent of one batch (``x`` its starting images on ``device``, ``tt`` their
+    targets, ``ids`` their rows in ``rec``); returns the last step run."""
+    lo, hi = bounds
+    mid = (lo + hi) / 2
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    top = max(rec.first)
+    m, v = torch.zeros_like(x), torch.zeros_like(x)
+    active = torch.arange(len(ids))  # rows of the batch still optimized
+    used = 0
+    for step in range(steps + 1):  # step 0 only scores the starting noise
+        rows = active.to(device)
+        xa = x[rows].requires_grad_(True)
+        logits = model(xa)
+        lp = logits.float().log_softmax(1)[torch.arange(len(rows), device=device), tt[rows]]
+        conf = rec.update(ids[active], xa, logits, lp, tt[rows], step)
+        keep = conf < top if early_stop else torch.ones(len(active), dtype=torch.bool)
+        if step == steps or not keep.any():
+            break
+        (-lp.sum()).backward()
+        grad = xa.grad
+        if grad is None or (step == 0 and not bool(grad.abs().sum() > 0)):
+            raise RuntimeError("the input gradient is missing or zero")
+        with torch.no_grad():
+            t = step + 1
+            m[rows] = b1 * m[rows] + (1 - b1) * grad
+            v[rows] = b2 * v[rows] + (1 - b2) * grad * grad
+            xn = xa.detach() - lr * (m[rows] / (1 - b1**t)) / ((v[rows] / (1 - b2**t)).sqrt() + eps)
+            if l2_decay > 0:
+                xn = mid + (xn - mid) * (1 - l2_decay)
+            if blur_every > 0 and t % blur_every == 0:
+                xn = gaussian_blur(xn, blur_sigma)
+            x[rows] = xn.clamp(lo, hi)
+        active = active[keep]
+        used = t
+        if bar is not None:
+            bar.update(1)
+    return used
 
 
 @torch.no_grad()

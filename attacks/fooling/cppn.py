@@ -1,7 +1,7 @@
 """Genome encodings for the black-box fooling search (Nguyen, Yosinski & Clune 2015).
 
 Two encodings share one small interface (``random``, ``mutate``, ``render``, ``take``,
-``put``) so that :func:`attacks.fooling_search.map_elites` treats them alike:
+``put``) so that :func:`attacks.fooling.search.map_elites` treats them alike:
 
 * :class:`DirectEncoding` -- the genome *is* the image: one gene per pixel and channel,
   initialized with uniform noise, as in the paper's direct encoding.

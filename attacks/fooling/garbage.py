@@ -7,12 +7,17 @@ Input kinds (:data:`KINDS`): ``uniform_noise`` (every value uniform in the bound
 ``gaussian_noise`` (mid-gray plus N(0, 0.25) per value, clamped), ``black``, ``gray``,
 ``white`` (one constant image each), ``stripes`` (horizontal or vertical two-colour bars,
 random period, phase and colours) and ``checkerboard`` (random cell size, phase, colours).
+
+:func:`measure_garbage` scores them (one work unit of the check); the figures are in
+:mod:`attacks.fooling.figures`.
 """
 from __future__ import annotations
 
-import statistics
-
 import torch
+
+from audit.records import record
+
+__all__ = ["KINDS", "GarbageKind", "garbage_inputs", "measure_garbage"]
 
 KINDS = ("uniform_noise", "gaussian_noise", "black", "gray", "white", "stripes", "checkerboard")
 _CONSTANT = {"black": 0.0, "gray": 0.5, "white": 1.0}
@@ -56,31 +61,26 @@ def garbage_inputs(kind: str, n: int, shape: tuple[int, int, int], gen: torch.Ge
     return lo + (hi - lo) * x
 
 
-def garbage_plot(rows: list[dict], *, title: str = "Max-softmax confidence on garbage inputs") -> bytes:
-    """A box plot of max-softmax confidence per input kind over a table of the shares above
-    0.9 and 0.99 and the class the kind is most often given. ``rows``: dicts with ``kind``,
-    ``conf`` (list), ``share_90``, ``share_99``, ``top_class``, ``top_share``."""
-    from audit.imaging import figure_png, new_figure
+@record
+class GarbageKind:
+    """The model's answers on the inputs of one garbage ``kind``: ``conf`` (N,) float32
+    max-softmax confidence, ``pred`` (N,) int64 predicted class, ``example`` (C, H, W)
+    float32 the most confidently classified input (in the model's bounds)."""
 
-    fig, ax = new_figure(8.0, 4.6)
-    kinds = [r["kind"] for r in rows]
-    data = [r["conf"] for r in rows]
-    ax.boxplot(data, showfliers=False, widths=0.5)
-    for i, d in enumerate(data, start=1):
-        jitter = [i + 0.12 * ((j * 0.618) % 1 - 0.5) for j in range(len(d))]
-        ax.scatter(jitter, d, s=9, alpha=0.6, color="tab:red", zorder=3)
-    ax.axhline(0.99, color="gray", ls="--", lw=0.8)
-    ax.axhline(0.9, color="gray", ls=":", lw=0.8)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("max-softmax confidence")
-    ax.set_xticks(range(1, len(kinds) + 1))
-    ax.set_xticklabels([])
-    ax.set_title(title, fontsize=10)
-    cells = [[f"{len(r['conf'])}", f"{statistics.median(r['conf']):.3f}", f"{r['share_90']:.0%}", f"{r['share_99']:.0%}",
-              f"{r['top_class']} ({r['top_share']:.0%})"] for r in rows]
-    table = ax.table(cellText=list(map(list, zip(*cells))), rowLabels=["n", "median", "≥ 0.9", "≥ 0.99", "top class"],
-                     colLabels=kinds, cellLoc="center", bbox=[0.0, -0.6, 1.0, 0.52])
-    table.auto_set_font_size(False)
-    table.set_fontsize(7.5)
-    return figure_png(fig)
+    kind: str
+    conf: torch.Tensor
+    pred: torch.Tensor
+    example: torch.Tensor
 
+
+def measure_garbage(model, kinds: list[str], samples: int, gen: torch.Generator, *,
+                    batch_size: int) -> list[GarbageKind]:
+    """Score ``samples`` inputs of each of ``kinds`` (one for the constant kinds), drawn in
+    that order from ``gen`` at the model's input shape and in its bounds. ``model`` is an
+    AuditModel; raises ValueError for an unknown kind."""
+    out = []
+    for kind in kinds:
+        x = garbage_inputs(kind, samples, tuple(model.spec.input_shape), gen, model.spec.bounds)
+        conf, pred = model.logits(x, batch_size=batch_size).float().softmax(1).max(1)
+        out.append(GarbageKind(kind, conf, pred, x[int(conf.argmax())].clone()))
+    return out
