@@ -49,10 +49,10 @@ from audit.imaging import figure_png, image_grid
 from audit.registry import Check, register_check
 from audit.results import CheckResult
 
-from . import concept_tcav as tc
-from .class_viz import select_classes
-from .concept_layers import capture, default_layers, hookable, resolve_layers
-from .viz_param import few_threads_for_small_work
+from . import tcav as tc
+from probes.class_viz import select_classes
+from probes.layers import capture, default_layers, hookable, resolve_layers
+from probes.viz_param import few_threads_for_small_work
 
 
 def load_concepts(path: str, input_shape) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

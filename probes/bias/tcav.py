@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 import torch
 
-from .concept_layers import capture
+from probes.layers import capture
 
 
 def features(act: torch.Tensor, space: str) -> torch.Tensor:
