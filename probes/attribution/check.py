@@ -23,8 +23,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from audit.check import Check, Unit
 from audit.errors import ConfigError
 from audit.options import opt
@@ -171,8 +169,9 @@ class AttributionCheck(Check):
         self._report(res, plan, methods, maps, rand, faith, model.class_names)
         timings["report"] = round(time.perf_counter() - t0, 3)
         res.data["timings"] = timings
+        passed = [m.name for m in methods if rand.get("passed", {}).get(m.name)]
         res.summary = (f"{len(x)} images x {len(methods)} methods in {sum(got.seconds.values()):.1f} s; "
-                       f"randomization passed: {', '.join(m.name for m in methods if rand.get('passed', {}).get(m.name)) or 'none'}")
+                       f"randomization passed: {', '.join(passed) or 'none'}")
         return res
 
     def _report(self, res: CheckResult, plan: Plan, methods, maps, rand: dict, faith: dict, names) -> None:
