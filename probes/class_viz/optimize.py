@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from probes.concept_layers import capture, default_layers, hookable
+from probes.layers import capture, default_layers, hookable
 
 from .param import FourierImage, random_views
 

@@ -18,7 +18,6 @@ to the device), so a visualization is reproducible from the seed.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -110,21 +109,3 @@ def to_input_size(img: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
     if tuple(img.shape[-2:]) == tuple(out_hw):
         return img
     return F.interpolate(img, size=out_hw, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-
-
-@contextlib.contextmanager
-def few_threads_for_small_work(device: torch.device, pixels_per_batch: int, *, limit: int = 1 << 18):
-    """On the CPU, run small batches (fewer than ``limit`` pixels a forward pass) on one
-    intra-op thread, restoring the setting afterwards. Thousands of tiny ops a second spend
-    their time in thread barriers, and on a shared machine a descheduled worker thread
-    stalls every op: we measured the demo's class visualization at 6 s on one thread and
-    190 s on two while other jobs ran."""
-    n = torch.get_num_threads()
-    small = device.type == "cpu" and pixels_per_batch < limit and n > 1
-    if small:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if small:
-            torch.set_num_threads(n)

@@ -1,4 +1,4 @@
-"""The attribution check (probes/attribution.py) and its helpers: every listed method, the
+"""The attribution check (probes/attribution/) and its helpers: every registered method, the
 paper's randomization pattern (Adebayo et al. 2018) on a small CNN trained here, deletion /
 insertion (Petsiuk et al. 2018), in-place/reused ReLUs, TorchScript/export, determinism."""
 import warnings
@@ -11,11 +11,15 @@ import torch.nn.functional as F
 from audit.config import AuditConfig
 from audit.data import AuditData
 from audit.model import AuditModel, ModelSpec
-from audit.runner import Context, derive_seed, run_audit
-from probes.attr_methods import (HOOK, METHOD_NAMES, METHODS, AttrSettings, choose_internal_batch,
-                                 hook_safe_copy, last_conv, with_oom_retry)
-from probes.attr_sanity import auc, average_ranks, cascade, deletion_insertion, layer_groups, spearman
+from audit.published import AdversarialExamples
+from audit.runner import Context, run_audit
 from probes.attribution import AttributionCheck
+from probes.attribution.hooks import hook_safe_copy
+from probes.attribution.memory import choose_internal_batch
+from probes.attribution.methods import (HOOK, METHOD_NAMES, METHODS, AttrMethod, AttrSettings, MethodRegistry,
+                                        with_oom_retry)
+from probes.attribution.sanity import auc, average_ranks, cascade, deletion_insertion, layer_groups, spearman
+from probes.layers import last_conv
 from tests.tinymodels import PATTERNS, NoGradNet, compile_as, fit, make_patterns
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # captum warns on every hook/grad call
@@ -91,7 +95,7 @@ def _codes(res):
 
 
 # ----------------------------------------------------------------------------- every listed method
-@pytest.mark.parametrize("method", METHODS, ids=METHOD_NAMES)
+@pytest.mark.parametrize("method", list(METHODS), ids=METHOD_NAMES)
 def test_method_explains_the_asked_class_deterministically(method, camnet):
     model = _audit_model(camnet)
     x, _ = make_patterns(2, seed=3)
@@ -99,9 +103,9 @@ def test_method_explains_the_asked_class_deterministically(method, camnet):
     t = model(x).argmax(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        a, _ = method.fn(model, x, t, s)
-        b, _ = method.fn(model, x, t, s)
-        other, _ = method.fn(model, x, (t + 1) % 4, s)
+        a, _ = method.attribute(model, x, t, s)
+        b, _ = method.attribute(model, x, t, s)
+        other, _ = method.attribute(model, x, (t + 1) % 4, s)
     assert a.shape == (len(x), 16, 16)
     assert torch.isfinite(a).all() and a.abs().sum() > 0
     assert torch.equal(a, b)  # SmoothGrad's noise is seeded
@@ -113,8 +117,8 @@ def test_integrated_gradients_delta_shrinks_with_steps(camnet):
     x, _ = make_patterns(1, seed=4)
     t = model(x).argmax(1)
     ig = next(m for m in METHODS if m.name == "integrated_gradients")
-    d4 = ig.fn(model, x, t, AttrSettings(ig_steps=4))[1]["convergence_delta"].mean()
-    d64 = ig.fn(model, x, t, AttrSettings(ig_steps=64))[1]["convergence_delta"].mean()
+    d4 = ig.attribute(model, x, t, AttrSettings(ig_steps=4))[1]["convergence_delta"].mean()
+    d64 = ig.attribute(model, x, t, AttrSettings(ig_steps=64))[1]["convergence_delta"].mean()
     assert d64 < d4
 
 
@@ -191,6 +195,7 @@ def test_deletion_and_insertion_reward_the_true_evidence():
     assert (auc(i_good) > auc(i_rnd)).all() and (auc(i_rnd) > auc(i_bad)).all()
 
 
+@pytest.mark.slow
 def test_check_reports_aucs_against_random(camnet, data):
     model = _audit_model(camnet)
     res = _run(model, data)
@@ -204,6 +209,10 @@ def test_check_reports_aucs_against_random(camnet, data):
     wrong = int((model.logits(data.x).argmax(1) != data.y).sum())
     assert _metric(res, "images", group="all") == len(res.data["images"]) == 4 * 2 + min(wrong, 1)
     assert 0 <= _metric(res, "ig_convergence_delta", method="integrated_gradients", steps=8)
+    timings = res.data["timings"]  # one flat dict of seconds, no other timing keys
+    assert {"maps", "randomization", "deletion_insertion", "report"} <= set(timings)
+    assert all(isinstance(v, float) for v in timings.values())
+    assert not {"timing_s", "phase_s", "timings_s", "timing"} & set(res.data)
 
 
 # ----------------------------------------------------------------------------- awkward models
@@ -220,11 +229,12 @@ def test_inplace_and_reused_relus_give_the_clean_models_maps(camnet, inplace, sh
     assert (any("non-inplace" in c for c in changes) == inplace) and (any("un-shared" in c for c in changes) == shared)
     assert hook_safe_copy(clean, x[:1]) == (clean, [])
     for m in (m for m in METHODS if m.kind == HOOK):
-        ref, _ = m.fn(clean, x, t, AttrSettings(layer=last_conv(clean)[1]))
-        got, _ = m.fn(fixed, x, t, AttrSettings(layer=last_conv(fixed)[1]))
+        ref, _ = m.attribute(clean, x, t, AttrSettings(layer=last_conv(clean)[1]))
+        got, _ = m.attribute(fixed, x, t, AttrSettings(layer=last_conv(fixed)[1]))
         assert torch.allclose(ref, got, atol=1e-5), m.name
 
 
+@pytest.mark.slow
 def test_check_runs_hook_methods_on_a_copy_and_says_so(camnet, data):
     odd_net = CamNet(inplace=True, shared=True)
     odd_net.load_state_dict(camnet.state_dict())
@@ -240,6 +250,7 @@ def test_check_runs_hook_methods_on_a_copy_and_says_so(camnet, data):
         assert a.name == b.name and a.qualifiers == b.qualifiers and a.value == pytest.approx(b.value, abs=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript", "export"])
 def test_compiled_models_skip_hook_methods_with_a_reason(camnet, data, fmt):
     net = compile_as(camnet, fmt, torch.rand(2, 3, 16, 16), dynamic_batch=True)
@@ -267,11 +278,12 @@ def test_unusable_gradients_fall_back_to_occlusion(camnet, data):
 def test_adversarial_examples_sit_next_to_their_originals(camnet, data):
     model = _audit_model(camnet)
     xo = data.x[:3]
-    adv = {"x": xo, "x_adv": (xo + 0.1).clamp(0, 1), "y": data.y[:3], "pred_adv": data.y[:3]}
+    adv = AdversarialExamples(x=xo, x_adv=(xo + 0.1).clamp(0, 1), y=data.y[:3], pred_adv=data.y[:3], norm="linf",
+                              epsilon=torch.full((3,), 8 / 255), ids=list(data.ids[:3]))
     cfg = AuditConfig(checks=["attribution"], check_options={"attribution": {**FAST, "methods": ["saliency"]}})
-    ctx = Context(model=model, data=data, config=cfg, seed=0, device=model.device, progress=False,
-                  logits=model.logits(data.x), published={"adversarial.examples": adv}, check_name="attribution",
-                  generator=torch.Generator().manual_seed(derive_seed(0, "attribution")))
+    ctx = Context(model=model, data=data, config=cfg, seed=0, logits=model.logits(data.x))
+    ctx = ctx.scoped("attribution", declared={})
+    ctx.shared.published["adversarial.examples"] = adv
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = AttributionCheck(cfg.options_for("attribution")).run(ctx)
@@ -280,6 +292,7 @@ def test_adversarial_examples_sit_next_to_their_originals(camnet, data):
     assert _metric(res, "images", group="adversarial") == 4
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_other_seed_other_images(camnet, data):
     model = _audit_model(camnet)
     a, b = _run(model, data, seed=3), _run(model, data, seed=3)
@@ -326,3 +339,61 @@ def test_unknown_method_is_a_config_error():
 
     with pytest.raises(ConfigError, match="unknown method"):
         AuditConfig(checks=["attribution"], check_options={"attribution": {"methods": ["lime"]}})
+
+
+def test_a_method_is_one_registered_class_and_a_name_is_taken_once():
+    class Lime(AttrMethod):
+        name, title = "lime", "LIME"
+
+    class Saliency2(AttrMethod):
+        name = "saliency"
+
+    reg = MethodRegistry("probes.attribution.methods", ["saliency.Saliency"])
+    reg.register(Lime)
+    assert reg.names() == ["saliency", "lime"] and reg.get("lime").title == "LIME"
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register(Saliency2)
+    with pytest.raises(KeyError, match="known: saliency, lime"):
+        reg.get("shap")
+    assert AttributionCheck.Options().methods == METHOD_NAMES == [m.name for m in METHODS]
+
+
+def test_no_data_means_no_images():
+    model = _audit_model(CamNet().eval())
+    cfg = AuditConfig(checks=["attribution"])
+    ctx = Context(model=model, data=None, config=cfg).scoped("attribution")
+    res = AttributionCheck().run(ctx)
+    assert [f.code for f in res.findings] == ["attribution.no_images"] and res.summary == "no images"
+
+
+def _same(a, b) -> bool:
+    """Records equal field by field (tensors exactly)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(a):
+        return type(a) is type(b) and all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_unit_records_survive_a_checkpoint(tmp_path, data):
+    """Every unit's record is a @record that --resume loads back as it was (no pickled code)."""
+    from audit.checkpoint import Checkpoints
+
+    model = _audit_model(CamNet().eval())
+    cfg = AuditConfig(checks=["attribution"], check_options={"attribution": FAST})
+    ctx = Context(model=model, data=data, config=cfg, logits=model.logits(data.x)).scoped("attribution")
+    check, store = AttributionCheck(cfg.options_for("attribution")), Checkpoints(tmp_path)
+    units = check.units(ctx)
+    assert [u.tag for u in units] == ["methods"] * len(METHODS) + ["randomization"] * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for u in units:
+            rec = check.compute(u, ctx, torch.Generator())
+            store.save_unit("attribution", u.key, "fp", rec)
+            assert _same(store.load_unit("attribution", u.key, "fp"), rec), u.key

@@ -1,5 +1,6 @@
-"""Tests for probes/bias.py (and probes/concept_tcav.py): a planted shortcut is found, a clean
-model raises no finding, TCAV's statistics behave, the class_viz tie works."""
+"""Tests for probes/bias/ (TCAV in tcav.py, pasting in insertion.py): a planted shortcut is found,
+a clean model raises no finding, TCAV's statistics behave, the class_viz tie works, options are
+typed."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,8 @@ import torch
 
 from audit.model import AuditModel, ModelSpec
 from audit.runner import run_audit
-from probes import concept_tcav as tc
+from probes.bias import insertion as ins
+from probes.bias import tcav as tc
 from tests.tinymodels import PATTERNS, TinyNet, fit, make_patterns
 
 MARKER = torch.tensor([1.0, 0.0, 1.0])  # magenta: no pattern image has it
@@ -99,6 +101,7 @@ def _metric(check, name, **q):
 
 
 # ----------------------------------------------------------------------- planted shortcut
+@pytest.mark.slow
 def test_planted_shortcut_is_found(shortcut_result):
     b = shortcut_result.check("bias")
     assert b.error is None, b.data.get("traceback")
@@ -127,6 +130,7 @@ def test_no_finding_without_the_shortcut(concept_dir, eval_data):
     assert max(_metric(b, "flip_rate", concept="marker")) < 0.1
 
 
+@pytest.mark.slow
 def test_viz_concept_score_ties_class_viz(shortcut_result):
     """With class_viz run first, the shortcut class's picture carries the marker direction
     more than the other classes' pictures."""
@@ -188,16 +192,16 @@ def test_foreground_mask_finds_the_object_not_the_background():
     bg = (0.2 + 0.5 * yy).expand(2, 3, 16, 16).clone()  # a vertical gradient
     img = bg.clone()
     img[:, :, 6:10, 6:10] = torch.tensor([1.0, 0.0, 1.0]).view(3, 1, 1)
-    m = tc.foreground_mask(img)
+    m = ins.foreground_mask(img)
     assert m[:, :, 7:9, 7:9].min() > 0.9 and m[:, :, :3].max() < 0.1 and m[:, :, :, 12:].max() < 0.1
-    pasted, masks = tc.paste(torch.zeros(3, 3, 16, 16), img, g)
+    pasted, masks = ins.paste(torch.zeros(3, 3, 16, 16), img, g)
     assert pasted[:, 0, 7:9, 7:9].min() > 0.9 and pasted[:, :, :3].abs().max() < 0.1 and masks.shape == (3, 1, 16, 16)
 
 
 def test_mcnemar_p():
-    assert tc.mcnemar_p(0, 0) == 1.0
-    assert tc.mcnemar_p(20, 1) < 1e-4
-    assert tc.mcnemar_p(5, 5) == 1.0
+    assert ins.mcnemar_p(0, 0) == 1.0
+    assert ins.mcnemar_p(20, 1) < 1e-4
+    assert ins.mcnemar_p(5, 5) == 1.0
 
 
 def test_unhookable_model_gives_no_layer_info(concept_dir, eval_data):
@@ -209,3 +213,44 @@ def test_unhookable_model_gives_no_layer_info(concept_dir, eval_data):
     assert [f.code for f in b.findings] == ["bias.no_layer"]
     assert not [m for m in b.metrics if m.name == "tcav_score"]
     assert len([m for m in b.metrics if m.name == "flip_rate"]) == 4  # counterfactuals still measured
+
+
+@pytest.mark.parametrize("key,value", [("space", "bogus"), ("severity", "high"), ("runs", 0), ("classes", [1.5])])
+def test_bad_options_are_refused_at_config_read(key, value):
+    from audit.config import AuditConfig
+    from audit.errors import ConfigError, ExitCode
+
+    with pytest.raises(ConfigError, match=rf"\[checks.bias\] {key} = ") as e:
+        AuditConfig.from_dict({"checks": {"bias": {key: value}}})
+    assert e.value.exit_code == ExitCode.USAGE_ERROR
+
+
+def test_paste_is_the_picked_exemplars_pasted_at():
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    base, ex = torch.rand(5, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    usable = ins.usable_exemplars(ex)
+    a, _ = ins.paste(base, ex, g1)
+    b, _ = ins.paste_at(base, usable[ins.pick_exemplars(usable, len(base), g2)])
+    assert torch.equal(a, b)
+
+
+def test_unit_records_survive_a_checkpoint(tmp_path, concept_dir, eval_data):
+    """Every unit's record is a @record that --resume loads back as it was (no pickled code)."""
+    import dataclasses
+
+    from audit.checkpoint import Checkpoints
+    from audit.config import AuditConfig
+    from audit.context import Context
+    from probes.bias import BiasCheck
+
+    model = AuditModel(TinyNet().eval(), ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize()
+    cfg = AuditConfig.from_dict({"checks": {"bias": {"concepts": str(concept_dir), "runs": 3, "max_base": 8}}})
+    ctx = Context(model=model, data=eval_data, config=cfg, logits=model.logits(eval_data.x)).scoped("bias")
+    check, store = BiasCheck(cfg.options_for("bias")), Checkpoints(tmp_path)
+    units = check.units(ctx)
+    assert [u.key for u in units] == ["tcav:0", "tcav:1", "control:0", "paste:0"]
+    for u in units:
+        rec = check.compute(u, ctx, torch.Generator())
+        store.save_unit("bias", u.key, "fp", rec)
+        back = store.load_unit("bias", u.key, "fp")
+        assert type(back) is type(rec) and repr(dataclasses.asdict(back)) == repr(dataclasses.asdict(rec)), u.key

@@ -123,7 +123,7 @@ def test_fourier_image_and_views():
 
 
 def test_few_threads_for_small_work_restores_the_setting():
-    from probes.class_viz.param import few_threads_for_small_work
+    from audit.batching import few_threads_for_small_work
 
     torch.set_num_threads(2)
     try:
@@ -153,7 +153,7 @@ def test_channel_objective_drives_its_channel(tiny_model):
     """channels = [...]: each picture excites its own channel more than the other channels'
     pictures do, and more than a grey image does."""
     from probes.class_viz.optimize import visualize
-    from probes.concept_layers import capture, default_layers
+    from probes.layers import capture, default_layers
 
     layer = default_layers(tiny_model.net, 1)[0]
     chans = [3, 7, 12]

@@ -32,7 +32,8 @@ import warnings
 import numpy as np
 import torch
 
-from .concept_layers import capture
+from audit.records import record
+from probes.layers import capture
 
 
 def features(act: torch.Tensor, space: str) -> torch.Tensor:
@@ -136,15 +137,6 @@ def null_cavs(acts_pool: torch.Tensor, draws: list[torch.Tensor], size: int, *, 
     return [train_cav(acts_pool[d[m:2 * m]], acts_pool[d[:m]], alpha=alpha) for d in draws]
 
 
-def mcnemar_p(only_concept: int, only_control: int) -> float:
-    """Exact two-sided McNemar test: of the images where exactly one of the two pastes flipped
-    the prediction, is the concept's share different from one half?"""
-    from scipy import stats
-
-    n = only_concept + only_control
-    return 1.0 if n == 0 else float(stats.binomtest(only_concept, n, 0.5).pvalue)
-
-
 def concept_alignment(acts: torch.Tensor, cavs: list[torch.Tensor], random_acts: list[torch.Tensor]) -> torch.Tensor:
     """Cosine between each activation (N, D), taken relative to the mean of the run's random
     counter-examples, and the run's CAV; averaged over the runs (N,). Scale-free, so it
@@ -157,40 +149,79 @@ def concept_alignment(acts: torch.Tensor, cavs: list[torch.Tensor], random_acts:
     return torch.stack(out).mean(0)
 
 
-# --------------------------------------------------------------------- counterfactual pasting
-def foreground_mask(img: torch.Tensor, *, lo: float = 0.12, hi: float = 0.25, border: int = 2) -> torch.Tensor:
-    """Soft mask (N, 1, H, W) of what differs from each image's background, the background
-    being a plane (per channel: a + b x + c y) fitted to the border pixels; specks thinner
-    than 3 pixels are removed (a morphological opening) and the edge is softened. Suits
-    concept examples shown on a plain or graded background."""
-    n, c, h, w = img.shape
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    ring = torch.zeros(h, w, dtype=torch.bool)
-    ring[:border], ring[-border:], ring[:, :border], ring[:, -border:] = True, True, True, True
-    design = torch.stack([torch.ones(h, w), xx, yy], -1)           # (H, W, 3)
-    pinv = torch.linalg.pinv(design[ring])                         # (3, B)
-    coef = torch.einsum("kb,ncb->nck", pinv, img[:, :, ring])      # (N, C, 3)
-    bg = torch.einsum("hwk,nck->nchw", design, coef)
-    dist = (img - bg).abs().amax(1, keepdim=True)
-    m = ((dist - lo) / (hi - lo)).clamp(0, 1)
-    pool = torch.nn.functional.max_pool2d
-    m = pool(-pool(-m, 3, stride=1, padding=1), 3, stride=1, padding=1)  # opening: erode, then dilate
-    return torch.nn.functional.avg_pool2d(m, 3, stride=1, padding=1, count_include_pad=False)
+# --------------------------------------------------------------------- one layer's TCAV (a work unit)
+@record
+class TcavRow:
+    """TCAV of class ``cls`` for ``concept`` at one layer: per run the ``scores`` and the
+    random-vs-random ``null`` scores (shares in [0, 1]), the t-test ``p``, ``n`` images of
+    the class, ``mean`` and ``std`` of the scores."""
+
+    cls: int
+    concept: str
+    scores: list
+    null: list
+    p: float
+    n: int
+    mean: float
+    std: float
 
 
-def usable_exemplars(exemplars: torch.Tensor, *, min_area: float = 0.005, max_area: float = 0.4) -> torch.Tensor:
-    """The exemplars whose foreground mask covers a sensible share of the image (a mask over
-    most of the image means the background was not found; an empty one, nothing to paste).
-    All of them when none qualifies."""
-    area = foreground_mask(exemplars).mean((1, 2, 3))
-    ok = (area >= min_area) & (area <= max_area)
-    return exemplars[ok] if ok.any() else exemplars
+@record
+class VizRow:
+    """How far class ``cls``'s class visualization points along ``concept``'s CAVs at one
+    layer: ``score`` (cosine, mean over runs and pictures), ``others`` the other classes'
+    pictures' mean (NaN when none), ``ref`` the concept's own examples'."""
+
+    cls: int
+    concept: str
+    score: float
+    others: float
+    ref: float
 
 
-def paste(base: torch.Tensor, exemplars: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste a random usable exemplar (by its :func:`foreground_mask`) onto each base image,
-    at the same position. Returns (pasted images, the foreground masks used)."""
-    ex = usable_exemplars(exemplars)
-    ex = ex[torch.randint(0, len(ex), (len(base),), generator=generator)]
-    m = foreground_mask(ex)
-    return (base * (1 - m) + ex * m).clamp(0, 1), m
+@record
+class LayerTcav:
+    """Everything TCAV computed at ``layer``: ``rows`` (:class:`TcavRow`, class-major, then
+    concept) and ``viz`` (:class:`VizRow`, concept-major, then class; empty without
+    ``class_viz.images``)."""
+
+    layer: str
+    rows: list
+    viz: list
+
+
+def layer_tcav(model, layer: str, *, concepts: dict[str, torch.Tensor], pool: torch.Tensor, draws: list[torch.Tensor],
+               class_x: dict[int, torch.Tensor], space: str, cav_alpha: float, viz=None, bar=None) -> LayerTcav:
+    """TCAV at ``layer`` (Kim et al. 2018): one CAV per run and concept against the run's
+    random set from ``pool`` (``draws``), random-vs-random CAVs as the null, the TCAV scores
+    of each class's images ``class_x`` (k -> (n, C, H, W) in [0, 1]) and their t-test; with
+    ``viz`` (:class:`audit.published.ClassVizImages`), the class pictures' concept alignment."""
+    acts_pool = activations(model, [layer], pool, space=space)[layer]
+    acts_c = {c: activations(model, [layer], x, space=space)[layer] for c, x in concepts.items()}
+    nulls = null_cavs(acts_pool, draws, max(len(x) for x in concepts.values()), alpha=cav_alpha)
+    cavs, rsets = {}, {}
+    for c in concepts:
+        cavs[c], rsets[c] = run_cavs(acts_c[c], acts_pool, draws, alpha=cav_alpha)
+    rows = []
+    for k, x in (bar(class_x.items(), desc=f"TCAV {layer}", unit="class") if bar else class_x.items()):
+        if len(x) == 0:
+            continue
+        grads = gradients(model, [layer], x, k, space=space)[layer]
+        for c in concepts:
+            s = [tcav_score(grads, v) for v in cavs[c]]
+            s0 = [tcav_score(grads, v) for v in nulls]
+            rows.append(TcavRow(k, c, s, s0, ttest_p(s, s0), len(x), sum(s) / len(s),
+                                float(torch.tensor(s).std()) if len(s) > 1 else 0.0))
+    out = LayerTcav(layer, rows, [])
+    if viz is not None:
+        vx, vcls = viz.images.float(), torch.as_tensor(viz.classes)
+        acts_v = activations(model, [layer], vx, space=space)[layer]
+        for c in concepts:
+            rs = [acts_pool[r] for r in rsets[c]]
+            proj = concept_alignment(acts_v, cavs[c], rs)
+            ref = float(concept_alignment(acts_c[c], cavs[c], rs).mean())
+            per = {int(k): float(proj[vcls == k].mean()) for k in vcls.unique()}
+            for k, v in per.items():
+                others = [w for j, w in per.items() if j != k]
+                out.viz.append(VizRow(k, c, v, sum(others) / len(others) if others else float("nan"), ref))
+    return out

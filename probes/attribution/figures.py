@@ -1,5 +1,6 @@
 """Pictures of the ``attribution`` check: maps blended over the images, the randomization
-curves, the deletion/insertion curves and the pass/fail table (PNG bytes via audit.imaging)."""
+curves, the deletion/insertion curves and the pass/fail table (PNG bytes via audit.imaging).
+Images are (N, C, H, W) in [0, 1], maps (N, H, W)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,6 +9,35 @@ import numpy as np
 import torch
 
 from audit.imaging import figure_png, new_figure
+from audit.results import CheckResult
+
+__all__ = ["add_figures", "maps_png", "randomization_png", "curves_png", "table_png", "heat", "blend"]
+
+
+def add_figures(res: CheckResult, *, x: torch.Tensor, captions: list[str], methods: list, maps: dict[str, torch.Tensor],
+                rand: dict, faith: dict, rows_per_image: int, threshold: float) -> None:
+    """The check's pictures: ``maps_NN.png`` (``rows_per_image`` images each), then
+    ``randomization.png``, ``deletion_insertion.png`` and ``summary_table.png`` when the tests
+    ran (``rand``/``faith``: what :mod:`.summary` returned)."""
+    titles = [m.title for m in methods]
+    for part, start in enumerate(range(0, len(x), rows_per_image)):
+        rows = list(range(start, min(len(x), start + rows_per_image)))
+        res.image(f"maps_{part + 1:02d}.png",
+                  maps_png(x[rows], [maps[m.name][rows] for m in methods], [captions[i] for i in rows], titles),
+                  f"attribution maps, images {rows[0] + 1}-{rows[-1] + 1} of {len(x)} "
+                  "(caption: group: true -> predicted (confidence); maps explain the predicted class)")
+    if rand:
+        res.image("randomization.png", randomization_png(rand["curves"], threshold),
+                  "cascading parameter randomization (Adebayo et al. 2018): mean |Spearman| of the maps "
+                  "vs the trained model's, layers randomized from the top down")
+    if faith:
+        res.image("deletion_insertion.png", curves_png(faith["curves"]),
+                  "deletion (lower is better) and insertion (higher is better) curves (Petsiuk et al. 2018)")
+    table = [(m.title, rand.get("similarity", {}).get(m.name), rand.get("passed", {}).get(m.name),
+              faith.get("auc", {}).get(m.name), faith.get("beats", {}).get(m.name)) for m in methods]
+    if table:
+        res.image("summary_table.png", table_png(table, faith.get("auc", {}).get("random")),
+                  "which methods passed the randomization and faithfulness tests")
 
 
 def heat(m: torch.Tensor) -> np.ndarray:

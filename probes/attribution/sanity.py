@@ -11,6 +11,8 @@
   map, most important first, and the probability of the explained class is tracked. The area
   under the deletion curve should be low, under the insertion curve high, and both better
   than for a random order of the pixels.
+
+Maps are (N, H, W) float tensors, images (N, C, H, W) in the model's bounds ([0, 1]).
 """
 from __future__ import annotations
 
@@ -83,6 +85,26 @@ def randomize_(model: nn.Module, names: list[str], g: torch.Generator) -> None:
         noise = torch.randn(p.shape, generator=g).to(p.device, torch.float32)
         m = 0.0 if p.ndim >= 2 else float(t.mean())
         p.copy_((noise * s + m).to(p.dtype))
+
+
+def kept_steps(steps: int, most: int) -> list[int]:
+    """The cascade steps (0 = the top group randomized, ``steps - 1`` = all) at which maps are
+    computed: at most ``most`` (0: all), evenly spread, always the first and the last."""
+    if most <= 0 or steps <= most:
+        return list(range(steps))
+    if most == 1:
+        return [0]
+    return sorted({round(i * (steps - 1) / (most - 1)) for i in range(most)})
+
+
+def cascade_step(model: nn.Module, seed: int, step: int) -> tuple[str, nn.Module]:
+    """``(layer, model)`` after ``step + 1`` steps of :func:`cascade` seeded with ``seed``:
+    the cascade replayed from its seed (re-drawing weights is cheap next to the maps), so
+    any process computes exactly the sequential cascade's model. IndexError past the end."""
+    for k, (layer, net) in enumerate(cascade(model, torch.Generator().manual_seed(seed))):
+        if k == step:
+            return layer, net
+    raise IndexError(f"cascade step {step} out of range")
 
 
 def cascade(model: nn.Module, g: torch.Generator):

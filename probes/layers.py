@@ -1,4 +1,6 @@
-"""Finding and hooking the layers that concept probes read (shared by ``bias`` and ``class_viz``).
+"""Finding and hooking a model's layers: the one place the probes share (``bias`` reads its
+TCAV layers here, ``class_viz`` its channel layer, ``attribution`` Grad-CAM's layer), so no
+check package depends on another.
 
 The default probe layers are the model's last convolutions (Kim et al. 2018 read "mixed"
 layers deep in the network). The hook sits on the convolution's own output, before its
@@ -34,6 +36,13 @@ def default_layers(net: nn.Module, count: int = 1) -> list[str]:
     """The last ``count`` convolutions (deepest last)."""
     convs = conv_layers(net)
     return convs[-count:] if count > 0 else []
+
+
+def last_conv(net: nn.Module) -> tuple[str, nn.Module] | None:
+    """``(name, module)`` of the last 2-d convolution in registration order (Grad-CAM's
+    layer), or None when the model has none."""
+    names = conv_layers(net)
+    return (names[-1], net.get_submodule(names[-1])) if names else None
 
 
 def resolve_layers(net: nn.Module, names: list[str] | tuple[str, ...]) -> dict[str, nn.Module]:

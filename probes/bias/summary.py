@@ -1,0 +1,98 @@
+"""From the ``bias`` check's records to its metrics and findings: the TCAV table, the flip
+rates of the counterfactual insertion, the tie to ``class_viz``, and the
+``bias.concept_dependence`` findings where both kinds of evidence agree."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from audit.results import CheckResult
+
+from .insertion import flip_rates
+from .tcav import LayerTcav, TcavRow
+
+__all__ = ["Evidence", "gather", "fmt_p", "dependence_findings"]
+
+
+def fmt_p(p: float) -> str:
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+@dataclass
+class Evidence:
+    """``tcav[(class, concept, layer)]`` TCAV rows (class-major, then layer, then concept),
+    ``flips[(class, concept)]`` flip/control/n/p, ``viz[(class, concept, layer)]`` (score,
+    others, ref), the concept predictions ``preds[concept]`` (N_base,), the significance
+    levels (Bonferroni-corrected when asked) and ``leans[class]`` the dependences found:
+    (concept, layer, TCAV row, flips)."""
+
+    tcav: dict[tuple, TcavRow] = field(default_factory=dict)
+    flips: dict[tuple, dict] = field(default_factory=dict)
+    viz: dict[tuple, tuple] = field(default_factory=dict)
+    preds: dict[str, torch.Tensor] = field(default_factory=dict)
+    alpha_eff: float = 0.0
+    alpha_flip: float = 0.0
+    leans: dict[int, list] = field(default_factory=dict)
+
+
+def gather(res: CheckResult, names: list[str], classes: list[int], concepts: list[str], layers: list[str],
+           layer_recs: list[LayerTcav], ctrl_pred: torch.Tensor, preds: dict[str, torch.Tensor],
+           base_y: torch.Tensor, o) -> Evidence:
+    """The evidence of every unit, with the metrics ``tcav_score``/``tcav_p_value``,
+    ``flip_rate``/``flip_rate_control``/``flip_p_value`` and ``viz_concept_score``."""
+    ev = Evidence(preds=preds)
+    by_layer = {r.layer: {(t.cls, t.concept): t for t in r.rows} for r in layer_recs}
+    for k in classes:
+        for ln in layers:
+            for c in concepts:
+                t = by_layer[ln].get((k, c))
+                if t is not None:
+                    ev.tcav[k, c, ln] = t
+    ev.alpha_eff = o.alpha / max(1, len(ev.tcav)) if o.bonferroni else o.alpha
+    ev.alpha_flip = o.alpha / (len(classes) * len(concepts)) if o.bonferroni else o.alpha
+    for (k, c, ln), t in ev.tcav.items():
+        q = {"class": names[k], "concept": c, "layer": ln}
+        res.metric("tcav_score", t.mean, **q)
+        res.metric("tcav_p_value", t.p, **q)
+    for c in concepts:
+        for k in classes:
+            f = ev.flips[k, c] = flip_rates(preds[c], ctrl_pred, base_y, k)
+            q = {"class": names[k], "concept": c}
+            res.metric("flip_rate", f["flip"], **q)
+            res.metric("flip_rate_control", f["control"], **q)
+            res.metric("flip_p_value", f["p"], **q)
+    for r in layer_recs:
+        for v in r.viz:
+            ev.viz[v.cls, v.concept, r.layer] = (v.score, v.others, v.ref)
+            res.metric("viz_concept_score", v.score, **{"class": names[v.cls], "concept": v.concept, "layer": r.layer})
+    return ev
+
+
+def dependence_findings(res: CheckResult, ev: Evidence, names: list[str], classes: list[int], concepts: list[str],
+                        layers: list[str], o) -> None:
+    """``bias.concept_dependence`` (severity ``o.severity``) for each class x concept with a
+    significant and strong TCAV score at some layer (the most significant is reported) and a
+    flip rate above the control by ``o.min_flip`` with McNemar p below the corrected alpha;
+    fills ``ev.leans``."""
+    for k in classes:
+        for c in concepts:
+            rows = [(ln, ev.tcav[k, c, ln]) for ln in layers if (k, c, ln) in ev.tcav]
+            strong = [(ln, t) for ln, t in rows if t.p < ev.alpha_eff and t.mean >= o.min_score]
+            f = ev.flips.get((k, c))
+            if not strong or f is None or not (f["flip"] - f["control"] >= o.min_flip and f["p"] < ev.alpha_flip):
+                continue
+            ln, t = min(strong, key=lambda e: e[1].p)
+            ev.leans.setdefault(k, []).append((c, ln, t, f))
+            msg = (f"Class {names[k]!r} depends on concept {c!r}: TCAV score {t.mean:.2f} at layer {ln} "
+                   f"(random-vs-random {sum(t.null) / len(t.null):.2f}, p = {fmt_p(t.p)}, "
+                   f"{len(t.scores)} runs), and pasting {c!r} onto {f['n']} images of other classes "
+                   f"turns {f['flip']:.0%} of them into {names[k]!r} (random pastes: {f['control']:.0%}; "
+                   f"McNemar p = {fmt_p(f['p'])}).")
+            vs = ev.viz.get((k, c, ln))
+            if vs is not None:
+                msg += (f" Its class visualization points along the {c!r} direction: cosine {vs[0]:.2f} "
+                        f"(other classes' pictures {vs[1]:.2f} on average, the {c!r} examples themselves "
+                        f"{vs[2]:.2f}).")
+            res.finding(o.severity, "bias.concept_dependence", msg, class_=names[k], concept=c, layer=ln,
+                        tcav_score=round(t.mean, 4), p_value=t.p, flip_rate=round(f["flip"], 4))
