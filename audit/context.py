@@ -84,14 +84,15 @@ class Context:
     @property
     def gradient_problem(self) -> str | None:
         """Why input gradients cannot be used, or None (:mod:`audit.gradients`), probed once
-        per run on the first two samples (a grey image without data); the same on every rank."""
+        per run on the first two samples and their labels (without data: a grey image and
+        every output); the same on every rank."""
         if self.shared.gradient_problem is ...:
             if self.data is not None and len(self.data):
                 x, t = self.data.x[:2].float(), self.data.y[:2]
             else:
                 c, h, w = self.model.spec.input_shape
-                x, t = torch.full((1, c, h, w), 0.5), torch.zeros(1, dtype=torch.long)
-            problem = gradient_problem(self.model, x.to(self.device), t.to(self.device))
+                x, t = torch.full((1, c, h, w), 0.5), None
+            problem = gradient_problem(self.model, x.to(self.device), None if t is None else t.to(self.device))
             if self.world.distributed:
                 problem = self.world.from_main("gradient_problem", problem)
             self.shared.gradient_problem = problem

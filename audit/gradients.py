@@ -15,11 +15,12 @@ from .errors import first_line
 __all__ = ["gradient_problem"]
 
 
-def gradient_problem(model, x: torch.Tensor, target: torch.Tensor) -> str | None:
-    """Why the gradient of ``model(x)[i, target[i]]`` summed over ``i`` with respect to ``x``
-    cannot be used (a phrase that completes "input gradients cannot be used: ..."), or None
-    when it can. ``x``: (N, C, H, W) float in [0, 1] on the model's device; ``target``: (N,)
-    int64 class indices."""
+def gradient_problem(model, x: torch.Tensor, target: torch.Tensor | None = None) -> str | None:
+    """Why the gradient of ``model(x)[i, target[i]]`` summed over ``i`` (of the squared
+    outputs' sum when ``target`` is None: any output depending on the input counts) with
+    respect to ``x`` cannot be used (a phrase that completes "input gradients cannot be
+    used: ..."), or None when it can. ``x``: (N, C, H, W) float in [0, 1] on the model's
+    device; ``target``: (N,) int64 class indices, or None."""
     try:
         xg = x.detach().clone().requires_grad_(True)
         with torch.enable_grad():
@@ -27,7 +28,8 @@ def gradient_problem(model, x: torch.Tensor, target: torch.Tensor) -> str | None
             if not out.requires_grad:
                 return ("the model's output does not depend differentiably on its input (forward under "
                         "torch.no_grad, detached, or a TorchScript model saved without autograd)")
-            (grad,) = torch.autograd.grad(out.gather(1, target[:, None].to(out.device)).sum(), xg, allow_unused=True)
+            objective = out.float().square().sum() if target is None else out.gather(1, target[:, None].to(out.device)).sum()
+            (grad,) = torch.autograd.grad(objective, xg, allow_unused=True)
     except Exception as e:  # noqa: BLE001 - e.g. non-differentiable ops: the reason is the answer
         return first_line(e, 160, with_type=True)
     if grad is None:
