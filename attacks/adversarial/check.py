@@ -37,6 +37,7 @@ from audit.published import AdversarialExamples
 from audit.registry import register_check
 from audit.results import CheckResult
 
+from .attacks import ATTACKS
 from .engine import Engine, UnitRecord
 from .figures import add_images
 from .options import AdversarialOptions
@@ -51,8 +52,8 @@ __all__ = ["AdversarialCheck"]
 class AdversarialCheck(Check):
     publishes = {"adversarial.examples": AdversarialExamples}
     progress_unit = "chunk"
-    description = ("robust accuracy vs ε (L∞, L2) under FGSM, PGD, FMN, Square and noise; minimal perturbations; "
-                   "examples; gradient-masking sanity checks")
+    description = (f"robust accuracy vs ε (L∞, L2) under {', '.join(c.__name__ for c in ATTACKS.values())}; "
+                   "minimal perturbations; examples; gradient-masking sanity checks")
     metrics = {
         "robust_accuracy": "share of all samples correct and not fooled (attack × norm × epsilon; attack=worst is "
                            "the per-sample worst case, also per class)",
