@@ -60,7 +60,7 @@ def main(argv=None) -> float:
     import foolbox as fb
 
     from audit import AuditConfig
-    from audit.runner import Context
+    from audit.context import Context
     from attacks.adversarial import AdversarialCheck, default_epsilons
 
     model, data, eps, what = load(a.samples, a.device)
@@ -73,8 +73,8 @@ def main(argv=None) -> float:
     cfg = AuditConfig(checks=["adversarial"], batch_size=128,
                       check_options={"adversarial": {"norms": ["linf"], "epsilons": {"linf": eps}, "max_samples": 0}})
     t0 = time.perf_counter()
-    ctx = Context(model=model, data=data, config=cfg, seed=0, device=model.device, progress=False,
-                  logits=model.logits(x), check_name="adversarial", generator=torch.Generator().manual_seed(0))
+    ctx = Context(model=model, data=data, config=cfg, seed=0, logits=model.logits(x)).scoped(
+        "adversarial", declared=AdversarialCheck.publishes)
     res = AdversarialCheck(cfg.options_for("adversarial")).run(ctx)
     t_ours = time.perf_counter() - t0
     ours = {m.qualifiers["epsilon"]: m.value for m in res.metrics if m.name == "robust_accuracy"
@@ -100,9 +100,9 @@ def main(argv=None) -> float:
         flag = "" if o <= min(theirs[n][k] for n in names) + 1e-9 else "  <- ours weaker"
         weaker += bool(flag)
         print(f"{e * 255:>8.2f} {o:>7.3f} {row}{flag}")
-    print(f"time ours {t_ours:.2f} s (queries {res.data['queries']}; per attack {res.data['timings_s']}), foolbox {t_fb:.2f} s")
+    print(f"time ours {t_ours:.2f} s (queries {res.data['queries']}; per attack {res.data['timings']}), foolbox {t_fb:.2f} s")
     print(f"epsilons where ours is weaker than a foolbox attack: {weaker}")
-    t_attack = res.data["timings_s"]["attacks_total"]
+    t_attack = res.data["timings"]["attacks_total"]
     print(f"ours: {t_attack:.2f} s attacking + {t_ours - t_attack:.2f} s plots/metrics; "
           f"ratio including plots {t_ours / t_fb:.3f}")
     ratio = t_attack / t_fb

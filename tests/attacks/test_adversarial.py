@@ -2,15 +2,23 @@
 gradient-masking findings on masked models (and none on plain ones), bad options."""
 from __future__ import annotations
 
+import re
+from dataclasses import asdict
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
 
 from audit import AuditConfig, AuditData, AuditModel, ModelSpec
+from audit.context import Context
 from audit.errors import ConfigError, ExitCode
-from audit.runner import Context
-from attacks import adv_core as core
-from attacks.adversarial import AdversarialCheck, default_epsilons
+from attacks.adversarial import ATTACKS, AdversarialCheck, default_epsilons
+from attacks.adversarial import engine as adv_engine
+from attacks.adversarial import attacks as attack_registry
+from attacks.adversarial.attacks import FMN, PGD, BoundedAttack, Noise, Square, register_attack
+from attacks.adversarial.objective import Objective
+from attacks.adversarial.threat import norm_of
 from tests.tinymodels import PATTERNS, NoGradNet, SoftmaxNet, make_patterns, train_tiny
 
 LINF = [4 / 255, 8 / 255, 12 / 255, 16 / 255, 24 / 255, 32 / 255, 48 / 255]
@@ -66,8 +74,8 @@ def run_check(model, x, y, **opts):
     opts.setdefault("epsilons", {"linf": LINF, "l2": L2})
     cfg = AuditConfig(checks=["adversarial"], batch_size=64, check_options={"adversarial": opts})
     d = AuditData(x, y, list(PATTERNS), [str(i) for i in range(len(y))])
-    ctx = Context(model=model, data=d, config=cfg, seed=0, device=model.device, progress=False,
-                  logits=model.logits(x), check_name="adversarial", generator=torch.Generator().manual_seed(0))
+    ctx = Context(model=model, data=d, config=cfg, seed=0, logits=model.logits(x)).scoped(
+        "adversarial", declared=AdversarialCheck.publishes)
     res = AdversarialCheck(cfg.options_for("adversarial")).run(ctx)
     return res, ctx
 
@@ -89,6 +97,7 @@ def plain(tiny_net, data):
     return model, res, ctx
 
 
+@pytest.mark.slow
 def test_strength_against_foolbox(plain, data):
     fb = pytest.importorskip("foolbox")
     model, res, _ = plain
@@ -138,31 +147,31 @@ def test_plain_model_raises_no_masking_findings(plain):
 def test_published_examples_are_valid(plain, data):
     model, _, ctx = plain
     ex = ctx.published["adversarial.examples"]
-    assert ex["norm"] == "linf" and len(ex["x"]) > 0
-    d = (ex["x_adv"] - ex["x"]).flatten(1).abs().amax(1)
-    assert (d <= ex["epsilon"] + 1e-6).all()
-    assert ex["x_adv"].min() >= 0 and ex["x_adv"].max() <= 1
-    pred = model.logits(ex["x_adv"]).argmax(1)
-    assert torch.equal(pred, ex["pred_adv"]) and (pred != ex["y"]).all()
+    assert ex.norm == "linf" and len(ex.x) > 0
+    d = (ex.x_adv - ex.x).flatten(1).abs().amax(1)
+    assert (d <= ex.epsilon + 1e-6).all()
+    assert ex.x_adv.min() >= 0 and ex.x_adv.max() <= 1
+    pred = model.logits(ex.x_adv).argmax(1)
+    assert torch.equal(pred, ex.pred_adv) and (pred != ex.y).all()
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_attacks_stay_in_ball_and_bounds(tiny_net, data, norm):
     x, y = data
-    obj = core.Objective(wrap(tiny_net))
+    obj = Objective(wrap(tiny_net))
     g = torch.Generator().manual_seed(1)
     eps = 24 / 255 if norm == "linf" else 2.0
-    outs = [core.pgd(obj, x, y, eps, norm, steps=5, restarts=2, gen=g),
-            core.square(obj, x, y, eps, norm, queries=30, gen=g),
-            core.noise(obj, x, y, eps, norm, draws=2, gen=g)]
+    outs = [PGD(steps=5, restarts=2).run(obj, x, y, eps, norm, gen=g),
+            Square(queries=30).run(obj, x, y, eps, norm, gen=g),
+            Noise(draws=2).run(obj, x, y, eps, norm, gen=g)]
     for fooled, xa in outs:
-        assert (core.norm_of(xa - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
+        assert (norm_of(xa - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
         assert xa.min() >= 0 and xa.max() <= 1
         assert ((obj(xa, y)[0] < 0) == fooled).all()
-    best, xa = core.fmn(obj, x, y, norm, steps=15, max_eps=1.0 if norm == "linf" else 16.0)
+    best, xa = FMN(steps=15).minimize(obj, x, y, norm, max_eps=1.0 if norm == "linf" else 16.0)
     ok = torch.isfinite(best)
     assert ok.float().mean() > 0.9
-    assert torch.allclose(core.norm_of(xa[ok] - x[ok], norm), best[ok], atol=1e-5)
+    assert torch.allclose(norm_of(xa[ok] - x[ok], norm), best[ok], atol=1e-5)
 
 
 def test_input_rounding_is_flagged(tiny_net, data):
@@ -196,8 +205,8 @@ def test_targeted_least_likely(tiny_net, data):
     model = wrap(tiny_net)
     res, ctx = run_check(model, *data, norms=["linf"], targeted="least_likely", attacks=["fmn", "pgd"])
     ex = ctx.published["adversarial.examples"]
-    target = model.logits(ex["x"]).argmin(1)
-    assert torch.equal(ex["pred_adv"], target)
+    target = model.logits(ex.x).argmin(1)
+    assert torch.equal(ex.pred_adv, target)
 
 
 def test_default_epsilons_scale_with_input():
@@ -211,7 +220,8 @@ def test_default_epsilons_scale_with_input():
     ({"epsilons": {"linf": [-0.1]}}, "negative"),
     ({"epsilons": {"linf": []}}, "non-empty"),
     ({"epsilons": {"linf": [2.0]}}, "beyond the input range"),
-    ({"norms": ["l7"]}, "unknown norm"),
+    ({"norms": ["l7"]}, r"norms = \['l7'\]: expected a list of one of 'linf', 'l2'"),
+    ({"norms": []}, "non-empty"),
     ({"epsilons": {"l1": [0.1]}}, "unknown norm"),
     ({"attacks": ["pgd", "cw"]}, "unknown attack"),
     ({"pgd_steps": 0}, "pgd_steps"),
@@ -240,8 +250,6 @@ def test_cli_bad_config_exits_4(tmp_path, tiny_net, pattern_folder, labels_file)
 def test_unreproducible_adversarials_are_reattacked_not_counted_robust(tiny_net, data, monkeypatch):
     """If the stored worst-case adversarials fail the verification pass, the samples must not
     silently count as robust: a fresh, verified PGD run re-finds them."""
-    from attacks import adv_engine
-
     x, y = data
     model = wrap(tiny_net)
     straight, _ = run_check(model, x, y, norms=["linf"])
@@ -254,7 +262,7 @@ def test_unreproducible_adversarials_are_reattacked_not_counted_robust(tiny_net,
         def forward(xs):
             calls["n"] += 1
             if calls["n"] == 1:  # the verification pass sees the clean images: nothing reproduces
-                return real_forward(self.x[(nr.adv_k < nr.K).nonzero().flatten()])
+                return real_forward(self.plan.x[(nr.adv_k < nr.K).nonzero().flatten()])
             return real_forward(xs)
 
         self._forward = forward
@@ -283,5 +291,83 @@ def test_bf16_attacks_match_fp32_and_stay_valid(plain, data):
         a, b = curve(res32, "worst", norm), curve(res16, "worst", norm)
         assert all(abs(a[e] - b[e]) <= 2 / len(y) + 1e-9 for e in a), (norm, a, b)
     pub = ctx.published["adversarial.examples"]
-    z = model.logits(pub["x_adv"])
-    assert (z.argmax(1) != pub["y"]).all()  # fooled in fp32, as published
+    z = model.logits(pub.x_adv)
+    assert (z.argmax(1) != pub.y).all()  # fooled in fp32, as published
+
+
+def test_samples_table_is_the_worst_case_per_sample(plain):
+    """res.samples: one boolean ``robust[norm=..,epsilon=..]`` column per norm and ε whose mean
+    is the worst-case robust accuracy; the private per-sample layout is gone from res.data."""
+    _, res, _ = plain
+    outcomes = res.samples.outcomes()
+    for norm in ("linf", "l2"):
+        for e, v in curve(res, "worst", norm).items():
+            col = outcomes[f"robust[norm={norm},epsilon={e:.4g}]"]
+            assert len(col) == len(res.samples.ids) and sum(col.values()) / len(col) == pytest.approx(v)
+    assert not {"ids", "timings_s"} & set(res.data) and "first_fooled" not in res.data["linf"]
+    assert res.data["timings"] and all(isinstance(v, float) for v in res.data["timings"].values())
+
+
+def test_unit_records_survive_a_checkpoint(tiny_net, data, tmp_path):
+    """compute() returns a @record that a weights-only checkpoint stores and rebuilds."""
+    from audit.records import decode, encode, is_record
+
+    x, y = data
+    model = wrap(tiny_net)
+    cfg = AuditConfig(checks=["adversarial"], batch_size=8,
+                      check_options={"adversarial": {"norms": ["linf"], "attacks": ["fgsm", "noise"]}})
+    ctx = Context(model=model, data=AuditData(x, y, list(PATTERNS), [str(i) for i in range(len(y))]), config=cfg,
+                  logits=model.logits(x)).scoped("adversarial", declared=AdversarialCheck.publishes)
+    check = AdversarialCheck(cfg.options_for("adversarial"))
+    units = check.units(ctx)
+    assert [(u.tag, u.index) for u in units] == [("samples", k) for k in range(-(-len(y) // 8))]
+    rec = check.compute(units[0], ctx, torch.Generator().manual_seed(0))
+    assert is_record(rec)
+    torch.save(encode(rec), tmp_path / "unit.pt")
+    back = decode(torch.load(tmp_path / "unit.pt", weights_only=True))
+    assert type(back) is type(rec) and torch.equal(back.runs[0].first["noise"], rec.runs[0].first["noise"])
+
+
+def test_options_are_typed_and_round_trip():
+    assert AdversarialCheck.parse_options(asdict(AdversarialCheck.Options())) == AdversarialCheck.Options()
+    bad = {"norms": ["l7"], "precision": "fp16", "square_scope": "most", "targeted": 3, "max_samples": -1,
+           "pgd_window": -0.5, "tolerance": 2.0, "epsilons": {"linf": "0.1"}, "attacks": "pgd", "examples": 1.5}
+    for key, value in bad.items():
+        with pytest.raises(ConfigError, match=key):
+            AdversarialCheck.parse_options({key: value})
+
+
+def test_attack_registry_feeds_options_and_docs():
+    """The registry refuses a taken name; the default `attacks` option and the docs' table of
+    attacks list exactly the registered attacks."""
+    with pytest.raises(ValueError, match="already registered"):
+        register_attack(type("PGDAgain", (PGD,), {}))
+    assert AdversarialCheck.Options().attacks == list(ATTACKS)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "adversarial.md").read_text()
+    table = doc.split("## Attacks", 1)[1].split("###", 1)[0]
+    assert re.findall(r"^\| `(\w+)` \|", table, re.M) == list(ATTACKS)
+
+
+def test_a_new_attack_is_one_class_and_one_registration(tiny_net, data):
+    class Shift(BoundedAttack):
+        """Every pixel moved by +ε then -ε (clipped): a gradient-free baseline."""
+
+        name, label = "shift", "a uniform shift"
+        uses_gradients = False
+
+        def run(self, obj, x, lab, eps, norm, *, gen):
+            fooled = torch.zeros(len(x), dtype=torch.bool)
+            adv = x.clone()
+            for sign in (1, -1):
+                xa = (x + sign * eps).clamp(0, 1) if norm == "linf" else x
+                hit = (obj(xa, lab)[0] < 0) & ~fooled
+                adv[hit], fooled = xa[hit], fooled | hit
+            return fooled, adv
+
+    register_attack(Shift)
+    try:
+        res, _ = run_check(wrap(tiny_net), *data, norms=["linf"], attacks=["fgsm", "shift"])
+        assert len(curve(res, "shift", "linf")) == len(LINF)
+        assert {m.qualifiers["attack"] for m in res.metrics if m.name == "attack_success_rate"} == {"fgsm", "shift", "worst"}
+    finally:
+        del attack_registry._ATTACKS["shift"]

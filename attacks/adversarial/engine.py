@@ -1,0 +1,317 @@
+"""The ε loop of the ``adversarial`` check on one work unit (a chunk of samples): which
+samples each attack runs on at each ε, the per-sample bookkeeping (first ε at which each
+attack fooled each sample, the worst-case adversarial, the smallest perturbation), validity
+asserts and the final verification pass; and the unit's record.
+
+Work shared across ε (docs/adversarial.md): ε are sorted and an attack at a larger ε only
+runs on samples it has not fooled at a smaller one (a fooled sample's adversarial stays valid
+inside every larger ball, so every curve is non-increasing); the minimum-norm attacks run
+first, once, and guide the rest (:class:`~.attacks.Guide`); fooled samples leave the batch
+at once. An adversarial outside its ε-ball or outside [0, 1] is a bug here and raises
+AssertionError.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import field
+from typing import Any, Callable
+
+import torch
+
+from audit.batching import batched
+from audit.records import record
+
+from .attacks import ATTACKS, PGD, Attack, BoundedAttack, Guide, MinimumNormAttack
+from .objective import Objective
+from .options import AdversarialOptions
+from .plan import Plan
+from .threat import max_epsilon, norm_of
+
+__all__ = ["Engine", "NormRecord", "UnitRecord", "merge_norm", "TOL_REL", "TOL_ABS"]
+
+#: validity tolerance of an adversarial's norm: ε·(1 + TOL_REL) + TOL_ABS
+TOL_REL, TOL_ABS = 1e-5, 1e-6
+
+
+@record
+class NormRecord:
+    """One norm's outcome on n samples (CPU). ``first[a]`` (n,) int64: index into ``eps`` of
+    the smallest ε at which attack ``a`` fooled each sample (``len(eps)`` = never); ``adv``
+    (n, C, H, W) the worst-case adversarial at its smallest fooling ε (the clean input where
+    none) and ``adv_k`` (n,) int64 that ε's index; ``min_pert`` (n,) float the smallest
+    perturbation norm of any adversarial found (inf: none); ``adv_logits`` (n, K) the logits of
+    ``adv`` (zeros where there is no adversarial); ``min_norm`` (n,) the minimum-norm attacks'
+    smallest perturbation with the unbounded PGD retry (None when none ran); ``control``: the
+    attacks that ran as gradient-masking controls; ``unverified``: [dropped, re-found]
+    adversarials of the verification pass."""
+
+    norm: str
+    eps: list[float]
+    first: dict[str, torch.Tensor]
+    adv: torch.Tensor
+    adv_k: torch.Tensor
+    min_pert: torch.Tensor
+    adv_logits: torch.Tensor | None = None
+    min_norm: torch.Tensor | None = None
+    control: list[str] = field(default_factory=list)
+    unverified: list[int] = field(default_factory=lambda: [0, 0])
+
+    @property
+    def K(self) -> int:
+        return len(self.eps)
+
+    def worst_first(self) -> torch.Tensor:
+        """(n,) int64: the first fooling ε index over every attack."""
+        out = torch.full((len(self.adv_k),), self.K, dtype=torch.long)
+        for t in self.first.values():
+            out = torch.minimum(out, t)
+        return out
+
+
+@record
+class UnitRecord:
+    """One work unit's record: ``grad_bad`` (n,) bool the attacked samples whose clean margin
+    gradient is zero or non-finite, ``runs`` one :class:`NormRecord` per norm, ``timings``
+    seconds per ``<attack>_<norm>``, ``passes`` [forward, backward] sample passes."""
+
+    grad_bad: torch.Tensor
+    runs: list[NormRecord]
+    timings: dict[str, float]
+    passes: list[int]
+
+
+def merge_norm(parts: list[NormRecord]) -> NormRecord:
+    """One record over every sample from the records of consecutive units."""
+    p0 = parts[0]
+
+    def cat(name: str) -> torch.Tensor:
+        return torch.cat([getattr(p, name) for p in parts])
+
+    return NormRecord(norm=p0.norm, eps=list(p0.eps), first={a: torch.cat([p.first[a] for p in parts]) for a in p0.first},
+                      adv=cat("adv"), adv_k=cat("adv_k"), min_pert=cat("min_pert"), adv_logits=cat("adv_logits"),
+                      min_norm=None if p0.min_norm is None else cat("min_norm"), control=list(p0.control),
+                      unverified=[sum(p.unverified[i] for p in parts) for i in range(2)])
+
+
+class Engine:
+    """Every attack of ``plan`` on its samples (one unit: ``plan`` is already restricted to
+    them), drawing only from ``generator``. ``bar(total=, desc=, unit=)`` makes an inner
+    progress bar (``ctx.bar``). With ``options.precision == "bf16"`` the attacks run under
+    bf16 autocast and every candidate adversarial is confirmed by an fp32 forward pass."""
+
+    def __init__(self, plan: Plan, options: AdversarialOptions, model: Any, generator: torch.Generator, *,
+                 batch_size: int, bar: Callable[..., Any]) -> None:
+        self.plan, self.o, self.model, self.gen = plan, options, model, generator
+        self.dev = model.device
+        self.bs = batch_size
+        self.bar = bar
+        amp = torch.bfloat16 if options.precision == "bf16" else None
+        self.obj32 = Objective(model, targeted=plan.targeted, device=self.dev)  # confirmations, re-attacks
+        self.obj = Objective(model, targeted=plan.targeted, device=self.dev, amp=amp)
+        made = [ATTACKS[a].from_options(options) for a in plan.attacks]
+        self.attacks: list[Attack] = sorted(made, key=lambda a: not a.minimum_norm)  # minimum-norm first
+        self.timings: dict[str, float] = {}
+
+    def run(self) -> UnitRecord:
+        grad_bad = torch.zeros(self.plan.n, dtype=torch.bool)
+        g0 = self._clean_gradients(grad_bad) if self.plan.grad_ok else None
+        runs = [self._run_norm(norm, g0) for norm in self.plan.eps]
+        passes = [self.obj.forwards + self.obj32.forwards, self.obj.backwards + self.obj32.backwards]
+        return UnitRecord(grad_bad=grad_bad, runs=runs, timings=dict(self.timings), passes=passes)
+
+    # ------------------------------------------------------------------ helpers
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(x, batch_size=self.bs)
+
+    def _on_device(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.plan.x[rows].to(self.dev), self.plan.lab[rows].to(self.dev)
+
+    def _clean_gradients(self, grad_bad: torch.Tensor) -> torch.Tensor:
+        """The margin's gradient at the clean inputs (n, C, H, W), non-finite values zeroed;
+        marks the attacked samples where it is zero or non-finite in ``grad_bad``."""
+        x, attacked = self.plan.x, self.plan.attacked
+        g0 = torch.zeros_like(x)
+        ai = attacked.nonzero().flatten()
+
+        def fn(ch):
+            _, g = self.obj(*self._on_device(ch), grad=True)
+            g0[ch] = g.cpu()
+
+        batched(ai, self.bs, fn)
+        if len(ai):
+            flat = g0[ai].flatten(1)
+            grad_bad[ai] = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
+        return torch.nan_to_num(g0, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _confirm(self, xadv: torch.Tensor, rows: torch.Tensor, fooled: torch.Tensor) -> torch.Tensor:
+        """With bf16 attacks: keep only the candidates the fp32 model also gets wrong."""
+        if self.obj.amp is None or not fooled.any():
+            return fooled
+        hit = fooled.nonzero().flatten()
+        m, _ = self.obj32(xadv[hit.to(xadv.device)].to(self.dev), self.plan.lab[rows[hit]].to(self.dev))
+        out = fooled.clone()
+        out[hit] = (m < 0).cpu()
+        return out
+
+    def _record(self, nr: NormRecord, attack: str, k: int, rows: torch.Tensor, fooled: torch.Tensor,
+                xadv: torch.Tensor) -> None:
+        """Validate and store the adversarials of ``attack`` at ε index ``k`` for samples
+        ``rows`` (candidates already confirmed in fp32, see :meth:`_confirm`)."""
+        if not fooled.any():
+            return
+        gi = rows[fooled.cpu()]
+        xa = xadv[fooled].detach().cpu()
+        dn = norm_of(xa - self.plan.x[gi], nr.norm)
+        eps = nr.eps[k]
+        if not (dn <= eps * (1 + TOL_REL) + TOL_ABS).all() or xa.min() < -TOL_ABS or xa.max() > 1 + TOL_ABS:
+            raise AssertionError(f"internal error: attack {attack} returned an adversarial outside the {nr.norm} ball "
+                                 f"ε={eps:.4g} (norm {float(dn.max()):.4g}) or outside [0, 1]; this is a bug in the audit")
+        first = nr.first[attack]
+        new = first[gi] > k
+        first[gi[new]] = k
+        better = nr.adv_k[gi] > k
+        nr.adv[gi[better]] = xa[better]
+        nr.adv_k[gi[better]] = k
+        nr.min_pert[gi] = torch.minimum(nr.min_pert[gi], dn)
+
+    # ------------------------------------------------------------------ one norm
+    def _run_norm(self, norm: str, g0: torch.Tensor | None) -> NormRecord:
+        plan, eps = self.plan, self.plan.eps[norm]
+        n, K = plan.n, len(eps)
+        nr = NormRecord(norm=norm, eps=eps, first={a: torch.full((n,), K, dtype=torch.long) for a in plan.attacks},
+                        adv=plan.x.clone(), adv_k=torch.full((n,), K, dtype=torch.long),
+                        min_pert=torch.full((n,), float("inf")))
+        guide = Guide(x=plan.x, eps=eps, first=nr.first, grad0=g0)
+        for attack in self.attacks:
+            t0 = time.perf_counter()
+            if isinstance(attack, MinimumNormAttack):
+                self._minimum_norm(nr, attack, guide)
+            else:
+                self._sweep(nr, attack, guide)
+            self.timings[f"{attack.name}_{norm}"] = round(time.perf_counter() - t0, 3)
+        nr.min_norm = guide.min_norm
+        self._verify(nr)
+        return nr
+
+    def _minimum_norm(self, nr: NormRecord, attack: MinimumNormAttack, guide: Guide) -> None:
+        """The unbounded attack once on every attacked sample: a sample whose smallest
+        adversarial is ≤ ε counts as fooled at ε; the result guides the bounded attacks."""
+        x, attacked, norm = self.plan.x, self.plan.attacked, nr.norm
+        top = max_epsilon(norm, x.shape[1:])
+        found = torch.full((self.plan.n,), float("inf"))
+        found_adv = x.clone()
+        bar = self.bar(total=1, desc=f"{attack.name} {norm}", unit="run")
+
+        def fn(ch):
+            best, xa = attack.minimize(self.obj, *self._on_device(ch), norm, max_eps=top)
+            best = best.cpu()
+            ok = self._confirm(xa, ch, torch.isfinite(best))
+            best[~ok] = float("inf")
+            found[ch] = best
+            found_adv[ch] = xa.cpu()
+
+        batched(attacked.nonzero().flatten(), self.bs, fn)
+        bar.update(1)
+        bar.close()
+        for k, e in enumerate(nr.eps):  # the minimal perturbation ≤ ε: fooled at ε
+            gi = (attacked & (found <= e) & (nr.first[attack.name] == nr.K)).nonzero().flatten()
+            self._record(nr, attack.name, k, gi, torch.ones(len(gi), dtype=torch.bool), found_adv[gi])
+        self._unbounded(nr, found, found_adv, top)
+        nr.min_pert = torch.minimum(nr.min_pert, found)
+        if guide.min_norm is None:
+            guide.min_norm, guide.min_adv = found, found_adv
+        else:  # several minimum-norm attacks: the smaller perturbation guides
+            better = found < guide.min_norm
+            guide.min_norm = torch.where(better, found, guide.min_norm)
+            guide.min_adv = torch.where(better.view(-1, 1, 1, 1), found_adv, guide.min_adv)
+
+    def _unbounded(self, nr: NormRecord, found: torch.Tensor, found_adv: torch.Tensor, top: float) -> None:
+        """Carlini et al. 2019: with ε covering the whole input range every sample must fall.
+        Where the minimum-norm attack failed, PGD at that ε gets a second try."""
+        x, attacked = self.plan.x, self.plan.attacked
+        ai = attacked.nonzero().flatten()
+        miss = ai[~torch.isfinite(found[ai])]
+        if len(miss) == 0:
+            return
+        pgd = PGD(steps=2 * self.o.pgd_steps, restarts=1)
+
+        def fn(ch):
+            fooled, xa = pgd.run(self.obj, *self._on_device(ch), top, nr.norm, gen=self.gen)
+            f = self._confirm(xa, ch, fooled.cpu())
+            xa = xa.cpu()
+            found[ch[f]] = norm_of(xa[f] - x[ch[f]], nr.norm)
+            found_adv[ch[f]] = xa[f]
+
+        batched(miss, self.bs, fn)
+
+    def _sweep(self, nr: NormRecord, attack: BoundedAttack, guide: Guide) -> None:
+        """``attack`` at each ε on the attacked samples it has not fooled yet and that its
+        :meth:`~.attacks.BoundedAttack.select` keeps."""
+        name, attacked = attack.name, self.plan.attacked
+        if attack.is_control(guide):
+            nr.control.append(name)
+        bar = self.bar(total=nr.K, desc=f"{name} {nr.norm}", unit="ε")
+        first = nr.first[name]
+        for k, eps in enumerate(nr.eps):
+            todo = attacked & (first == nr.K)
+            keep = attack.select(k, guide)
+            if keep is not None:
+                todo &= keep
+
+            def fn(ch, k=k, eps=eps):
+                fooled, xa = attack.perturb(self.obj, *self._on_device(ch), eps, nr.norm, rows=ch, guide=guide,
+                                            gen=self.gen)
+                self._record(nr, name, k, ch, self._confirm(xa, ch, fooled.cpu()), xa)
+
+            batched(todo.nonzero().flatten(), self.bs, fn)
+            bar.update(1)
+        bar.close()
+
+    # ------------------------------------------------------------------ verification
+    def _verify(self, nr: NormRecord) -> None:
+        """A forward pass on every worst-case adversarial: it must still be adversarial; the
+        ones that are not are forgotten and re-attacked (:meth:`_reattack`)."""
+        x, lab = self.plan.x, self.plan.lab
+        gi = (nr.adv_k < nr.K).nonzero().flatten()
+        if len(gi) == 0:
+            nr.adv_logits = torch.zeros(self.plan.n, self.model.num_classes)
+            return
+        z = self._forward(nr.adv[gi])
+        bad = gi[self.obj.margin_from_logits(z, lab[gi]) >= 0]
+        logits = torch.zeros(self.plan.n, z.shape[1])
+        logits[gi] = z
+        nr.adv_logits = logits
+        if len(bad):
+            # forget these samples' records, then give PGD a fresh, verified try per ε so that
+            # robustness is not overestimated
+            for t in nr.first.values():
+                t[bad] = nr.K
+            nr.adv_k[bad] = nr.K
+            nr.adv[bad] = x[bad]
+            nr.min_pert[bad] = float("inf")
+            recovered = self._reattack(nr, bad)
+            logits[bad] = self._forward(nr.adv[bad])
+            nr.unverified = [len(bad), recovered]
+
+    def _reattack(self, nr: NormRecord, idx: torch.Tensor) -> int:
+        """PGD (twice the steps, fp32) at increasing ε on ``idx``, keeping only adversarials a
+        separate forward pass confirms. Returns how many samples it fooled."""
+        x, lab = self.plan.x, self.plan.lab
+        key = "pgd" if "pgd" in nr.first else next(iter(nr.first))
+        pgd = PGD(steps=2 * self.o.pgd_steps, restarts=1)
+        todo = idx
+        for k, eps in enumerate(nr.eps):
+            if len(todo) == 0:
+                break
+            fooled, xa = pgd.run(self.obj32, x[todo].to(self.dev), lab[todo].to(self.dev), eps, nr.norm, gen=self.gen)
+            xa, cand = xa.cpu(), fooled.cpu()
+            if cand.any():
+                z = self._forward(xa[cand])
+                ok_local = cand.nonzero().flatten()[self.obj.margin_from_logits(z, lab[todo[cand]]) < 0]
+                ok = todo[ok_local]
+                nr.first[key][ok] = k
+                nr.adv_k[ok] = k
+                nr.adv[ok] = xa[ok_local]
+                nr.min_pert[ok] = norm_of(xa[ok_local] - x[ok], nr.norm)
+                todo = todo[~torch.isin(todo, ok)]
+        return int(len(idx) - len(todo))

@@ -1,0 +1,71 @@
+"""``[checks.adversarial]``: the options of the ``adversarial`` check (docs/adversarial.md).
+
+Types and bounds are validated when the config is read (:mod:`audit.options`); the rules
+that involve several values (known attack and norm names, ε lists) are in ``__post_init__``.
+An L2 ε beyond √(C·H·W) is only known once the input shape is (:func:`.threat.epsilon_grid`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from audit.errors import ConfigError
+from audit.options import opt
+
+from .attacks import ATTACKS
+from .threat import NORMS, Norm
+
+__all__ = ["AdversarialOptions"]
+
+_WHERE = "[checks.adversarial]"
+
+
+@dataclass
+class AdversarialOptions:
+    norms: list[Norm] = opt(lambda: ["linf", "l2"], doc="threat models: linf, l2 (in [0, 1] pixel space)")
+    epsilons: dict[str, list[float]] = opt(dict, doc="{linf = [...], l2 = [...]}; a norm left out gets the default grid")
+    attacks: list[str] = opt(lambda: list(ATTACKS), doc=f"subset of {', '.join(ATTACKS)}")
+    targeted: str = opt("", doc='"" untargeted; "least_likely"; or a class name / index')
+    max_samples: int = opt(48, min=0, doc="class-stratified subset attacked (0 = all)")
+    pgd_steps: int = opt(10, min=1, doc="PGD iterations")
+    pgd_restarts: int = opt(1, min=1, doc="PGD restarts")
+    pgd_window: float = opt(1.5, min=0, doc="PGD at ε only where the min perturbation found is ≤ window·ε (0: everywhere)")
+    fmn_steps: int = opt(40, min=1, doc="FMN iterations")
+    square_queries: int = opt(50, min=1, doc="Square forward passes per sample and ε")
+    square_window: float = opt(1.25, min=0, doc="as pgd_window, for Square (samples FMN failed on always run)")
+    square_scope: Literal["control", "all"] = opt("control", doc='"control": only where the gradient attacks '
+                                                                  'failed; "all": its own curve')
+    noise_draws: int = opt(1, min=1, doc="random noise draws per sample and ε")
+    examples: int = opt(6, min=0, doc="example panels shown")
+    tolerance: float = opt(0.02, min=0, max=1, doc="robust-accuracy gap beyond which a masking comparison is reported")
+    precision: Literal["fp32", "bf16"] = opt("fp32", doc='"bf16": attacks under bf16 autocast, each adversarial '
+                                                         'confirmed in fp32')
+
+    def __post_init__(self) -> None:
+        if not self.norms:
+            raise ConfigError(f"{_WHERE} norms must be a non-empty list of {', '.join(NORMS)}")
+        for n in self.norms:
+            if n not in NORMS:
+                raise ConfigError(f"{_WHERE} unknown norm {n!r} (known: {', '.join(NORMS)})")
+        if not self.attacks:
+            raise ConfigError(f"{_WHERE} attacks must be a non-empty list of {', '.join(ATTACKS)}")
+        for a in self.attacks:
+            if a not in ATTACKS:
+                raise ConfigError(f"{_WHERE} unknown attack {a!r} (known: {', '.join(ATTACKS)})")
+        for n, eps in self.epsilons.items():
+            self._check_epsilons(n, eps)
+
+    @staticmethod
+    def _check_epsilons(n: str, eps: list[float]) -> None:
+        if n not in NORMS:
+            raise ConfigError(f"{_WHERE} epsilons: unknown norm {n!r} (known: {', '.join(NORMS)})")
+        if not isinstance(eps, list) or not eps:
+            raise ConfigError(f"{_WHERE} epsilons.{n} must be a non-empty list of numbers")
+        for e in eps:
+            if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e):
+                raise ConfigError(f"{_WHERE} epsilons.{n}: {e!r} is not a finite number")
+            if e < 0:
+                raise ConfigError(f"{_WHERE} epsilons.{n}: {e} is negative; ε is a perturbation size ≥ 0")
+            if n == "linf" and e > 1:
+                raise ConfigError(f"{_WHERE} epsilons.linf: {e} is beyond the input range [0, 1] (write 8/255 as 0.0314)")

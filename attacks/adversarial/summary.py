@@ -1,0 +1,228 @@
+"""The numbers of the ``adversarial`` check from its units' records: the units merged, the
+curves (robust accuracy and attack success per attack and ε), the metric rows, the findings
+(sanity, gradients, Carlini et al. 2019 §5.2 / AutoAttack attack comparisons), the per-sample
+table and the published examples. Images are in :mod:`.figures`."""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from audit.published import AdversarialExamples
+from audit.results import CheckResult, SampleTable
+
+from .attacks import ATTACKS, gradient_attacks
+from .engine import NormRecord, UnitRecord, merge_norm
+from .plan import Plan, Sanity
+from .threat import NORM_LABEL, fmt_eps, max_epsilon
+
+__all__ = ["Merged", "merge", "first_of", "curve_names", "curves", "success", "sanity_findings", "unit_findings",
+           "norm_metrics", "masking_findings", "sample_table", "published_examples", "summary_part",
+           "robust_column"]
+
+
+@dataclass
+class Merged:
+    """Every unit's record as one run over the plan's samples: ``runs`` one merged
+    :class:`~.engine.NormRecord` per norm, ``grad_bad`` (n,) bool, ``timings`` seconds per
+    ``<attack>_<norm>`` summed over units (compute seconds, not wall time), ``queries``
+    forward/backward sample passes of the attacks."""
+
+    runs: list[NormRecord]
+    grad_bad: torch.Tensor
+    timings: dict[str, float]
+    queries: dict[str, int]
+
+
+def merge(records: list[UnitRecord]) -> Merged:
+    timings: dict[str, float] = {}
+    fwd = bwd = 0
+    for r in records:
+        for key, t in r.timings.items():
+            timings[key] = round(timings.get(key, 0.0) + t, 3)
+        fwd, bwd = fwd + r.passes[0], bwd + r.passes[1]
+    runs = [merge_norm([r.runs[j] for r in records]) for j in range(len(records[0].runs))]
+    return Merged(runs=runs, grad_bad=torch.cat([r.grad_bad for r in records]), timings=timings,
+                  queries={"forwards": fwd, "backwards": bwd})
+
+
+# ----------------------------------------------------------------------------- curves
+def first_of(nr: NormRecord, name: str) -> torch.Tensor:
+    """(n,) first fooling ε index of an attack or a combination: ``"worst"`` (every attack),
+    ``"gradient"`` (every gradient attack), ``"gradient+<control>"`` (those and a control)."""
+    if name == "worst":
+        return nr.worst_first()
+    if name == "gradient" or name.startswith("gradient+"):
+        names = [g for g in gradient_attacks() if g in nr.first] + name.split("+")[1:]
+        return torch.stack([nr.first[g] for g in names]).amin(0)
+    return nr.first[name]
+
+
+def curve_names(nr: NormRecord) -> list[str]:
+    """The reported curves: each attack not run as a control, then ``gradient`` and
+    ``gradient+<control>`` when a control ran, then ``worst``."""
+    names = [a for a in nr.first if a not in nr.control]
+    if nr.control:
+        names += ["gradient"] + [f"gradient+{c}" for c in nr.control]
+    return names + ["worst"]
+
+
+def curves(nr: NormRecord, correct: torch.Tensor) -> dict[str, list[float]]:
+    """Robust accuracy per curve and ε: share of all samples correct and not fooled."""
+    n = len(correct)
+    return {a: [float((correct & (first_of(nr, a) > k)).float().mean()) if n else float("nan") for k in range(nr.K)]
+            for a in curve_names(nr)}
+
+
+def success(nr: NormRecord, name: str, attacked: torch.Tensor) -> list[float]:
+    """Attack success rate per ε: share of the attacked samples fooled."""
+    first, na = first_of(nr, name), int(attacked.sum())
+    return [float((attacked & (first <= k)).sum()) / na if na else float("nan") for k in range(nr.K)]
+
+
+def robust_column(norm: str, eps: float) -> str:
+    """The per-sample outcome column of ``norm`` at ``eps``."""
+    return f"robust[norm={norm},epsilon={eps:.4g}]"
+
+
+# ----------------------------------------------------------------------------- findings
+def sanity_findings(res: CheckResult, s: Sanity, plan: Plan) -> None:
+    """ε = 0, repeated forward passes, probability outputs, and unusable input gradients."""
+    if s.stochastic:
+        res.finding("warn", "gradient_masking.stochastic_outputs",
+                    f"Two forward passes of the same {plan.n} inputs differ (largest logit change {s.logit_change:.2g} "
+                    f"of the logit scale, {s.flips} predictions changed): a randomized model needs EOT attacks "
+                    "(Athalye et al. 2018); put it in eval mode or fix its randomness.")
+    if abs(s.acc0 - s.acc) > 1e-9:
+        res.finding("warn", "gradient_masking.eps0_mismatch",
+                    f"Robust accuracy at ε=0 is {s.acc0:.1%} but the clean accuracy is {s.acc:.1%}: the model's "
+                    "output is not a function of its input alone.")
+    if s.probability_outputs:
+        res.finding("warn", "gradient_masking.probability_outputs",
+                    "The model outputs probabilities, not logits; a softmax saturates and can zero the gradients "
+                    "attacks use. The audit attacks the log-probabilities; export the pre-softmax logits.")
+    if not plan.grad_ok:
+        res.finding("warn", "gradient_masking.no_gradients",
+                    f"Input gradients cannot be used ({plan.gradient_problem}); the gradient attacks "
+                    f"({', '.join(plan.skipped)}) did not run and only the gradient-free ones did, so robustness is "
+                    "likely overestimated.")
+
+
+def unit_findings(res: CheckResult, plan: Plan, m: Merged) -> None:
+    """Zero gradients, the unbounded attack's failures, unverified adversarials."""
+    ai = plan.attacked.nonzero().flatten()
+    share = float(m.grad_bad[ai].float().mean()) if len(ai) and plan.grad_ok else 0.0
+    if len(ai) and share > 0.05:
+        res.finding("warn", "gradient_masking.zero_gradients",
+                    f"The input gradient of the logit margin is zero or non-finite for {share:.0%} of the "
+                    f"{len(ai)} attacked samples (shattered gradients: input quantization, non-differentiable "
+                    "preprocessing); gradient attacks are blind there.")
+    for nr in m.runs:
+        if nr.min_norm is not None and len(ai):
+            rate = float(torch.isfinite(nr.min_norm[ai]).float().mean())
+            if rate < 0.99:
+                top = max_epsilon(nr.norm, plan.x.shape[1:])
+                res.finding("warn", "gradient_masking.unbounded_attack_fails",
+                            f"With ε = {top:.3g} ({nr.norm}; any image is reachable) the gradient attacks "
+                            f"fooled only {rate:.1%} of {len(ai)} samples instead of ~100%: the gradients do "
+                            "not lead to the decision boundary (masking), or the model ignores its input.")
+        dropped, recovered = nr.unverified
+        if dropped:
+            res.finding("info", "adversarial.unverified",
+                        f"{dropped} {nr.norm} adversarial(s) did not reproduce on a second forward pass "
+                        f"(numerical noise at the decision boundary); a fresh PGD run re-found {recovered} of "
+                        "them with a verified adversarial, the rest count as robust.")
+
+
+def masking_findings(res: CheckResult, nr: NormRecord, cur: dict[str, list[float]], tol: float) -> None:
+    """Attack-comparison flags (Carlini et al. 2019 §5.2; AutoAttack): PGD weaker than FGSM,
+    a gradient-free attack (or a control on what the gradient attacks left) stronger than the
+    best gradient attack, by more than ``tol``."""
+    lab = NORM_LABEL[nr.norm]
+    if "pgd" in cur and "fgsm" in cur:
+        g, k = max((cur["pgd"][k] - cur["fgsm"][k], k) for k in range(nr.K))
+        if g > tol:
+            res.finding("warn", "gradient_masking.iterative_weaker",
+                        f"{lab} ε={fmt_eps(nr.eps[k], nr.norm)}: PGD leaves {cur['pgd'][k]:.1%} robust but single-step "
+                        f"FGSM only {cur['fgsm'][k]:.1%}; an iterative attack weaker than one step means its gradients "
+                        "mislead it (masking).")
+    grad = [a for a in gradient_attacks() if a in cur]
+    if not grad:
+        return
+    free = [a for a in ATTACKS if a in cur and not ATTACKS[a].uses_gradients] + [f"gradient+{c}" for c in nr.control]
+    for name in free:
+        combo = name.startswith("gradient+")
+        ref = cur["gradient"] if combo else [min(cur[a][k] for a in grad) for k in range(nr.K)]
+        g, k = max((ref[k] - cur[name][k], k) for k in range(nr.K))
+        if g <= tol:
+            continue
+        attack = name.split("+")[-1]
+        where = f"{lab} ε={fmt_eps(nr.eps[k], nr.norm)}"
+        if combo:
+            msg = (f"{where}: {ATTACKS[attack].label} fooled {g:.1%} of the samples on which every gradient attack "
+                   f"failed (robust accuracy {ref[k]:.1%} → {cur[name][k]:.1%})")
+        else:
+            msg = f"{where}: {ATTACKS[attack].label} leaves {cur[name][k]:.1%} robust, the best gradient attack {ref[k]:.1%}"
+        res.finding("warn", "gradient_masking.gradient_free_stronger",
+                    msg + "; gradients do not point to the adversarials that exist.", attack=attack, norm=nr.norm)
+
+
+# ----------------------------------------------------------------------------- metrics
+def norm_metrics(res: CheckResult, plan: Plan, s: Sanity, nr: NormRecord, class_names: list[str]
+                 ) -> tuple[dict[str, list[float]], float]:
+    """The metric rows of one norm; returns its curves and the median minimal perturbation
+    (the usual median: the mean of the two middle values for an even count; inf/NaN when the
+    upper middle value is a sample never fooled, written null)."""
+    cur = curves(nr, plan.correct)
+    for a, vals in cur.items():
+        succ = success(nr, a, plan.attacked)
+        for k, e in enumerate(nr.eps):
+            res.metric("robust_accuracy", vals[k], attack=a, norm=nr.norm, epsilon=e)
+            res.metric("attack_success_rate", succ[k], attack=a, norm=nr.norm, epsilon=e)
+    if 0.0 not in nr.eps:
+        res.metric("robust_accuracy", s.acc0, attack="worst", norm=nr.norm, epsilon=0.0)
+    wf = nr.worst_first()
+    for c in torch.unique(plan.y).tolist():
+        m = plan.y == c
+        for k, e in enumerate(nr.eps):
+            res.metric("robust_accuracy", float((plan.correct[m] & (wf[m] > k)).float().mean()), attack="worst",
+                       norm=nr.norm, epsilon=e, **{"class": class_names[c]})
+    mp = nr.min_pert[plan.attacked]
+    med = statistics.median(mp.tolist()) if len(mp) else float("nan")
+    res.metric("median_min_perturbation", med, norm=nr.norm)
+    return cur, med
+
+
+def summary_part(nr: NormRecord, cur: dict[str, list[float]], med: float) -> str:
+    """``"L∞ ε=8/255: robust 8.3%, median min pert 4.96/255"`` at the ε nearest half the largest."""
+    mid = min(range(nr.K), key=lambda k: abs(nr.eps[k] - nr.eps[-1] / 2))
+    return (f"{NORM_LABEL[nr.norm]} ε={fmt_eps(nr.eps[mid], nr.norm)}: robust {cur['worst'][mid]:.1%}, "
+            f"median min pert {fmt_eps(med, nr.norm) if math.isfinite(med) else 'n/a'}")
+
+
+# ----------------------------------------------------------------------------- per sample
+def sample_table(plan: Plan, runs: list[NormRecord]) -> SampleTable:
+    """Per evaluated sample: ``label``, and per norm ``robust[norm=..,epsilon=..]`` (correct and
+    not fooled by any attack at that ε) and ``min_perturbation[norm=..]`` (null: never fooled)."""
+    cols: dict[str, list] = {"label": plan.y.tolist()}
+    for nr in runs:
+        wf = nr.worst_first()
+        for k, e in enumerate(nr.eps):
+            cols[robust_column(nr.norm, e)] = (plan.correct & (wf > k)).tolist()
+        cols[f"min_perturbation[norm={nr.norm}]"] = [round(v, 6) if math.isfinite(v) else None
+                                                     for v in nr.min_pert.tolist()]
+    return SampleTable(plan.ids, cols)
+
+
+def published_examples(plan: Plan, runs: list[NormRecord]) -> AdversarialExamples | None:
+    """``adversarial.examples`` for the first norm that fooled anything, or None."""
+    for nr in runs:
+        gi = (nr.adv_k < nr.K).nonzero().flatten()
+        if len(gi):
+            return AdversarialExamples(x=plan.x[gi].clone(), x_adv=nr.adv[gi].clone(), y=plan.y[gi].clone(),
+                                       pred_adv=nr.adv_logits[gi].argmax(1), norm=nr.norm,
+                                       epsilon=torch.tensor([nr.eps[k] for k in nr.adv_k[gi].tolist()]),
+                                       ids=[plan.ids[i] for i in gi.tolist()])
+    return None
