@@ -12,7 +12,12 @@ import torch
 
 from .errors import first_line
 
-__all__ = ["gradient_problem"]
+__all__ = ["gradient_problem", "gradients_computable", "ZERO", "NOT_FINITE"]
+
+#: the problems of gradients that exist but carry no signal: a gradient method can still run
+#: (and a check may report the share of samples affected)
+ZERO = "they are all zero"
+NOT_FINITE = "they are not finite"
 
 
 def gradient_problem(model, x: torch.Tensor, target: torch.Tensor | None = None) -> str | None:
@@ -35,7 +40,13 @@ def gradient_problem(model, x: torch.Tensor, target: torch.Tensor | None = None)
     if grad is None:
         return "autograd returned no gradient for the input"
     if not torch.isfinite(grad).all():
-        return "they are not finite"
+        return NOT_FINITE
     if float(grad.abs().max()) == 0.0:
-        return "they are all zero"
+        return ZERO
     return None
+
+
+def gradients_computable(problem: str | None) -> bool:
+    """Whether autograd can compute input gradients at all, given :func:`gradient_problem`'s
+    answer: True when there is no problem or the gradients are merely zero or not finite."""
+    return problem is None or problem in (ZERO, NOT_FINITE)

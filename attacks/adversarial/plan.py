@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from audit.data import stratified_indices
+from audit.gradients import gradients_computable
 from audit.errors import ConfigError
 
 from .attacks import ATTACKS
@@ -19,13 +20,7 @@ from .threat import epsilon_grid
 if TYPE_CHECKING:  # pragma: no cover
     from audit.context import Context
 
-__all__ = ["Plan", "Sanity", "prepare", "target_labels", "gradients_computable"]
-
-#: ``ctx.gradient_problem`` phrases (audit/gradients.py) for gradients that exist but are zero or
-#: not finite: the gradient attacks still run and the per-sample share is reported instead
-#: (``gradient_masking.zero_gradients``)
-_COMPUTABLE_PROBLEMS = ("they are all zero", "they are not finite")
-
+__all__ = ["Plan", "Sanity", "prepare", "target_labels"]
 
 @dataclass(frozen=True)
 class Plan:
@@ -83,11 +78,6 @@ class Sanity:
     @property
     def stochastic(self) -> bool:
         return self.logit_change > 1e-3 or self.flips > 0
-
-
-def gradients_computable(problem: str | None) -> bool:
-    """Input gradients can be computed (``problem`` None, or they are zero / not finite)."""
-    return problem is None or problem in _COMPUTABLE_PROBLEMS
 
 
 def target_labels(targeted: str, y: torch.Tensor, clean_logits: torch.Tensor,

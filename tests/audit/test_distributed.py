@@ -165,27 +165,27 @@ def test_interrupted_check_resumes_from_its_finished_units(model_files, pattern_
                                                            tmp_path, monkeypatch):
     """Ctrl-C in the middle of the adversarial check: the units finished before are on disk;
     --resume computes only the others and ends with the numbers of a straight run."""
-    from attacks.adv_engine import Engine
+    from attacks.adversarial.check import AdversarialCheck
 
     common = ["run", str(model_files / "ts.pt"), "--data", str(pattern_folder), "--labels", str(labels_file),
               "--config", str(dist_config), "--device", "cpu", "--checks", "clean,adversarial", "-q"]
     straight = tmp_path / "straight"
     assert main(common + ["--out", str(straight)]) == ExitCode.OK
 
-    real = Engine._unit
+    real = AdversarialCheck.compute
     seen = []
 
-    def unit(self, idx, gen):
-        seen.append(int(idx[0]))
+    def compute(self, unit, ctx, gen):
+        seen.append(int(unit.payload[0]))
         if len(seen) == 3:
             raise KeyboardInterrupt
-        return real(self, idx, gen)
+        return real(self, unit, ctx, gen)
 
-    monkeypatch.setattr(Engine, "_unit", unit)
+    monkeypatch.setattr(AdversarialCheck, "compute", compute)
     out = tmp_path / "out"
     assert main(common + ["--out", str(out)]) == ExitCode.INTERRUPTED
     units = sorted((out / ".audit-checkpoint" / "adversarial").glob("samples-*.pt"))
-    assert [u.name for u in units] == ["samples-00000.pt", "samples-00001.pt"]
+    assert [u.name for u in units] == ["samples-0.pt", "samples-1.pt"]
 
     seen.clear()
     assert main(common + ["--out", str(out), "--resume"]) == ExitCode.OK
