@@ -138,20 +138,14 @@ class Context:
 
         return self._map(len(units), one, keys=keys, desc="units", unit=unit)
 
-    def _map(self, n: int, fn, *, keys: list[str], desc: str, unit: str, keep=None) -> list[Any]:
+    def _map(self, n: int, fn, *, keys: list[str], desc: str, unit: str) -> list[Any]:
         name, fp, store = self.check_name, self.fingerprint, self.store
         load = (lambda k: store.load_unit(name, keys[k], fp)) if store is not None and self.resume else None
         save = (lambda k, r: store.save_unit(name, keys[k], fp, r)) if store is not None else None
         mine = len(range(self.world.rank, n, self.world.size))
         with self.progress.units(mine, f"{name}: {desc}", unit) as bar:
             return map_units(self.world, n, fn, seed=derive_seed(self.seed, name), keys=keys, load=load, save=save,
-                             on_done=lambda: bar.update(1), keep=keep, where=name)
-
-    def map_units(self, n_units: int, fn, *, tag: str = "units", desc: str = "", unit: str = "unit",
-                  keep=None) -> list:
-        """Transitional: ``fn(k, generator)`` for units ``k`` of one ``tag`` (use :meth:`run_units`)."""
-        return self._map(n_units, fn, keys=[f"{tag}:{k}" for k in range(n_units)], desc=desc or tag, unit=unit,
-                         keep=keep)
+                             on_done=lambda: bar.update(1), where=name)
 
     def agree(self, label: str, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (e.g. a batch size chosen from free GPU memory)."""

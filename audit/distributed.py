@@ -161,14 +161,12 @@ def unit_seed(seed: int, tag: str, k: int) -> int:
 def map_units(world: World, n_units: int, fn: Callable[[int, torch.Generator], Any], *, seed: int,
               tag: str = "units", keys: list[str] | None = None,
               load: Callable[[int], Any] | None = None, save: Callable[[int, Any], None] | None = None,
-              on_done: Callable[[], None] | None = None, keep: Callable[[Any], bool] | None = None,
-              where: str = "") -> list[Any]:
+              on_done: Callable[[], None] | None = None, where: str = "") -> list[Any]:
     """Run ``fn(k, generator)`` for the units ``k`` of this rank and return every unit's
     result, in unit order, on every rank. Unit ``k``'s generator is seeded from ``seed`` and
     its key (``keys[k]``, default ``f"{tag}:{k}"``).
 
-    ``load(k)`` returns a checkpointed result (or None) and ``save(k, r)`` stores one (only
-    when ``keep(r)``, if given: a transient failure is not worth keeping); ``on_done`` is
+    ``load(k)`` returns a checkpointed result (or None) and ``save(k, r)`` stores one; ``on_done`` is
     called after each unit (progress). Results must be picklable (tensors on the CPU). A
     unit that raises makes every rank raise :class:`ShardError` with the failing rank's
     message. ``where`` (the check's name) labels the exchange."""
@@ -180,7 +178,7 @@ def map_units(world: World, n_units: int, fn: Callable[[int, torch.Generator], A
             got = load(k) if load is not None else None
             if got is None:
                 got = fn(k, torch.Generator().manual_seed(derive_seed(seed, keys[k])))
-                if save is not None and (keep is None or keep(got)):
+                if save is not None:
                     save(k, got)
             mine[k] = got
             if on_done is not None:

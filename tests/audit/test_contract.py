@@ -119,7 +119,7 @@ def _tiny(model_files, pattern_data):
 
 
 def _reversed_units(world, n_units, fn, *, seed, keys=None, tag="units", load=None, save=None, on_done=None,
-                    keep=None, where=""):
+                    where=""):
     """map_units, computing the units last to first (as another process would interleave them)."""
     keys = keys if keys is not None else [f"{tag}:{k}" for k in range(n_units)]
     got = {}
