@@ -124,7 +124,7 @@ def test_same_seed_same_numbers(model_files, pattern_folder, labels_file, tmp_pa
         main(["run", str(model_files / "dyn.pt2"), "--data", str(pattern_folder), "--labels", str(labels_file),
               "--samples", "12", "--seed", "5", "--out", str(out), "--checks", "clean", "-q"])
         res = json.loads((out / "results.json").read_text())
-        runs.append((res["run"]["seed"], res["checks"][0]["metrics"], res["checks"][0]["data"]["records"]["id"]))
+        runs.append((res["run"]["seed"], res["checks"][0]["metrics"], res["checks"][0]["samples"]["id"]))
     assert runs[0] == runs[1] and runs[0][0] == 5
 
 

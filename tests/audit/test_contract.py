@@ -163,7 +163,8 @@ def test_every_check_ran_and_emitted_only_declared_codes(batteries):
         assert c.error is None, f"{c.name}: {c.error}"
         assert {m.name for m in c.metrics} <= set(cls.metrics), c.name
         assert {f.code for f in c.findings} <= set(cls.findings), c.name
-        assert c.metrics, f"{c.name} emitted no metric"
+        # a check measures something, or says in an info finding why it could not (bias without concepts)
+        assert c.metrics or any(f.severity == "info" for f in c.findings), f"{c.name} emitted nothing"
         timings = c.data.get("timings", {})
         assert isinstance(timings, dict) and all(isinstance(v, (int, float)) for v in timings.values())
         assert not {"timing", "timing_s", "timings_s"} & set(c.data), c.name
