@@ -77,6 +77,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=_positive_int,
                    help="inference batch size, also the size of the work units split over processes (default 128)")
     g.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--budget", choices=("fast", "standard", "thorough"),
+                   help="adversarial attack budget (default: the config's, else standard = AutoAttack-grade; fast for CI on CPU)")
     g.add_argument("--fail-on", choices=("none", "warn", "fail"),
                    help="also fail the run (exit 1) on findings of this severity or worse")
     g.add_argument("--out", default="audit-out", help="output folder (default audit-out/)")
@@ -114,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=_positive_int,
                       help="inference batch size, also the size of the work units split over processes (default 128)")
     demo.add_argument("--resume", action="store_true", help="reuse the checks an interrupted demo already finished")
+    demo.add_argument("--budget", choices=("fast", "standard", "thorough"), default="fast",
+                      help="adversarial attack budget (default fast: the demo in about a minute on CPU)")
     _common(demo)
 
     rep = sub.add_parser("report", help="re-render the report files from a saved results.json")
@@ -195,6 +199,10 @@ def _config_from_args(args) -> "AuditConfig":
 
     cfg = AuditConfig.load(args.config) if getattr(args, "config", None) else AuditConfig()
     checks = [c.strip() for c in args.checks.split(",") if c.strip()] if getattr(args, "checks", None) else None
+    if getattr(args, "budget", None):  # --budget: [checks.adversarial] budget
+        opts = {k: dict(v) for k, v in cfg.check_options.items()}
+        opts.setdefault("adversarial", {})["budget"] = args.budget
+        cfg = cfg.replace(check_options=opts)
     return cfg.replace(seed=getattr(args, "seed", None), samples=getattr(args, "samples", None), device=args.device,
                        checks=checks, fail_on=getattr(args, "fail_on", None),
                        batch_size=getattr(args, "batch_size", None), threads=getattr(args, "threads", None))

@@ -1,17 +1,22 @@
-"""Benchmark of the ``adversarial`` check against foolbox, on the same model and samples.
+"""Benchmark of the ``adversarial`` check against its peers, on the same model, samples and ε.
 
-(a) our full L∞ curve (the check with ``norms = ["linf"]``: FMN, FGSM, PGD, Square, noise,
-    ε-sharing and early stop) over the ε list;
-(b) foolbox ``LinfPGD()`` + ``FGSM()`` + ``LInfFMNAttack()`` with their default settings
-    run over the same ε list, as a user would do by hand.
+(a) ours: the check with ``norms = ["linf"]`` at ``--budget`` (default standard) over the ε list
+    (default 2/255, 4/255, 8/255): its per-sample worst case and its wall time;
+(b) torchattacks ``AutoAttack(version="standard")`` (APGD-CE, APGD-T, FAB-T, Square 5,000
+    queries; Croce & Hein 2020) run at each ε, as a user would do by hand (``--no-autoattack``
+    skips it: minutes on CPU);
+(c) foolbox ``LinfPGD()`` + ``FGSM()`` + ``LInfFMNAttack()`` with their default settings over
+    the same ε list.
 
-Prints robust accuracy per ε for both (ours: per-sample worst case; foolbox: each attack and
-their per-sample worst case), the wall times and, last, ``time_ratio=<ours/foolbox>``.
-Uses the demo model (``audit/demo/assets/gymnet.safetensors``) when it exists, else a tiny
-model trained on the spot. CPU only here; the GPU part of issue 3 (ResNet-50 img-steps/s)
-is not implemented in this script.
+Prints robust accuracy per ε for each (ours: the worst case; AutoAttack; foolbox: each attack
+and their per-sample worst case), the wall times, whether ours is within +0.01 of AutoAttack
+at every ε, and, last, ``time_ratio=<ours/AutoAttack>`` (``<ours/foolbox>`` without
+AutoAttack). Uses the demo model (``audit/demo/assets/gymnet.safetensors``) on a class-stratified
+subset of ``--samples`` of its validation images (the check's own default subset: 48), else a
+tiny model trained on the spot. ``--wrap shattered`` puts the demo network behind
+``z + 0.001·sin(20000·z)`` (Athalye et al. 2018's shattered gradients; same decisions).
 
-    python bench/adversarial.py [--threads 1] [--samples 0] [--device cpu]
+    python bench/adversarial.py [--threads 1] [--samples 48] [--budget standard] [--eps 2,4,8]
 """
 from __future__ import annotations
 
@@ -22,90 +27,140 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def load(samples: int, device: str):
+class Shattered(nn.Module):
+    """``net(z + 0.001·sin(20000·z))``: the same decisions, useless input gradients."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z):
+        return self.net(z + 0.001 * torch.sin(20000 * z))
+
+
+def load(samples: int, device: str, wrap: str):
     import audit
     import audit.demo as demo
+    from audit.data import stratified_indices
 
     if demo.MODEL_PATH.exists():
         model = audit.load_model(demo.MODEL_PATH, device=device)
-        tmp = tempfile.mkdtemp(prefix="advbench-")
-        paths = demo.prepare(tmp)
-        data = audit.load_data(paths["val"], model=model, samples=samples or None)
-        eps = None  # the check's defaults for the input size
-        return model, data, eps, "demo GymNet 3x64x64"
-    from audit import AuditData, AuditModel, ModelSpec
-    from tests.tinymodels import PATTERNS, make_patterns, train_tiny
+        paths = demo.prepare(tempfile.mkdtemp(prefix="advbench-"))
+        data = audit.load_data(paths["val"], model=model)
+        what = "demo GymNet 3x64x64"
+    else:
+        from audit import AuditData, AuditModel, ModelSpec
+        from tests.tinymodels import PATTERNS, make_patterns, train_tiny
 
-    net = train_tiny()
-    for p in net.parameters():
+        net = train_tiny()
+        model = AuditModel(net, ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize()
+        x, y = make_patterns(16, seed=7)
+        data = AuditData(x, y, list(PATTERNS), [str(i) for i in range(len(y))])
+        what = "tiny TinyNet 3x16x16 (demo model not built yet)"
+    for p in model.parameters():
         p.requires_grad_(False)
-    model = AuditModel(net, ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize().eval()
-    x, y = make_patterns(16, seed=7)
-    data = AuditData(x, y, list(PATTERNS), [str(i) for i in range(len(y))])
-    eps = [v / 255 for v in (2, 4, 8, 12, 16, 24, 32)]
-    return model, data, eps, "tiny TinyNet 3x16x16 (demo model not built yet)"
+    if wrap == "shattered":
+        model.net = Shattered(model.net)
+        what += " behind z + 0.001 sin(20000 z)"
+    if samples and samples < len(data):
+        idx = stratified_indices(data.y, samples, 0)
+        data = type(data)(data.x[idx], data.y[idx], data.class_names, [data.ids[i] for i in idx.tolist()])
+    return model.eval(), data, what
+
+
+def ours(model, data, eps, budget):
+    from audit import AuditConfig
+    from audit.context import Context
+    from attacks.adversarial import AdversarialCheck
+
+    cfg = AuditConfig(checks=["adversarial"], batch_size=128, check_options={"adversarial": {
+        "norms": ["linf"], "epsilons": {"linf": eps}, "max_samples": 0, "budget": budget}})
+    t0 = time.perf_counter()
+    ctx = Context(model=model, data=data, config=cfg, seed=0, logits=model.logits(data.x)).scoped(
+        "adversarial", declared=AdversarialCheck.publishes)
+    res = AdversarialCheck(cfg.options_for("adversarial")).run(ctx)
+    wall = time.perf_counter() - t0
+    if res.error:
+        raise SystemExit(f"the check failed: {res.error}")
+    rows = {m.qualifiers["epsilon"]: m.value for m in res.metrics if m.name == "robust_accuracy"
+            and m.qualifiers.get("attack") == "worst" and "class" not in m.qualifiers and m.qualifiers["epsilon"] > 0}
+    return [rows[min(rows, key=lambda v: abs(v - e))] for e in eps], wall, res
+
+
+def autoattack(model, x, y, eps):
+    import torchattacks
+
+    accs, t0 = [], time.perf_counter()
+    for e in eps:
+        aa = torchattacks.AutoAttack(model, norm="Linf", eps=e, version="standard", n_classes=model.num_classes, seed=0)
+        adv = aa(x, y)
+        with torch.no_grad():
+            accs.append(float((model(adv).argmax(1) == y).float().mean()))
+    return accs, time.perf_counter() - t0
+
+
+def foolbox(model, x, y, eps):
+    import foolbox as fb
+
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=model.device)
+    t0 = time.perf_counter()
+    out, any_succ = {}, None
+    for atk in (fb.attacks.LinfPGD(), fb.attacks.FGSM(), fb.attacks.LInfFMNAttack()):
+        _, _, succ = atk(fmodel, x, y, epsilons=eps)
+        out[type(atk).__name__] = (~succ).float().mean(1).tolist()
+        any_succ = succ if any_succ is None else (any_succ | succ)
+    out["foolbox worst"] = (~any_succ).float().mean(1).tolist()
+    return out, time.perf_counter() - t0
 
 
 def main(argv=None) -> float:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--samples", type=int, default=0, help="0: all")
+    ap.add_argument("--samples", type=int, default=48, help="class-stratified subset (0: all)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--budget", default="standard", choices=("fast", "standard", "thorough"))
+    ap.add_argument("--eps", default="2,4,8", help="L-inf epsilons in 1/255, comma-separated")
+    ap.add_argument("--wrap", default="none", choices=("none", "shattered"))
+    ap.add_argument("--no-autoattack", action="store_true", help="skip torchattacks' AutoAttack (minutes on CPU)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    import foolbox as fb
-
-    from audit import AuditConfig
-    from audit.context import Context
-    from attacks.adversarial import AdversarialCheck, default_epsilons
-
-    model, data, eps, what = load(a.samples, a.device)
-    model.eval()
-    eps = eps or default_epsilons("linf", data.input_shape)
-    x, y = data.x, data.y
-    print(f"model: {what}; {len(y)} samples; threads={a.threads}; device={model.device}")
+    model, data, what = load(a.samples, a.device, a.wrap)
+    eps = [float(v) / 255 for v in a.eps.split(",")]
+    x, y = data.x.to(model.device), data.y.to(model.device)
+    print(f"model: {what}; {len(y)} samples; threads={a.threads}; device={model.device}; budget={a.budget}")
     print("epsilons (x255):", [round(e * 255, 2) for e in eps])
 
-    cfg = AuditConfig(checks=["adversarial"], batch_size=128,
-                      check_options={"adversarial": {"norms": ["linf"], "epsilons": {"linf": eps}, "max_samples": 0}})
-    t0 = time.perf_counter()
-    ctx = Context(model=model, data=data, config=cfg, seed=0, logits=model.logits(x)).scoped(
-        "adversarial", declared=AdversarialCheck.publishes)
-    res = AdversarialCheck(cfg.options_for("adversarial")).run(ctx)
-    t_ours = time.perf_counter() - t0
-    ours = {m.qualifiers["epsilon"]: m.value for m in res.metrics if m.name == "robust_accuracy"
-            and m.qualifiers.get("attack") == "worst" and "class" not in m.qualifiers and m.qualifiers["epsilon"] > 0}
+    mine, t_ours, res = ours(model, data, eps, a.budget)
+    table = {f"ours ({a.budget})": mine}
+    t_aa = None
+    if not a.no_autoattack:
+        table["AutoAttack"], t_aa = autoattack(model, x, y, eps)
+    fb_rows, t_fb = foolbox(model, x, y, eps)
+    table.update(fb_rows)
 
-    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=model.device)
-    xd, yd = x.to(model.device), y.to(model.device)
-    t0 = time.perf_counter()
-    theirs, any_succ = {}, None
-    for atk in (fb.attacks.LinfPGD(), fb.attacks.FGSM(), fb.attacks.LInfFMNAttack()):
-        _, _, succ = atk(fmodel, xd, yd, epsilons=eps)
-        theirs[type(atk).__name__] = (~succ).float().mean(1).tolist()
-        any_succ = succ if any_succ is None else (any_succ | succ)
-    t_fb = time.perf_counter() - t0
-    theirs["worst"] = (~any_succ).float().mean(1).tolist()
-
-    names = list(theirs)
-    print(f"{'eps*255':>8} {'ours':>7} " + " ".join(f"{n:>14}" for n in names))
-    weaker = 0
+    names = list(table)
+    print(f"{'eps*255':>8} " + " ".join(f"{n:>16}" for n in names))
     for k, e in enumerate(eps):
-        o = ours[min(ours, key=lambda v: abs(v - e))]
-        row = " ".join(f"{theirs[n][k]:>14.3f}" for n in names)
-        flag = "" if o <= min(theirs[n][k] for n in names) + 1e-9 else "  <- ours weaker"
-        weaker += bool(flag)
-        print(f"{e * 255:>8.2f} {o:>7.3f} {row}{flag}")
-    print(f"time ours {t_ours:.2f} s (queries {res.data['queries']}; per attack {res.data['timings']}), foolbox {t_fb:.2f} s")
-    print(f"epsilons where ours is weaker than a foolbox attack: {weaker}")
+        print(f"{e * 255:>8.2f} " + " ".join(f"{table[n][k]:>16.3f}" for n in names))
     t_attack = res.data["timings"]["attacks_total"]
-    print(f"ours: {t_attack:.2f} s attacking + {t_ours - t_attack:.2f} s plots/metrics; "
-          f"ratio including plots {t_ours / t_fb:.3f}")
-    ratio = t_attack / t_fb
+    print(f"time ours {t_ours:.1f} s ({t_attack:.1f} s attacking; passes {res.data['queries']['forwards']} forward, "
+          f"{res.data['queries']['backwards']} backward), foolbox {t_fb:.1f} s"
+          + (f", AutoAttack {t_aa:.1f} s" if t_aa is not None else ""))
+    print("per attack (s):", {k: v for k, v in res.data["timings"].items() if k.endswith("_linf")})
+    weaker_fb = sum(mine[k] > min(fb_rows[n][k] for n in fb_rows) + 1e-9 for k in range(len(eps)))
+    print(f"epsilons where ours is weaker than a foolbox attack: {weaker_fb}")
+    if t_aa is not None:
+        gap = max(m - t for m, t in zip(mine, table["AutoAttack"]))
+        print(f"largest (ours - AutoAttack) robust accuracy: {gap:+.3f} (target <= +0.01: "
+              f"{'met' if gap <= 0.01 + 1e-9 else 'NOT met'})")
+        ratio = t_ours / t_aa
+    else:
+        ratio = t_ours / t_fb
     print(f"time_ratio={ratio:.3f}")
     return ratio
 

@@ -5,9 +5,11 @@ FAST_CONFIG = """
 batch_size = 8
 
 [checks.adversarial]
+budget = "fast"
 max_samples = 24
 epsilons = {linf = [0.01, 0.03, 0.1], l2 = [0.3, 1.0]}
 fmn_steps = 10
+apgd_steps = 5
 square_queries = 10
 
 [checks.fooling]

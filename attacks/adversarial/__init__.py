@@ -3,8 +3,9 @@
 ``check`` (the Check: units, compute, summarize) → ``summary`` (merged records → metrics,
 findings, per-sample table, published examples) and ``figures`` (images) → ``engine`` (the ε
 loop on one work unit, its records) → ``plan`` (what is attacked, decided once), ``options``
-→ ``attacks`` (the attack classes and their registry :data:`ATTACKS`) → ``objective`` (the
-logit margin) and ``threat`` (norms, geometry, ε grids).
+→ ``budget`` (fast / standard / thorough) and the attacks: ``apgd`` (APGD-CE/-DLR/-T),
+``square`` (Square) → ``attacks`` (base classes, the registry :data:`ATTACKS`, FGSM, PGD, FMN,
+noise) → ``objective`` (the logit margin) and ``threat`` (norms, geometry, ε grids).
 
 Importing this package registers the check.
 """

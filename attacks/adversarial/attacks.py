@@ -7,16 +7,18 @@ minimises the logit margin of an :class:`~.objective.Objective`. Two kinds:
 - a :class:`BoundedAttack` gets clean inputs ``x`` (n, C, H, W) on the model's device, their
   labels/targets ``lab`` (n,) and one ε, and returns ``(fooled (n,) bool, x_adv (n, C, H, W))``
   with ``x_adv`` the adversarial where fooled (the clean input elsewhere); the engine runs it
-  at each ε of the grid on the samples it has not fooled yet (and that :meth:`BoundedAttack.select`
-  keeps);
+  at each ε of the grid on the samples it has not settled yet (and that
+  :meth:`BoundedAttack.select` keeps);
 - a :class:`MinimumNormAttack` runs once, unbounded, and returns every sample's smallest
-  adversarial; the engine runs these first and hands what they found to the bounded attacks
-  (:class:`Guide`).
+  adversarial (the perturbation histogram and the unbounded-attack test); the engine runs these
+  first. No bounded attack depends on what they found.
 
-Adding an attack is one class here plus ``@register_attack`` on it: the options' ``attacks``
-list, the docs table (tests/attacks/test_adversarial.py compares it) and the engine read the
-registry :data:`ATTACKS`. Registration order is the order attacks are listed, reported and (after
-the minimum-norm attacks) run.
+Here: the base classes, the registry, FGSM, PGD, FMN and random noise; APGD (CE, DLR,
+targeted) is in :mod:`.apgd`, Square in :mod:`.square`. Adding an attack is one class plus
+``@register_attack`` on it: the options' ``attacks`` list, the docs table
+(tests/attacks/test_adversarial.py compares it) and the engine read the registry
+:data:`ATTACKS`. Registration order is the order attacks are listed and reported; the engine
+runs the minimum-norm attacks first, then the gradient attacks, then the gradient-free ones.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from .objective import Objective
 from .threat import dual_norm_of, in_bounds, norm_of, per_sample, project, random_in_ball, random_on_sphere, steepest
 
 __all__ = ["Attack", "BoundedAttack", "MinimumNormAttack", "Guide", "ATTACKS", "register_attack",
-           "gradient_attacks", "FGSM", "PGD", "FMN", "Square", "Noise"]
+           "gradient_attacks", "FGSM", "PGD", "FMN", "Noise"]
 
 Result = tuple[torch.Tensor, torch.Tensor]
 
@@ -44,7 +46,7 @@ class Guide:
     attacks run), ``grad0`` (n, C, H, W) the margin's gradient at the clean inputs (None without
     usable gradients), and ``min_norm`` (n,) / ``min_adv`` (n, C, H, W) the smallest adversarial
     perturbation norm (inf: none) and adversarial found by the minimum-norm attacks (None when
-    none ran)."""
+    none ran; the unbounded-attack test reads them, no bounded attack does)."""
 
     x: torch.Tensor
     eps: list[float]
@@ -58,23 +60,18 @@ class Guide:
         """The gradient attacks among those run."""
         return [a for a in self.first if ATTACKS[a].uses_gradients]
 
-    def within(self, ratio: float, k: int) -> torch.Tensor | None:
-        """(n,) bool: the samples whose minimal perturbation found is ≤ ``ratio`` × ε_k, or
-        that the minimum-norm attacks failed on; None (every sample) without a minimum-norm
-        result or with ``ratio`` ≤ 0."""
-        if self.min_norm is None or ratio <= 0:
-            return None
-        return (~torch.isfinite(self.min_norm)) | (self.min_norm <= ratio * self.eps[k])
-
 
 class Attack:
     """An attack: ``name`` (the option value and the metrics' ``attack``), ``uses_gradients``
     (skipped when the model's input gradients cannot be used), ``paper`` and ``label`` (how a
-    finding names it)."""
+    finding names it). ``iterative``: an attack whose failure on a sample at ε carries to the
+    smaller ε when the budget's ``share_failures`` is on (the engine then runs it from the
+    largest ε down); FGSM and noise, cheap and not monotone in ε, run at every ε."""
 
     name: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True
     minimum_norm: ClassVar[bool] = False
+    iterative: ClassVar[bool] = False
     label: ClassVar[str] = ""
     paper: ClassVar[str] = ""
 
@@ -97,8 +94,8 @@ class BoundedAttack(Attack):
         return self.run(obj, x, lab, eps, norm, gen=gen)
 
     def select(self, k: int, guide: Guide) -> torch.Tensor | None:
-        """(n,) bool: the samples worth attacking at ε index ``k`` (besides those not fooled
-        yet); None: all of them."""
+        """(n,) bool: the samples to attack at ε index ``k`` (besides those the attack has not
+        settled yet); None: all of them."""
         return None
 
     def is_control(self, guide: Guide) -> bool:
@@ -158,48 +155,33 @@ class FGSM(BoundedAttack):
 
 @register_attack
 class PGD(BoundedAttack):
-    """Projected gradient descent on the margin, ``steps`` steps of ``rel_step``·ε/steps from a
-    random start; restart 0 warm-starts from the minimum-norm perturbation projected onto the
-    ball (steps of ``warm_step``·ε/steps) where there is one; runs at ε only where the minimal
-    perturbation found is ≤ ``window``·ε; a sample stops as soon as it is fooled."""
+    """Projected gradient descent on the margin (Madry et al. 2018): ``restarts`` runs from
+    uniform random starts in the ε-ball, ``steps`` steps of ``rel_step``·ε/steps along the
+    steepest descent (sign for L∞), each projected onto the ball and [0, 1]; a sample leaves
+    the batch as soon as it is fooled, and later restarts run only on the samples not fooled."""
 
     name, label, paper = "pgd", "PGD", "Madry et al. 2018"
+    iterative = True
 
-    def __init__(self, steps: int = 10, restarts: int = 1, window: float = 1.5, rel_step: float = 2.5,
-                 warm_step: float = 0.25):
-        self.steps, self.restarts, self.window = steps, restarts, window
-        self.rel_step, self.warm_step = rel_step, warm_step
+    def __init__(self, steps: int = 10, restarts: int = 1, rel_step: float = 2.5):
+        self.steps, self.restarts, self.rel_step = steps, restarts, rel_step
 
     @classmethod
     def from_options(cls, o):
-        return cls(steps=o.pgd_steps, restarts=o.pgd_restarts, window=o.pgd_window)
+        r = o.resolved
+        return cls(steps=r.pgd_steps, restarts=r.pgd_restarts)
 
-    def select(self, k, guide):
-        return guide.within(self.window, k)
-
-    def perturb(self, obj, x, lab, eps, norm, *, rows, guide, gen):
-        init = None
-        if guide.min_adv is not None:
-            init = (guide.min_adv[rows] - guide.x[rows]).to(x.device)
-            miss = (~torch.isfinite(guide.min_norm[rows])).to(x.device)
-            if miss.any():
-                init[miss] = random_in_ball(x[miss], eps, norm, gen)
-        return self.run(obj, x, lab, eps, norm, gen=gen, init=init)
-
-    def run(self, obj, x, lab, eps, norm, *, gen, init: torch.Tensor | None = None):
-        """``init`` (n, C, H, W): restart 0's start (projected onto the ball), or None."""
+    def run(self, obj, x, lab, eps, norm, *, gen):
         n = x.shape[0]
         fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
         adv = x.clone()
-        for r in range(max(1, self.restarts)):
-            warm = r == 0 and init is not None  # a warm start sits near the boundary: smaller steps
-            alpha = (self.warm_step if warm else self.rel_step) * eps / max(self.steps, 1)
+        alpha = self.rel_step * eps / max(self.steps, 1)
+        for _ in range(max(1, self.restarts)):
             act = (~fooled).nonzero().flatten()
             if len(act) == 0:
                 break
-            d0 = init[act] if warm else random_in_ball(x[act], eps, norm, gen)
             xs, ls = x[act], lab[act]
-            d = in_bounds(xs, project(d0, eps, norm))
+            d = in_bounds(xs, project(random_in_ball(xs, eps, norm, gen), eps, norm))
             live = torch.arange(len(act), device=x.device)
             for k in range(self.steps + 1):
                 xa = xs[live] + d[live]
@@ -232,7 +214,7 @@ class FMN(MinimumNormAttack):
 
     @classmethod
     def from_options(cls, o):
-        return cls(steps=o.fmn_steps)
+        return cls(steps=o.resolved.fmn_steps)
 
     def minimize(self, obj, x, lab, norm, *, max_eps):
         n, steps = x.shape[0], self.steps
@@ -267,79 +249,6 @@ class FMN(MinimumNormAttack):
 
 
 @register_attack
-class Square(BoundedAttack):
-    """Score-based, gradient-free Square attack: random ±ε squares (L∞; vertical-stripe
-    init), accepted only when the margin drops, ``queries`` forward passes per sample at most;
-    for L2 a simplified window random search on the ε-sphere. ``scope="control"``: only where
-    every gradient attack failed (and the minimal perturbation is ≤ ``window``·ε)."""
-
-    name, label, paper = "square", "the gradient-free Square attack", "Andriushchenko et al. 2020"
-    uses_gradients = False
-
-    def __init__(self, queries: int = 50, window: float = 1.25, scope: str = "control", p_init: float = 0.3):
-        self.queries, self.window, self.scope, self.p_init = queries, window, scope, p_init
-
-    @classmethod
-    def from_options(cls, o):
-        return cls(queries=o.square_queries, window=o.square_window, scope=o.square_scope)
-
-    def is_control(self, guide):
-        return self.scope == "control" and bool(guide.gradient)
-
-    def select(self, k, guide):
-        win = guide.within(self.window, k)
-        keep = win if win is not None else torch.ones(guide.x.shape[0], dtype=torch.bool)
-        if self.is_control(guide):  # only where every gradient attack failed at this ε
-            keep = keep & (torch.stack([guide.first[a] for a in guide.gradient]).amin(0) > k)
-        return keep
-
-    def run(self, obj, x, lab, eps, norm, *, gen):
-        n, c, h, w = x.shape
-        dev = x.device
-        if norm == "linf":  # vertical stripes of ±ε, as in the paper
-            d = (torch.randint(0, 2, (n, c, 1, w), generator=gen).float() * 2 - 1).to(dev) * eps
-            d = d.expand(n, c, h, w).clone()
-        else:
-            d = random_on_sphere(x, eps, norm, gen)
-        d = in_bounds(x, d)
-        m, _ = obj(x + d, lab)
-        fooled = m < 0
-        adv = torch.where(fooled.view(-1, 1, 1, 1), x + d, x)
-        live = (~fooled).nonzero().flatten()
-        yy = torch.arange(h, device=dev).view(1, 1, h, 1)
-        xx = torch.arange(w, device=dev).view(1, 1, 1, w)
-        for q in range(1, self.queries):
-            if len(live) == 0:
-                break
-            p = self.p_init * 0.5 ** sum(q / self.queries > t for t in (0.05, 0.15, 0.3, 0.5, 0.7, 0.85))
-            s = max(1, min(h, w, int(round(math.sqrt(p * h * w)))))
-            k = len(live)
-            r0 = torch.randint(0, h - s + 1, (k,), generator=gen).to(dev).view(k, 1, 1, 1)
-            c0 = torch.randint(0, w - s + 1, (k,), generator=gen).to(dev).view(k, 1, 1, 1)
-            win = (yy >= r0) & (yy < r0 + s) & (xx >= c0) & (xx < c0 + s)
-            sign = (torch.randint(0, 2, (k, c, 1, 1), generator=gen).float() * 2 - 1).to(dev)
-            dl, xl = d[live], x[live]
-            if norm == "linf":
-                prop = torch.where(win, sign * eps, dl)
-            else:  # add a window of mass and put the perturbation back on the ε-sphere
-                prop = dl + sign * eps * math.sqrt(max(p, 1e-3)) * win
-                prop = prop * per_sample(eps / norm_of(prop, "l2").clamp_min(1e-12), prop)
-            prop = in_bounds(xl, prop)
-            mp, _ = obj(xl + prop, lab[live])
-            better = mp < m[live]
-            upd = live[better]
-            d[upd] = prop[better]
-            m[upd] = mp[better]
-            hit = mp < 0
-            if hit.any():
-                where = live[hit]
-                fooled[where] = True
-                adv[where] = xl[hit] + prop[hit]
-            live = live[~hit]
-        return fooled, adv
-
-
-@register_attack
 class Noise(BoundedAttack):
     """Random noise of norm ε before clipping to [0, 1] (±ε signs for L∞, a random direction
     for L2), ``draws`` draws per sample: the baseline adversarial noise must beat."""
@@ -352,7 +261,7 @@ class Noise(BoundedAttack):
 
     @classmethod
     def from_options(cls, o):
-        return cls(draws=o.noise_draws)
+        return cls(draws=o.resolved.noise_draws)
 
     def run(self, obj, x, lab, eps, norm, *, gen):
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)

@@ -1,8 +1,9 @@
 """The ``adversarial`` check: how little perturbation flips the model's decisions?
 
 For each norm (L∞, L2 in [0, 1] pixel space) and each ε, the registered attacks
-(:data:`.attacks.ATTACKS`: FGSM, PGD, FMN minimum-norm, Square, random noise) try to change the
-decision of every correctly classified sample, sharing work across ε (:mod:`.engine`).
+(:data:`.attacks.ATTACKS`: FGSM, PGD, FMN minimum-norm, random noise, APGD-CE/-DLR/-T, Square)
+that the ``budget`` (:mod:`.budget`: fast, standard = AutoAttack-grade, thorough) selects try to
+change the decision of every correctly classified sample, sharing work across ε (:mod:`.engine`).
 
 Lifecycle (:class:`audit.check.Check`): :meth:`AdversarialCheck.units` decides the plan once
 (:func:`.plan.prepare`: samples, ε grids, the attacks that can run given
@@ -66,7 +67,8 @@ class AdversarialCheck(Check):
         "gradient_masking.stochastic_outputs": "repeated forward passes of the same input give different outputs",
         "gradient_masking.no_gradients": "input gradients cannot be used; only gradient-free attacks ran",
         "gradient_masking.zero_gradients": "input gradients are zero or non-finite for a notable share of samples",
-        "gradient_masking.iterative_weaker": "PGD is weaker than single-step FGSM at the same ε",
+        "gradient_masking.iterative_weaker": "the iterative gradient attacks (PGD, APGD) leave more samples robust than "
+                                            "single-step FGSM on the same samples at the same ε",
         "gradient_masking.gradient_free_stronger": "the gradient-free attack or random noise beats the gradient attacks",
         "gradient_masking.unbounded_attack_fails": "an attack with ε covering the whole input range does not reach ~100% success",
         "gradient_masking.eps0_mismatch": "robust accuracy at ε=0 differs from the clean accuracy",
@@ -101,6 +103,7 @@ class AdversarialCheck(Check):
         t_summary = time.perf_counter()
         res = CheckResult(self.name)
         res.data["precision"] = o.precision
+        res.data["budget"] = {"name": o.budget, **o.resolved.as_dict()}
         res.metric("samples", plan.n)
         sanity_findings(res, sanity, plan)
         merged = merge(records)
@@ -117,7 +120,8 @@ class AdversarialCheck(Check):
             ctx.publish("adversarial.examples", examples)
         res.samples = sample_table(plan, merged.runs)
         res.data["queries"] = merged.queries
-        res.summary = "; ".join(parts) + f"; clean accuracy {sanity.acc:.1%} on the {plan.n} attacked samples"
+        res.summary = ("; ".join(parts) + f"; clean accuracy {sanity.acc:.1%} on the {plan.n} attacked samples"
+                       f" (budget {o.budget})")
         now = time.perf_counter()
         res.data["timings"] = {"setup": self._setup_s, **merged.timings,
                                "attacks_total": round(t_summary - self._started, 3),

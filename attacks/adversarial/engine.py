@@ -3,12 +3,16 @@ samples each attack runs on at each ε, the per-sample bookkeeping (first ε at 
 attack fooled each sample, the worst-case adversarial, the smallest perturbation), validity
 asserts and the final verification pass; and the unit's record.
 
-Work shared across ε (docs/adversarial.md): ε are sorted and an attack at a larger ε only
-runs on samples it has not fooled at a smaller one (a fooled sample's adversarial stays valid
-inside every larger ball, so every curve is non-increasing); the minimum-norm attacks run
-first, once, and guide the rest (:class:`~.attacks.Guide`); fooled samples leave the batch
-at once. An adversarial outside its ε-ball or outside [0, 1] is a bug here and raises
-AssertionError.
+Work shared across ε (docs/adversarial.md): a sample an attack fooled at ε counts as fooled
+by it at every larger ε (its adversarial stays valid inside every larger ball). FGSM and noise
+run at every ε from the smallest up, on the samples they have not fooled yet. The iterative
+attacks (PGD, APGD, Square) do the same unless the budget's ``share_failures`` is on (fast,
+standard): they then run from the largest ε down, each on the samples it fooled at the next
+larger ε, and a sample one of them fails on at ε counts as not fooled by it at the smaller ε
+(a failure carries down as an adversarial carries up). The minimum-norm attacks run first,
+once; the gradient-free Square runs after the gradient attacks, at each ε on the samples they
+all failed on there. Fooled samples leave the batch at once. An adversarial outside its
+ε-ball or outside [0, 1] is a bug here and raises AssertionError.
 """
 from __future__ import annotations
 
@@ -72,12 +76,14 @@ class NormRecord:
 class UnitRecord:
     """One work unit's record: ``grad_bad`` (n,) bool the attacked samples whose clean margin
     gradient is zero or non-finite, ``runs`` one :class:`NormRecord` per norm, ``timings``
-    seconds per ``<attack>_<norm>``, ``passes`` [forward, backward] sample passes."""
+    seconds per ``<attack>_<norm>``, ``passes`` [forward, backward] sample passes, and
+    ``attack_passes`` those per ``<attack>_<norm>``."""
 
     grad_bad: torch.Tensor
     runs: list[NormRecord]
     timings: dict[str, float]
     passes: list[int]
+    attack_passes: dict[str, list[int]] = field(default_factory=dict)
 
 
 def merge_norm(parts: list[NormRecord]) -> NormRecord:
@@ -108,16 +114,23 @@ class Engine:
         amp = torch.bfloat16 if options.precision == "bf16" else None
         self.obj32 = Objective(model, targeted=plan.targeted, device=self.dev)  # confirmations, re-attacks
         self.obj = Objective(model, targeted=plan.targeted, device=self.dev, amp=amp)
+        self.settings = options.resolved
         made = [ATTACKS[a].from_options(options) for a in plan.attacks]
-        self.attacks: list[Attack] = sorted(made, key=lambda a: not a.minimum_norm)  # minimum-norm first
+        # minimum-norm first, then the gradient attacks, then the gradient-free ones (Square's
+        # control reads what every gradient attack found)
+        self.attacks: list[Attack] = sorted(made, key=lambda a: (not a.minimum_norm, not a.uses_gradients))
         self.timings: dict[str, float] = {}
+        self.attack_passes: dict[str, list[int]] = {}
 
     def run(self) -> UnitRecord:
         grad_bad = torch.zeros(self.plan.n, dtype=torch.bool)
         g0 = self._clean_gradients(grad_bad) if self.plan.grad_ok else None
         runs = [self._run_norm(norm, g0) for norm in self.plan.eps]
-        passes = [self.obj.forwards + self.obj32.forwards, self.obj.backwards + self.obj32.backwards]
-        return UnitRecord(grad_bad=grad_bad, runs=runs, timings=dict(self.timings), passes=passes)
+        return UnitRecord(grad_bad=grad_bad, runs=runs, timings=dict(self.timings), passes=self._passes(),
+                          attack_passes=dict(self.attack_passes))
+
+    def _passes(self) -> list[int]:
+        return [self.obj.forwards + self.obj32.forwards, self.obj.backwards + self.obj32.backwards]
 
     # ------------------------------------------------------------------ helpers
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,19 +196,21 @@ class Engine:
                         min_pert=torch.full((n,), float("inf")))
         guide = Guide(x=plan.x, eps=eps, first=nr.first, grad0=g0)
         for attack in self.attacks:
-            t0 = time.perf_counter()
+            t0, p0 = time.perf_counter(), self._passes()
             if isinstance(attack, MinimumNormAttack):
                 self._minimum_norm(nr, attack, guide)
             else:
                 self._sweep(nr, attack, guide)
             self.timings[f"{attack.name}_{norm}"] = round(time.perf_counter() - t0, 3)
+            self.attack_passes[f"{attack.name}_{norm}"] = [a - b for a, b in zip(self._passes(), p0)]
         nr.min_norm = guide.min_norm
         self._verify(nr)
         return nr
 
     def _minimum_norm(self, nr: NormRecord, attack: MinimumNormAttack, guide: Guide) -> None:
         """The unbounded attack once on every attacked sample: a sample whose smallest
-        adversarial is ≤ ε counts as fooled at ε; the result guides the bounded attacks."""
+        adversarial is ≤ ε counts as fooled at ε (the perturbation histogram and the
+        unbounded-attack test read the rest)."""
         x, attacked, norm = self.plan.x, self.plan.attacked, nr.norm
         top = max_epsilon(norm, x.shape[1:])
         found = torch.full((self.plan.n,), float("inf"))
@@ -220,7 +235,7 @@ class Engine:
         nr.min_pert = torch.minimum(nr.min_pert, found)
         if guide.min_norm is None:
             guide.min_norm, guide.min_adv = found, found_adv
-        else:  # several minimum-norm attacks: the smaller perturbation guides
+        else:  # several minimum-norm attacks: the smaller perturbation
             better = found < guide.min_norm
             guide.min_norm = torch.where(better, found, guide.min_norm)
             guide.min_adv = torch.where(better.view(-1, 1, 1, 1), found_adv, guide.min_adv)
@@ -233,7 +248,7 @@ class Engine:
         miss = ai[~torch.isfinite(found[ai])]
         if len(miss) == 0:
             return
-        pgd = PGD(steps=2 * self.o.pgd_steps, restarts=1)
+        pgd = PGD(steps=2 * self.settings.pgd_steps, restarts=1)
 
         def fn(ch):
             fooled, xa = pgd.run(self.obj, *self._on_device(ch), top, nr.norm, gen=self.gen)
@@ -245,25 +260,31 @@ class Engine:
         batched(miss, self.bs, fn)
 
     def _sweep(self, nr: NormRecord, attack: BoundedAttack, guide: Guide) -> None:
-        """``attack`` at each ε on the attacked samples it has not fooled yet and that its
-        :meth:`~.attacks.BoundedAttack.select` keeps."""
+        """``attack`` at each ε on the attacked samples it has not settled and that its
+        :meth:`~.attacks.BoundedAttack.select` keeps: from the smallest ε up on those it has not
+        fooled yet, or, for an iterative attack with ``share_failures``, from the largest ε down
+        on those it fooled at the next larger ε (where it fails, it is not run at smaller ε)."""
         name, attacked = attack.name, self.plan.attacked
         if attack.is_control(guide):
             nr.control.append(name)
+        down = attack.iterative and self.settings.share_failures
         bar = self.bar(total=nr.K, desc=f"{name} {nr.norm}", unit="ε")
         first = nr.first[name]
-        for k, eps in enumerate(nr.eps):
-            todo = attacked & (first == nr.K)
+        failed = torch.zeros(self.plan.n, dtype=torch.bool)  # failed at a larger ε (down only)
+        for k in (reversed(range(nr.K)) if down else range(nr.K)):
+            todo = attacked & ~failed & (first > k)
             keep = attack.select(k, guide)
             if keep is not None:
                 todo &= keep
 
-            def fn(ch, k=k, eps=eps):
+            def fn(ch, k=k, eps=nr.eps[k]):
                 fooled, xa = attack.perturb(self.obj, *self._on_device(ch), eps, nr.norm, rows=ch, guide=guide,
                                             gen=self.gen)
                 self._record(nr, name, k, ch, self._confirm(xa, ch, fooled.cpu()), xa)
 
             batched(todo.nonzero().flatten(), self.bs, fn)
+            if down:
+                failed |= todo & (first > k)
             bar.update(1)
         bar.close()
 
@@ -298,7 +319,7 @@ class Engine:
         separate forward pass confirms. Returns how many samples it fooled."""
         x, lab = self.plan.x, self.plan.lab
         key = "pgd" if "pgd" in nr.first else next(iter(nr.first))
-        pgd = PGD(steps=2 * self.o.pgd_steps, restarts=1)
+        pgd = PGD(steps=2 * self.settings.pgd_steps, restarts=1)
         todo = idx
         for k, eps in enumerate(nr.eps):
             if len(todo) == 0:

@@ -17,6 +17,7 @@ __all__ = ["add_images", "curve_png", "hist_png", "examples_png"]
 
 #: curve -> (colour, line style, width); other attacks get a default
 STYLE = {"fgsm": ("C1", "-", 1.2), "pgd": ("C0", "-", 1.2), "fmn": ("C2", "-", 1.2), "square": ("C4", "-", 1.2),
+         "apgd_ce": ("C6", "-", 1.2), "apgd_dlr": ("C8", "-", 1.2), "apgd_t": ("C9", "-", 1.2),
          "noise": ("gray", "--", 1.2), "worst": ("black", "-", 2.4), "gradient": ("C3", ":", 1.2),
          "gradient+square": ("C4", "-.", 1.2)}
 

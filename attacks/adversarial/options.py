@@ -13,7 +13,10 @@ from typing import Literal
 from audit.errors import ConfigError
 from audit.options import opt
 
+from .apgd import APGD  # noqa: F401  (registers APGD-CE, APGD-DLR, APGD-T)
+from .square import Square  # noqa: F401  (registers Square)
 from .attacks import ATTACKS
+from .budget import Budget, resolve, SETTINGS
 from .threat import NORMS, Norm
 
 __all__ = ["AdversarialOptions"]
@@ -25,18 +28,23 @@ _WHERE = "[checks.adversarial]"
 class AdversarialOptions:
     norms: list[Norm] = opt(lambda: ["linf", "l2"], doc="threat models: linf, l2 (in [0, 1] pixel space)")
     epsilons: dict[str, list[float]] = opt(dict, doc="{linf = [...], l2 = [...]}; a norm left out gets the default grid")
-    attacks: list[str] = opt(lambda: list(ATTACKS), doc=f"subset of {', '.join(ATTACKS)}")
+    budget: Literal["fast", "standard", "thorough"] = opt(
+        "standard", doc='attack settings: "standard" AutoAttack-grade (Croce & Hein 2020), "fast" for CI on CPU, '
+                        '"thorough" more restarts and queries; the options below left unset take the budget\'s value')
+    attacks: list[str] | None = opt(None, doc=f"subset of {', '.join(ATTACKS)} (unset: the budget's)")
     targeted: str = opt("", doc='"" untargeted; "least_likely"; or a class name / index')
     max_samples: int = opt(48, min=0, doc="class-stratified subset attacked (0 = all)")
-    pgd_steps: int = opt(10, min=1, doc="PGD iterations")
-    pgd_restarts: int = opt(1, min=1, doc="PGD restarts")
-    pgd_window: float = opt(1.5, min=0, doc="PGD at ε only where the min perturbation found is ≤ window·ε (0: everywhere)")
-    fmn_steps: int = opt(40, min=1, doc="FMN iterations")
-    square_queries: int = opt(50, min=1, doc="Square forward passes per sample and ε")
-    square_window: float = opt(1.25, min=0, doc="as pgd_window, for Square (samples FMN failed on always run)")
-    square_scope: Literal["control", "all"] = opt("control", doc='"control": only where the gradient attacks '
-                                                                  'failed; "all": its own curve')
-    noise_draws: int = opt(1, min=1, doc="random noise draws per sample and ε")
+    pgd_steps: int | None = opt(None, min=1, doc="PGD iterations per restart")
+    pgd_restarts: int | None = opt(None, min=1, doc="PGD random starts")
+    apgd_steps: int | None = opt(None, min=1, doc="APGD iterations per restart (and per target for APGD-T)")
+    apgd_restarts: int | None = opt(None, min=1, doc="APGD random starts")
+    apgd_targets: int | None = opt(None, min=1, doc="APGD-T target classes: the top ones after the label "
+                                                    "(at most the number of classes - 1)")
+    fmn_steps: int | None = opt(None, min=1, doc="FMN iterations")
+    square_queries: int | None = opt(None, min=1, doc="Square queries per sample and ε (after the initial one)")
+    noise_draws: int | None = opt(None, min=1, doc="random noise draws per sample and ε")
+    share_failures: bool | None = opt(None, doc="an iterative attack that fails on a sample at ε is not run on it "
+                                                "at smaller ε (counted as failed there too)")
     examples: int = opt(6, min=0, doc="example panels shown")
     tolerance: float = opt(0.02, min=0, max=1, doc="robust-accuracy gap beyond which a masking comparison is reported")
     precision: Literal["fp32", "bf16"] = opt("fp32", doc='"bf16": attacks under bf16 autocast, each adversarial '
@@ -48,13 +56,18 @@ class AdversarialOptions:
         for n in self.norms:
             if n not in NORMS:
                 raise ConfigError(f"{_WHERE} unknown norm {n!r} (known: {', '.join(NORMS)})")
-        if not self.attacks:
+        if self.attacks is not None and not self.attacks:
             raise ConfigError(f"{_WHERE} attacks must be a non-empty list of {', '.join(ATTACKS)}")
-        for a in self.attacks:
+        for a in self.attacks or ():
             if a not in ATTACKS:
                 raise ConfigError(f"{_WHERE} unknown attack {a!r} (known: {', '.join(ATTACKS)})")
         for n, eps in self.epsilons.items():
             self._check_epsilons(n, eps)
+
+    @property
+    def resolved(self) -> Budget:
+        """The attack settings: the budget's, with the options set here replacing them."""
+        return resolve(self.budget, {k: getattr(self, k) for k in SETTINGS})
 
     @staticmethod
     def _check_epsilons(n: str, eps: list[float]) -> None:

@@ -114,7 +114,7 @@ def prepare(o: AdversarialOptions, ctx: "Context") -> tuple[Plan, Sanity]:
                 clean_probs=clean_logits.softmax(1), ids=[data.ids[i] for i in idx.tolist()], targeted=targeted, eps=eps)
     sanity = _sanity(model, x, y, correct, clean_logits, ctx.config.batch_size)
     problem = ctx.gradient_problem
-    attacks = tuple(a for a in ATTACKS if a in o.attacks)
+    attacks = tuple(a for a in ATTACKS if a in o.resolved.attacks)
     skipped = () if gradients_computable(problem) else tuple(a for a in attacks if ATTACKS[a].uses_gradients)
     return replace(plan, attacks=tuple(a for a in attacks if a not in skipped), skipped=skipped,
                    gradient_problem=problem), sanity

@@ -16,7 +16,9 @@ from audit.errors import ConfigError, ExitCode
 from attacks.adversarial import ATTACKS, AdversarialCheck, default_epsilons
 from attacks.adversarial import engine as adv_engine
 from attacks.adversarial import attacks as attack_registry
-from attacks.adversarial.attacks import FMN, PGD, BoundedAttack, Noise, Square, register_attack
+from attacks.adversarial.attacks import FMN, PGD, BoundedAttack, Noise, register_attack
+from attacks.adversarial.apgd import APGDCE, APGDDLR, APGDT
+from attacks.adversarial.square import Square
 from attacks.adversarial.objective import Objective
 from attacks.adversarial.threat import norm_of
 from tests.tinymodels import PATTERNS, NoGradNet, SoftmaxNet, make_patterns, train_tiny
@@ -71,7 +73,9 @@ def data():
 
 
 def run_check(model, x, y, **opts):
+    """The check on ``x, y`` (budget fast unless ``opts`` say otherwise)."""
     opts.setdefault("epsilons", {"linf": LINF, "l2": L2})
+    opts.setdefault("budget", "fast")
     cfg = AuditConfig(checks=["adversarial"], batch_size=64, check_options={"adversarial": opts})
     d = AuditData(x, y, list(PATTERNS), [str(i) for i in range(len(y))])
     ctx = Context(model=model, data=d, config=cfg, seed=0, logits=model.logits(x)).scoped(
@@ -97,37 +101,17 @@ def plain(tiny_net, data):
     return model, res, ctx
 
 
-@pytest.mark.slow
-def test_strength_against_foolbox(plain, data):
-    fb = pytest.importorskip("foolbox")
-    model, res, _ = plain
-    x, y = data
-    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
-    suites = {"linf": (LINF, [fb.attacks.LinfPGD(), fb.attacks.FGSM(), fb.attacks.LInfFMNAttack()]),
-              "l2": (L2, [fb.attacks.L2PGD(), fb.attacks.FGM(), fb.attacks.DDNAttack()])}
-    for norm, (eps, attacks) in suites.items():
-        ours = curve(res, "worst", norm)
-        assert sorted(ours) == pytest.approx(eps)
-        assert min(ours.values()) < 0.9  # the grid reaches ε where the model does break
-        for atk in attacks:
-            _, _, succ = atk(fmodel, x, y, epsilons=eps)
-            theirs = (~succ).float().mean(1).tolist()
-            for e, t in zip(eps, theirs):
-                mine = ours[min(ours, key=lambda k: abs(k - e))]
-                assert mine <= t + 0.01, \
-                    f"{norm} ε={e:.4f}: our worst case {ours} is weaker than {type(atk).__name__} ({t:.3f})"
-
-
 def test_monotone_curves_and_metrics(plain):
     _, res, _ = plain
+    assert res.data["budget"]["name"] == "fast" and "(budget fast)" in res.summary
     for norm in ("linf", "l2"):
-        for attack in ("fgsm", "pgd", "fmn", "noise", "gradient", "gradient+square", "worst"):
+        for attack in ("fgsm", "apgd_ce", "fmn", "noise", "gradient", "gradient+square", "worst"):
             c = curve(res, attack, norm)
             vals = [c[e] for e in sorted(c)]
             assert len(vals) == 7
             assert all(a >= b for a, b in zip(vals, vals[1:])), (attack, norm, vals)
         worst = curve(res, "worst", norm)
-        for attack in ("fgsm", "pgd", "fmn", "noise", "gradient+square"):
+        for attack in ("fgsm", "apgd_ce", "fmn", "noise", "gradient+square"):
             c = curve(res, attack, norm)
             assert all(worst[e] <= c[e] + 1e-9 for e in c)
         assert curve(res, "noise", norm)[max(worst)] > worst[max(worst)]  # adversarial noise beats random noise
@@ -162,8 +146,12 @@ def test_attacks_stay_in_ball_and_bounds(tiny_net, data, norm):
     g = torch.Generator().manual_seed(1)
     eps = 24 / 255 if norm == "linf" else 2.0
     outs = [PGD(steps=5, restarts=2).run(obj, x, y, eps, norm, gen=g),
+            APGDCE(steps=10, restarts=2).run(obj, x, y, eps, norm, gen=g),
+            APGDDLR(steps=10).run(obj, x, y, eps, norm, gen=g),
+            APGDT(steps=10, targets=3).run(obj, x, y, eps, norm, gen=g),
             Square(queries=30).run(obj, x, y, eps, norm, gen=g),
             Noise(draws=2).run(obj, x, y, eps, norm, gen=g)]
+    assert all(f.any() and not f.all() for f, _ in outs[:4])  # the ε is neither too small nor too large
     for fooled, xa in outs:
         assert (norm_of(xa - x, norm) <= eps * (1 + 1e-5) + 1e-6).all()
         assert xa.min() >= 0 and xa.max() <= 1
@@ -224,7 +212,11 @@ def test_default_epsilons_scale_with_input():
     ({"norms": []}, "non-empty"),
     ({"epsilons": {"l1": [0.1]}}, "unknown norm"),
     ({"attacks": ["pgd", "cw"]}, "unknown attack"),
+    ({"attacks": []}, "non-empty"),
     ({"pgd_steps": 0}, "pgd_steps"),
+    ({"budget": "quick"}, r"budget = 'quick': expected one of 'fast', 'standard', 'thorough'"),
+    ({"apgd_targets": 0}, "apgd_targets"),
+    ({"square_queries": 2.5}, "square_queries"),
 ])
 def test_bad_options(opts, words):
     with pytest.raises(ConfigError, match=words):
@@ -330,19 +322,21 @@ def test_unit_records_survive_a_checkpoint(tiny_net, data, tmp_path):
 
 def test_options_are_typed_and_round_trip():
     assert AdversarialCheck.parse_options(asdict(AdversarialCheck.Options())) == AdversarialCheck.Options()
-    bad = {"norms": ["l7"], "precision": "fp16", "square_scope": "most", "targeted": 3, "max_samples": -1,
-           "pgd_window": -0.5, "tolerance": 2.0, "epsilons": {"linf": "0.1"}, "attacks": "pgd", "examples": 1.5}
+    bad = {"norms": ["l7"], "precision": "fp16", "budget": "most", "targeted": 3, "max_samples": -1,
+           "apgd_steps": -5, "tolerance": 2.0, "epsilons": {"linf": "0.1"}, "attacks": "pgd", "examples": 1.5,
+           "share_failures": "yes"}
     for key, value in bad.items():
         with pytest.raises(ConfigError, match=key):
             AdversarialCheck.parse_options({key: value})
 
 
 def test_attack_registry_feeds_options_and_docs():
-    """The registry refuses a taken name; the default `attacks` option and the docs' table of
-    attacks list exactly the registered attacks."""
+    """The registry refuses a taken name; the budgets pick registered attacks (thorough all of
+    them); the docs' table of attacks lists exactly the registered attacks."""
     with pytest.raises(ValueError, match="already registered"):
         register_attack(type("PGDAgain", (PGD,), {}))
-    assert AdversarialCheck.Options().attacks == list(ATTACKS)
+    assert AdversarialCheck.Options().attacks is None  # the budget's
+    assert set(AdversarialCheck.Options(budget="thorough").resolved.attacks) == set(ATTACKS)
     doc = (Path(__file__).resolve().parents[2] / "docs" / "adversarial.md").read_text()
     table = doc.split("## Attacks", 1)[1].split("###", 1)[0]
     assert re.findall(r"^\| `(\w+)` \|", table, re.M) == list(ATTACKS)
