@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from audit.published import AdversarialExamples
-from audit.results import CheckResult, SampleTable
+from audit.results import CheckResult, SampleTable, wilson_interval
 
 from .attacks import ATTACKS, gradient_attacks
 from .engine import NormRecord, UnitRecord, merge_norm
@@ -176,19 +176,21 @@ def norm_metrics(res: CheckResult, plan: Plan, s: Sanity, nr: NormRecord, class_
     (the usual median: the mean of the two middle values for an even count; inf/NaN when the
     upper middle value is a sample never fooled, written null)."""
     cur = curves(nr, plan.correct)
-    for a, vals in cur.items():
-        succ = success(nr, a, plan.attacked)
+    n, na = plan.n, int(plan.attacked.sum())  # rates with their 95% Wilson interval (CheckResult.rate)
+    for a in cur:
+        first = first_of(nr, a)
         for k, e in enumerate(nr.eps):
-            res.metric("robust_accuracy", vals[k], attack=a, norm=nr.norm, epsilon=e)
-            res.metric("attack_success_rate", succ[k], attack=a, norm=nr.norm, epsilon=e)
+            res.rate("robust_accuracy", int((plan.correct & (first > k)).sum()), n, attack=a, norm=nr.norm, epsilon=e)
+            res.rate("attack_success_rate", int((plan.attacked & (first <= k)).sum()), na, attack=a, norm=nr.norm,
+                     epsilon=e)
     if 0.0 not in nr.eps:
-        res.metric("robust_accuracy", s.acc0, attack="worst", norm=nr.norm, epsilon=0.0)
+        res.rate("robust_accuracy", round(s.acc0 * n), n, attack="worst", norm=nr.norm, epsilon=0.0)
     wf = nr.worst_first()
     for c in torch.unique(plan.y).tolist():
         m = plan.y == c
         for k, e in enumerate(nr.eps):
-            res.metric("robust_accuracy", float((plan.correct[m] & (wf[m] > k)).float().mean()), attack="worst",
-                       norm=nr.norm, epsilon=e, **{"class": class_names[c]})
+            res.rate("robust_accuracy", int((plan.correct[m] & (wf[m] > k)).sum()), int(m.sum()), attack="worst",
+                     norm=nr.norm, epsilon=e, **{"class": class_names[c]})
     mp = nr.min_pert[plan.attacked]
     med = statistics.median(mp.tolist()) if len(mp) else float("nan")
     res.metric("median_min_perturbation", med, norm=nr.norm)
@@ -196,9 +198,14 @@ def norm_metrics(res: CheckResult, plan: Plan, s: Sanity, nr: NormRecord, class_
 
 
 def summary_part(nr: NormRecord, cur: dict[str, list[float]], med: float) -> str:
-    """``"L∞ ε=8/255: robust 8.3%, median min pert 4.96/255"`` at the ε nearest half the largest."""
+    """``"L∞ ε=8/255: robust 8.3% [3.3–19.6] of 48, median min pert 4.96/255"`` at the ε nearest
+    half the largest: the worst-case robust accuracy with its 95% Wilson interval (in %) and
+    the number of evaluated samples it is a share of."""
     mid = min(range(nr.K), key=lambda k: abs(nr.eps[k] - nr.eps[-1] / 2))
-    return (f"{NORM_LABEL[nr.norm]} ε={fmt_eps(nr.eps[mid], nr.norm)}: robust {cur['worst'][mid]:.1%}, "
+    n, rob = len(nr.adv_k), cur["worst"][mid]
+    lo, hi = wilson_interval(round(rob * n), n) if math.isfinite(rob) else (None, None)
+    ci = f" [{100 * lo:.1f}\u2013{100 * hi:.1f}]" if lo is not None else ""
+    return (f"{NORM_LABEL[nr.norm]} ε={fmt_eps(nr.eps[mid], nr.norm)}: robust {rob:.1%}{ci} of {n}, "
             f"median min pert {fmt_eps(med, nr.norm) if math.isfinite(med) else 'n/a'}")
 
 
