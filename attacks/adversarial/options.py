@@ -37,6 +37,9 @@ class AdversarialOptions:
     square_scope: Literal["control", "all"] = opt("control", doc='"control": only where the gradient attacks '
                                                                   'failed; "all": its own curve')
     noise_draws: int = opt(1, min=1, doc="random noise draws per sample and ε")
+    eot_samples: int = opt(20, min=1, doc="model draws per evaluation when the outputs are random (EOT, Athalye et "
+                                          "al. 2018): gradients averaged, robust only if correct on every draw; "
+                                          "1 = no EOT")
     examples: int = opt(6, min=0, doc="example panels shown")
     tolerance: float = opt(0.02, min=0, max=1, doc="robust-accuracy gap beyond which a masking comparison is reported")
     precision: Literal["fp32", "bf16"] = opt("fp32", doc='"bf16": attacks under bf16 autocast, each adversarial '

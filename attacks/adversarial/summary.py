@@ -89,25 +89,57 @@ def robust_column(norm: str, eps: float) -> str:
 
 # ----------------------------------------------------------------------------- findings
 def sanity_findings(res: CheckResult, s: Sanity, plan: Plan) -> None:
-    """ε = 0, repeated forward passes, probability outputs, and unusable input gradients."""
+    """ε = 0, repeated forward passes (and the EOT setting, ``res.data["eot"]``), probability
+    outputs, and unusable input gradients."""
+    eot = plan.eot
+    res.data["eot"] = eot.as_dict()
     if s.stochastic:
+        how = (f"the attacks used Expectation over Transformation (Athalye et al. 2018): gradients averaged over "
+               f"{eot.samples} draws, and a sample counts as robust only if all {eot.samples} draws classify it "
+               "correctly (option eot_samples)" if eot.enabled else
+               "eot_samples = 1, so the attacks used single draws (no EOT, Athalye et al. 2018) and robustness is "
+               "likely overestimated")
         res.finding("warn", "gradient_masking.stochastic_outputs",
                     f"Two forward passes of the same {plan.n} inputs differ (largest logit change {s.logit_change:.2g} "
-                    f"of the logit scale, {s.flips} predictions changed): a randomized model needs EOT attacks "
-                    "(Athalye et al. 2018); put it in eval mode or fix its randomness.")
+                    f"of the logit scale, {s.flips} predictions changed): {how}. If the randomness is not meant as a "
+                    "defence (dropout or batch norm left in train mode), put the model in eval mode.")
     if abs(s.acc0 - s.acc) > 1e-9:
         res.finding("warn", "gradient_masking.eps0_mismatch",
                     f"Robust accuracy at ε=0 is {s.acc0:.1%} but the clean accuracy is {s.acc:.1%}: the model's "
-                    "output is not a function of its input alone.")
+                    "output is not a function of its input alone"
+                    + (f" (at ε=0 a sample counts only if all {eot.samples} EOT draws are correct)." if eot.enabled
+                       else "."))
     if s.probability_outputs:
-        res.finding("warn", "gradient_masking.probability_outputs",
-                    "The model outputs probabilities, not logits; a softmax saturates and can zero the gradients "
-                    "attacks use. The audit attacks the log-probabilities; export the pre-softmax logits.")
+        _probability_finding(res, plan)
     if not plan.grad_ok:
         res.finding("warn", "gradient_masking.no_gradients",
                     f"Input gradients cannot be used ({plan.gradient_problem}); the gradient attacks "
                     f"({', '.join(plan.skipped)}) did not run and only the gradient-free ones did, so robustness is "
                     "likely overestimated.")
+
+
+def _probability_finding(res: CheckResult, plan: Plan) -> None:
+    """``gradient_masking.probability_outputs``: info when the log-probabilities are usable
+    margins; warn when the model's own float32 softmax underflowed (the runner-up class's
+    probability below float32's smallest normal number, 1.18e-38) on attacked samples."""
+    ai = plan.attacked.nonzero().flatten()
+    probs = plan.clean_probs[ai]
+    runner_up = probs.topk(2, dim=1).values[:, 1] if probs.shape[1] > 1 and len(ai) else probs.new_zeros(0)
+    n_sat = int((runner_up < torch.finfo(torch.float32).tiny).sum())
+    said = ("The model outputs probabilities, not logits. The audit attacks their log, taken in float64 (only exact "
+            "zeros are floored, at float32's smallest positive value), so log-probability differences are the "
+            "logit differences of the model's softmax")
+    if n_sat == 0:
+        res.finding("info", "gradient_masking.probability_outputs",
+                    said + f"; on all {len(ai)} attacked samples its probabilities are in float32's normal range, so "
+                           "the attacks see the same margins and gradients as on its logits.")
+        return
+    res.finding("warn", "gradient_masking.probability_outputs",
+                said + f", except where that softmax underflows in float32: on {n_sat} of the {len(ai)} attacked "
+                       "samples every other class's probability is below 1.2e-38 (float32's smallest normal number; "
+                       "an exact 0 reads as log 2^-149 ≈ -103.3 whatever the logit gap), and the margin's gradient "
+                       "shrinks or vanishes inside the model. Gradient attacks are weak there and robustness may be "
+                       "overestimated; export the pre-softmax logits.")
 
 
 def unit_findings(res: CheckResult, plan: Plan, m: Merged) -> None:
@@ -130,10 +162,12 @@ def unit_findings(res: CheckResult, plan: Plan, m: Merged) -> None:
                             "not lead to the decision boundary (masking), or the model ignores its input.")
         dropped, recovered = nr.unverified
         if dropped:
+            why = (f"on {plan.eot.samples} fresh draws of the randomized model (every draw classified them "
+                   "correctly)" if plan.eot.enabled else "on a second forward pass (numerical noise at the decision "
+                   "boundary)")
             res.finding("info", "adversarial.unverified",
-                        f"{dropped} {nr.norm} adversarial(s) did not reproduce on a second forward pass "
-                        f"(numerical noise at the decision boundary); a fresh PGD run re-found {recovered} of "
-                        "them with a verified adversarial, the rest count as robust.")
+                        f"{dropped} {nr.norm} adversarial(s) did not reproduce {why}; a fresh PGD run re-found "
+                        f"{recovered} of them with a verified adversarial, the rest count as robust.")
 
 
 def masking_findings(res: CheckResult, nr: NormRecord, cur: dict[str, list[float]], tol: float) -> None:
