@@ -82,7 +82,7 @@ class CleanCheck(Check):
         correct = pred == y
         acc = float(correct.float().mean())
         ece, table = expected_calibration_error(conf, correct, o.ece_bins)
-        res.metric("accuracy", acc)
+        res.rate("accuracy", int(correct.sum()), len(y))
         res.metric("mean_confidence", float(conf.mean()))
         res.metric("expected_calibration_error", ece, bins=o.ece_bins)
         res.metric("nll", float(r.nll.mean()))
@@ -92,7 +92,7 @@ class CleanCheck(Check):
             m = y == c
             if m.any():
                 per_class[c] = float(correct[m].float().mean())
-                res.metric("accuracy", per_class[c], **{"class": names[c]})
+                res.rate("accuracy", int(correct[m].sum()), int(m.sum()), **{"class": names[c]})
         self._findings(res, model, acc, per_class, ece, float(conf.mean()))
         self._images(res, data, names, y, pred, conf, correct, table, ece)
         res.summary = f"accuracy {acc:.1%}, mean confidence {float(conf.mean()):.1%}, ECE {ece:.3f}, n={len(y)}"

@@ -2,15 +2,17 @@
 
 ``compare(base, new)`` matches metric rows by (check, name, qualifiers), computes deltas,
 and flags a **regression** where a metric with a known direction got worse by more than
-``tolerance`` (absolute). It also lists the samples whose per-sample outcome flipped: every
-boolean column of every check's per-sample table (:class:`~audit.results.SampleTable`, e.g.
-``clean.correct``, ``adversarial.robust[norm=linf,epsilon=0.031]``) is compared id by id.
+``tolerance`` (absolute); a rate's 95% interval and sample count ride along in its row
+(``base_ci``, ``base_n``, ``new_ci``, ``new_n``) but do not change the flag. It also lists
+the samples whose per-sample outcome flipped: every boolean column of every check's
+per-sample table (:class:`~audit.results.SampleTable`, e.g. ``clean.correct``,
+``adversarial.robust[norm=linf,epsilon=0.031]``) is compared id by id.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .results import AuditResult, GateResult
+from .results import AuditResult, GateResult, Metric
 
 #: metrics where a higher value is better / worse; others are reported but never flagged
 HIGHER_IS_BETTER = {"accuracy", "robust_accuracy", "median_min_perturbation", "insertion_auc",
@@ -20,7 +22,8 @@ LOWER_IS_BETTER = {"expected_calibration_error", "nll", "attack_success_rate", "
 
 
 def _key(check: str, m: dict[str, Any]) -> tuple:
-    quals = tuple(sorted((k, str(v)) for k, v in m.items() if k not in ("name", "value") and v is not None))
+    """(check, name, qualifiers): a rate's ``n`` and interval are not part of a row's identity."""
+    quals = tuple(sorted((k, str(v)) for k, v in m.items() if k not in Metric.RESERVED and v is not None))
     return (check, m["name"], quals)
 
 
@@ -45,8 +48,10 @@ def _records(res: AuditResult) -> dict[str, dict[str, dict[str, bool]]]:
 
 def compare(base: AuditResult, new: AuditResult, *, tolerance: float = 0.01) -> dict[str, Any]:
     """The comparison block (also stored as ``baseline`` in the new results.json)."""
-    bm = {_key(c.name, m.to_dict()): m.value for c in base.checks for m in c.metrics}
-    nm = {_key(c.name, m.to_dict()): m.value for c in new.checks for m in c.metrics}
+    bmet = {_key(c.name, m.to_dict()): m for c in base.checks for m in c.metrics}
+    nmet = {_key(c.name, m.to_dict()): m for c in new.checks for m in c.metrics}
+    bm = {k: m.value for k, m in bmet.items()}
+    nm = {k: m.value for k, m in nmet.items()}
     rows, regressions, improvements = [], [], []
     for key in sorted(set(bm) | set(nm), key=_label):
         b, n = bm.get(key), nm.get(key)
@@ -64,6 +69,10 @@ def compare(base: AuditResult, new: AuditResult, *, tolerance: float = 0.01) -> 
             elif worse < -tolerance:
                 status = "improved"
         row = {"metric": _label(key), "base": b, "new": n, "delta": delta, "better": d, "status": status}
+        for side, met in (("base", bmet.get(key)), ("new", nmet.get(key))):
+            if met is not None and met.is_rate:  # shown beside the values; the flag above ignores them
+                row[f"{side}_ci"] = [met.ci_low, met.ci_high]
+                row[f"{side}_n"] = met.n
         rows.append(row)
         if status == "regressed":
             regressions.append(row)
@@ -98,6 +107,14 @@ def regression_gate(comparison: dict[str, Any]) -> GateResult:
                       f"no metric worse than the baseline by more than {tol:g}")
 
 
+def _ci(row: dict[str, Any], side: str) -> str:
+    """``[0.03288, 0.1955] n=48`` for one side of a comparison row, ``-`` without an interval."""
+    lo, hi = row.get(f"{side}_ci") or (None, None)
+    if lo is None or hi is None:
+        return "-" if f"{side}_n" not in row else f"- n={row[f'{side}_n']}"
+    return f"[{lo:.4g}, {hi:.4g}] n={row[f'{side}_n']}"
+
+
 def format_comparison(comparison: dict[str, Any], *, all_rows: bool = False) -> str:
     """Plain-text table for `audit diff`."""
     lines = [f"baseline: {comparison['base']['path']}  (tolerance {comparison['tolerance']:g})"]
@@ -106,7 +123,8 @@ def format_comparison(comparison: dict[str, Any], *, all_rows: bool = False) -> 
         b = "-" if r["base"] is None else f"{r['base']:.4g}"
         n = "-" if r["new"] is None else f"{r['new']:.4g}"
         d = "" if r["delta"] is None else f"{r['delta']:+.4g}"
-        lines.append(f"  {r['status'].upper():<9} {r['metric']:<60} {b:>10} -> {n:<10} {d}")
+        ci = "  95% CI " + " -> ".join(_ci(r, side) for side in ("base", "new")) if "base_ci" in r or "new_ci" in r else ""
+        lines.append(f"  {r['status'].upper():<9} {r['metric']:<60} {b:>10} -> {n:<10} {d}{ci}")
     for f in comparison["flips"]:
         lines.append(f"  FLIPS     {f['check']}.{f['outcome']}: {f['n_newly_false']} newly false, "
                      f"{f['n_newly_true']} newly true of {f['samples']}"

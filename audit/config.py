@@ -16,6 +16,7 @@ ece_bins = 15
 "clean.accuracy" = ">= 0.9"
 "clean.accuracy[class=*]" = { condition = ">= 0.7", severity = "warn" }
 "adversarial.robust_accuracy[attack=worst,norm=linf,epsilon=0.0078]" = ">= 0.3"
+"adversarial.robust_accuracy.ci_low[attack=worst,norm=linf,epsilon=0.0078]" = ">= 0.2"  # 95% interval's lower bound
 ```
 """
 from __future__ import annotations
@@ -39,14 +40,18 @@ except ModuleNotFoundError:  # Python 3.10
 AUDIT_KEYS = {"seed", "samples", "device", "checks", "fail_on", "batch_size", "threads"}
 FAIL_ON = ("none", "warn", "fail")
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
-_GATE_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\.([A-Za-z_][\w]*)\s*(?:\[(.*)\])?\s*$")
+_GATE_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\.([A-Za-z_][\w]*)(?:\.([A-Za-z_][\w]*))?\s*(?:\[(.*)\])?\s*$")
+#: what a gate can test of a metric row: its value, or a rate's 95% interval bounds or sample count
+GATE_PARTS = ("value", "ci_low", "ci_high", "n")
 _COND_RE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+0-9.eE]+|nan|inf)\s*$")
 
 
 @dataclass
 class Gate:
     """``check.metric[qualifier=value,...]`` compared by ``op`` with ``threshold``. A
-    qualifier value ``*`` matches every row (then every matched row must pass)."""
+    qualifier value ``*`` matches every row (then every matched row must pass).
+    ``check.metric.PART[...]`` tests another number of the rows than their value: ``ci_low``
+    or ``ci_high`` (a rate's 95% interval bounds) or ``n`` (its sample count)."""
 
     expr: str
     check: str
@@ -55,6 +60,8 @@ class Gate:
     op: str
     threshold: float
     severity: str = "fail"
+    #: the number of each matched row the condition tests (one of GATE_PARTS)
+    part: str = "value"
 
     @property
     def condition(self) -> str:
@@ -69,8 +76,12 @@ class Gate:
 def parse_gate(expr: str, spec: Any) -> Gate:
     m = _GATE_RE.match(expr)
     if not m:
-        raise ConfigError(f"[gates] {expr!r} is not check.metric or check.metric[key=value,...]")
-    check, metric, quals = m.group(1), m.group(2), m.group(3)
+        raise ConfigError(f"[gates] {expr!r} is not check.metric or check.metric[key=value,...], optionally "
+                          f"with .PART after the metric ({', '.join(GATE_PARTS[1:])})")
+    check, metric, row_part, quals = m.group(1), m.group(2), m.group(3) or "value", m.group(4)
+    if row_part not in GATE_PARTS:
+        raise ConfigError(f"[gates] {expr!r}: unknown field {row_part!r} of a metric row "
+                          f"(known: {', '.join(GATE_PARTS)})")
     qualifiers: dict[str, str] = {}
     if quals:
         for part in quals.split(","):
@@ -94,7 +105,7 @@ def parse_gate(expr: str, spec: Any) -> Gate:
     cm = _COND_RE.match(cond) if isinstance(cond, str) else None
     if not cm:
         raise ConfigError(f"[gates] {expr!r} = {cond!r}: the condition must be like \">= 0.9\" (ops: >= > <= < == !=)")
-    return Gate(expr, check, metric, qualifiers, cm.group(1), float(cm.group(2)), severity)
+    return Gate(expr, check, metric, qualifiers, cm.group(1), float(cm.group(2)), severity, row_part)
 
 
 @dataclass
@@ -234,10 +245,14 @@ ece_bins = 15
 # Gates: "check.metric[qualifier=value,...]" = "<op> <threshold>", op one of >= > <= < == !=.
 # A qualifier value * matches every row (each must pass). A gate on a metric that does
 # not exist is an error. { condition = "...", severity = "warn" } only warns when unmet.
+# Rates (accuracy, robust_accuracy, attack_success_rate) carry a 95% interval and their sample
+# count: "check.metric.ci_low[...]", ".ci_high" or ".n" gates on those instead of the value
+# (on a metric that is not a rate such a gate is an error).
 [gates]
 "clean.accuracy" = ">= 0.9"
 "clean.accuracy[class=*]" = { condition = ">= 0.7", severity = "warn" }
 "clean.expected_calibration_error[bins=15]" = { condition = "<= 0.1", severity = "warn" }
 # "adversarial.robust_accuracy[attack=worst,norm=linf,epsilon=0.0078]" = ">= 0.3"
+# "adversarial.robust_accuracy.ci_low[attack=worst,norm=linf,epsilon=0.0078]" = ">= 0.2"   # its 95% interval's lower bound
 # "fooling.fooling_rate[method=gradient]" = { condition = "<= 0.5", severity = "warn" }
 '''

@@ -154,7 +154,7 @@ def shutdown() -> None:
 
 def unit_seed(seed: int, tag: str, k: int) -> int:
     """The seed of unit ``k`` of a check's ``tag``ged unit list (a check's seed in, not the
-    rank or the number of processes)."""
+    rank or the number of processes): :func:`derive_seed` of the unit's key ``tag:k``."""
     return derive_seed(seed, f"{tag}:{k}")
 
 

@@ -32,8 +32,11 @@ def _matches(m: Metric, gate: Gate) -> bool:
 
 
 def evaluate_gate(gate: Gate, checks: Iterable[CheckResult]) -> GateResult:
-    """Find the gate's metric rows and test the condition. No matching row is an
-    ``error`` (a gate on something that does not exist must not pass silently)."""
+    """Find the gate's metric rows and test the condition on each row's ``gate.part`` (its
+    value, or a rate's ``ci_low``, ``ci_high`` or ``n``). No matching row is an ``error`` (a
+    gate on something that does not exist must not pass silently); so is a gate on an
+    interval bound or ``n`` of a row that is not a rate. A rate over no samples has no value
+    and no interval: a gate on it is unmet, as on any missing value."""
     check = next((c for c in checks if c.name == gate.check), None)
     if check is None:
         return GateResult(gate.expr, gate.condition, gate.severity, "error", None, f"check {gate.check!r} did not run")
@@ -41,19 +44,43 @@ def evaluate_gate(gate: Gate, checks: Iterable[CheckResult]) -> GateResult:
         return GateResult(gate.expr, gate.condition, gate.severity, "error", None,
                           f"check {gate.check!r} failed with an error, so its metric is missing")
     rows = [m for m in check.metrics if _matches(m, gate)]
+    what = f"{gate.check}.{gate.metric}" + ("" if gate.part == "value" else f".{gate.part}")
     if not rows:
         return GateResult(gate.expr, gate.condition, gate.severity, "error", None,
                           f"no metric {gate.metric}{_quals(gate)} in check {gate.check!r}'s results")
-    failing = [m for m in rows if not gate.holds(m.value)]
-    shown = failing[0] if failing else min(rows, key=lambda m: (m.value if m.value is not None else -math.inf))
+    bare = [m for m in rows if gate.part != "value" and not m.is_rate]
+    if bare:
+        return GateResult(gate.expr, gate.condition, gate.severity, "error", None,
+                          f"{gate.check}.{gate.metric}{_row_label(bare[0])} is not a rate: it has no 95% interval "
+                          f"or sample count, so {gate.part} cannot be gated (gate its value)")
+    failing = [m for m in rows if not gate.holds(m.part(gate.part))]
+
+    def number(m: Metric) -> float:
+        v = m.part(gate.part)
+        return -math.inf if v is None else v
+
+    shown = failing[0] if failing else min(rows, key=number)
     where = _row_label(shown) if (len(rows) > 1 or gate.qualifiers) else ""
-    val = "n/a" if shown.value is None else f"{shown.value:.4g}"
+    v = shown.part(gate.part)
+    val = "n/a" if v is None else f"{v:.4g}"
+    head = f"{what}{where} = {val}{_interval(shown, gate.part)}"
+    interval = ({"value": shown.value, "ci_low": shown.ci_low, "ci_high": shown.ci_high, "n": shown.n}
+                if shown.is_rate else None)
     if failing:
         extra = f" ({len(failing)} of {len(rows)} rows)" if len(rows) > 1 else ""
-        return GateResult(gate.expr, gate.condition, gate.severity, gate.severity, shown.value,
-                          f"{gate.check}.{gate.metric}{where} = {val}, required {gate.condition}{extra}")
-    return GateResult(gate.expr, gate.condition, gate.severity, "pass", shown.value,
-                      f"{gate.check}.{gate.metric}{where} = {val} meets {gate.condition}")
+        return GateResult(gate.expr, gate.condition, gate.severity, gate.severity, v,
+                          f"{head}, required {gate.condition}{extra}", interval)
+    return GateResult(gate.expr, gate.condition, gate.severity, "pass", v, f"{head} meets {gate.condition}", interval)
+
+
+def _interval(m: Metric, part: str) -> str:
+    """`` (95% CI 0.03288–0.1955, n=48)`` for a rate row (with the rate itself when the gate
+    tests another part), empty otherwise."""
+    if not m.is_rate:
+        return ""
+    rate = "" if part == "value" else ("rate n/a, " if m.value is None else f"rate {m.value:.4g}, ")
+    ci = "no interval" if m.ci_low is None or m.ci_high is None else f"95% CI {m.ci_low:.4g}\u2013{m.ci_high:.4g}"
+    return f" ({rate}{ci}, n={m.n})"
 
 
 def _quals(gate: Gate) -> str:

@@ -49,7 +49,7 @@ class PlainLines(_Silent):
     def __init__(self, total: int, desc: str, unit: str, stream: TextIO, iterable: Iterable | None = None) -> None:
         super().__init__(iterable)
         self.total, self.desc, self.unit, self.stream = int(total or 0), desc, unit, stream
-        self.n, self.t0, self.marks = 0, time.perf_counter(), set()
+        self.n, self.t0, self.quarter = 0, time.perf_counter(), 0  # quarter printed last (0: the start)
         if self.total > 0:
             self._line()
 
@@ -59,13 +59,9 @@ class PlainLines(_Silent):
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        q = (4 * self.n) // max(self.total, 1)
-        if self.n >= self.total or q not in self.marks:
-            if self.n >= self.total and "end" in self.marks:
-                return
-            self.marks.add(q)
-            if self.n >= self.total:
-                self.marks.add("end")
+        q = min(4, (4 * self.n) // max(self.total, 1))  # 4: done
+        if q > self.quarter:
+            self.quarter = q
             self._line()
 
     def __iter__(self):

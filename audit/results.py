@@ -6,12 +6,15 @@ serialized :class:`AuditResult`. Reports import this module and nothing from
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
 SCHEMA = "audit-result/1"
 
@@ -40,24 +43,63 @@ def _clean_number(v: Any) -> Any:
     return v
 
 
+@functools.lru_cache(maxsize=4096)
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """The two-sided Wilson score interval (Wilson 1927; Brown, Cai & DasGupta 2001) of the
+    proportion ``successes``/``n``, by ``scipy.stats.binomtest(...).proportion_ci(method="wilson")``:
+    (low, high) in [0, 1]; (None, None) when ``n`` is 0. ValueError unless 0 <= successes <= n."""
+    if n < 0 or not 0 <= successes <= max(n, 0):
+        raise ValueError(f"a rate needs 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return None, None
+    from scipy.stats import binomtest
+
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return min(max(float(ci.low), 0.0), 1.0), min(max(float(ci.high), 0.0), 1.0)
+
+
 @dataclass
 class Metric:
     """One tidy metric row: ``name``, ``value`` and its qualifiers (attack, norm, epsilon,
-    method, class, concept, ...)."""
+    method, class, concept, ...). A **rate** (a share of ``n`` samples, made by
+    :meth:`CheckResult.rate`) also carries ``n`` and its 95% Wilson interval ``ci_low``,
+    ``ci_high`` (None when ``n`` is 0); these are not qualifiers: they do not identify the row."""
 
     name: str
     value: float | None
     qualifiers: dict[str, Any] = field(default_factory=dict)
+    #: the denominator of a rate (None: the metric is not a rate)
+    n: int | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+    #: the keys of a row that are not qualifiers (a qualifier may not use them)
+    RESERVED: ClassVar[tuple[str, ...]] = ("name", "value", "n", "ci_low", "ci_high")
+
+    def __post_init__(self) -> None:
+        if clash := sorted(set(self.qualifiers) & set(self.RESERVED)):
+            raise ValueError(f"metric {self.name!r}: {clash[0]!r} is a field of a metric row, not a qualifier")
+
+    @property
+    def is_rate(self) -> bool:
+        return self.n is not None
+
+    def part(self, name: str) -> float | None:
+        """``value``, ``ci_low``, ``ci_high`` or ``n`` (as a float) of this row."""
+        v = getattr(self, name)
+        return None if v is None else float(v)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "value": _clean_number(self.value), **self.qualifiers}
+        rate = {} if self.n is None else {"n": self.n, "ci_low": _clean_number(self.ci_low),
+                                          "ci_high": _clean_number(self.ci_high)}
+        return {"name": self.name, "value": _clean_number(self.value), **rate, **self.qualifiers}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Metric":
         d = dict(d)
-        name = d.pop("name")
-        value = d.pop("value")
-        return cls(name=name, value=value, qualifiers=d)
+        name, value = d.pop("name"), d.pop("value")
+        n, lo, hi = (d.pop(k, None) for k in ("n", "ci_low", "ci_high"))
+        return cls(name=name, value=value, qualifiers=d, n=n, ci_low=lo, ci_high=hi)
 
 
 @dataclass
@@ -165,6 +207,16 @@ class CheckResult:
         self.metrics.append(m)
         return m
 
+    def rate(self, name: str, successes: int, n: int, **qualifiers: Any) -> Metric:
+        """A rate row: value ``successes / n`` (None when ``n`` is 0) with ``n`` and its 95%
+        Wilson score interval (:func:`wilson_interval`). ``successes`` and ``n`` are counts
+        (ints, or integer 0-d tensors); a float (a share passed by mistake) raises TypeError."""
+        k, total = operator.index(successes), operator.index(n)
+        lo, hi = wilson_interval(k, total)
+        m = Metric(name, k / total if total else None, qualifiers, n=total, ci_low=lo, ci_high=hi)
+        self.metrics.append(m)
+        return m
+
     def finding(self, severity: str, code: str, message: str, *, class_: str | None = None,
                 **extra: Any) -> Finding:
         f = Finding(severity, code, message, class_, extra)
@@ -216,14 +268,17 @@ class GateResult:
     status: str
     value: float | None
     message: str
+    #: when the row shown is a rate: its ``value``, ``ci_low``, ``ci_high`` and ``n``
+    interval: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gate": self.gate, "condition": self.condition, "severity": self.severity,
-                "status": self.status, "value": _clean_number(self.value), "message": self.message}
+        d = {"gate": self.gate, "condition": self.condition, "severity": self.severity,
+             "status": self.status, "value": _clean_number(self.value), "message": self.message}
+        return d if self.interval is None else {**d, "interval": _clean_number(self.interval)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GateResult":
-        return cls(**{k: d.get(k) for k in ("gate", "condition", "severity", "status", "value", "message")})
+        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass
@@ -263,13 +318,18 @@ class AuditResult:
 
     @property
     def frame(self):
-        """The tidy pandas DataFrame of all metric rows, with a ``check`` column."""
+        """The tidy pandas DataFrame of all metric rows, with a ``check`` column (and ``n``,
+        ``ci_low``, ``ci_high`` after ``value`` when any row is a rate)."""
         import pandas as pd
 
         rows = [{"check": c.name, **m.to_dict()} for c in self.checks for m in c.metrics]
         df = pd.DataFrame(rows)
         if df.empty:
-            df = pd.DataFrame(columns=["check", "name", "value"])
+            return pd.DataFrame(columns=["check", "name", "value"])
+        if "n" in df:  # rates: n (an integer, empty for other rows) and the interval after value
+            df["n"] = df["n"].astype("Int64")
+            first = ["check", "name", "value", "n", "ci_low", "ci_high"]
+            df = df[first + [c for c in df.columns if c not in first]]
         return df
 
     def findings(self) -> list[tuple[str, Finding]]:

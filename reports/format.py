@@ -4,14 +4,15 @@ Each renderer (``html``, ``markdown``, ``junit``) escapes for its own medium (ji
 autoescape, Markdown table cells, XML); what it shows is formatted here, so a number, a
 duration or a status reads the same in every report. The only per-medium choices are
 parameters: the word shown for a missing value (an em dash in HTML, ``n/a`` in Markdown,
-``missing`` in a JUnit message) and the significant digits (JUnit messages keep 6).
+``missing`` in a JUnit message) and the significant digits (JUnit messages keep 6). A rate
+with its 95% interval reads ``8.3% [3.3–19.6]`` everywhere (:func:`fmt_rate`).
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
-__all__ = ["EM_DASH", "fmt_value", "fmt_duration", "fmt_seconds", "status_word", "SEVERITY_RANK",
+__all__ = ["EM_DASH", "fmt_value", "fmt_rate", "fmt_interval", "fmt_duration", "fmt_seconds", "status_word", "SEVERITY_RANK",
            "STATUS_DISPLAY_ORDER", "severity_rank", "one_line"]
 
 EM_DASH = "\u2014"
@@ -46,6 +47,32 @@ def fmt_value(v: Any, *, digits: int = 4, missing: str = EM_DASH) -> str:
     if isinstance(v, dict):
         return ", ".join(f"{k}: {fmt_value(x, digits=digits, missing=missing)}" for k, x in v.items())
     return str(v)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def fmt_rate(value: Any, ci_low: Any = None, ci_high: Any = None, *, n: Any = None,
+             missing: str = EM_DASH) -> str:
+    """A rate (a share in [0, 1]) as a percentage with one decimal and, when both bounds are
+    numbers, its 95% interval in percent: ``8.3% [3.3–19.6]``; ``, n=48`` appended when ``n``
+    is given. ``missing`` when the value is None/NaN (a rate over no samples)."""
+    out = f"{100 * value:.1f}%" if _finite(value) else missing
+    if _finite(value) and _finite(ci_low) and _finite(ci_high):
+        out += f" [{100 * ci_low:.1f}\u2013{100 * ci_high:.1f}]"
+    if n is not None:
+        out += f", n={fmt_value(n, missing=missing)}"
+    return out
+
+
+def fmt_interval(interval: Any, *, missing: str = EM_DASH) -> str:
+    """A gate's or comparison's ``{"value", "ci_low", "ci_high", "n"}`` through :func:`fmt_rate`
+    (with ``n``); the empty string when there is none (results without intervals)."""
+    if not isinstance(interval, dict):
+        return ""
+    return fmt_rate(interval.get("value"), interval.get("ci_low"), interval.get("ci_high"), n=interval.get("n"),
+                    missing=missing)
 
 
 def _seconds(s: Any) -> bool:

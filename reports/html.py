@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from .format import STATUS_DISPLAY_ORDER, fmt_duration, fmt_value, severity_rank, status_word
+from .format import STATUS_DISPLAY_ORDER, fmt_duration, fmt_interval, fmt_rate, fmt_value, severity_rank, status_word
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.results import AuditResult, CheckResult
@@ -136,10 +136,20 @@ def _metric_table(check: "CheckResult") -> dict[str, Any]:
                 quals.append(k)
     rows = [{"name": m.name,
              "quals": [fmt_value(m.qualifiers[k]) if k in m.qualifiers else "" for k in quals],
-             "value": fmt_value(m.value),
+             "value": fmt_rate(m.value, m.ci_low, m.ci_high) if m.is_rate else fmt_value(m.value),
+             "n": fmt_value(m.n) if m.is_rate else "",
              "missing": m.value is None or (isinstance(m.value, float) and math.isnan(m.value))}
             for m in check.metrics]
-    return {"columns": quals, "rows": rows, "collapse": len(rows) > COLLAPSE_ROWS}
+    return {"columns": quals, "rows": rows, "collapse": len(rows) > COLLAPSE_ROWS,
+            "rates": any(m.is_rate for m in check.metrics)}
+
+
+def _compared(row: dict[str, Any], side: str) -> str:
+    """One side of a baseline comparison row: a rate with its interval when the row has one."""
+    ci = row.get(f"{side}_ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        return fmt_interval({"value": row.get(side), "ci_low": ci[0], "ci_high": ci[1], "n": row.get(f"{side}_n")})
+    return fmt_value(row.get(side))
 
 
 def _finding_view(check_name: str, f, anchors: dict[str, str]) -> dict[str, Any]:
@@ -191,7 +201,8 @@ def build_context(result: "AuditResult", base_dir: str | os.PathLike | None = No
         })
 
     gates = [{"gate": g.gate, "condition": g.condition, "severity": g.severity,
-              "status": g.status, "value": fmt_value(g.value), "message": g.message}
+              "status": g.status, "value": fmt_value(g.value), "rate": fmt_interval(g.interval),
+              "message": g.message}
              for g in result.gates]
 
     all_findings = sorted((_finding_view(name, f, anchors) for name, f in result.findings()),
@@ -220,7 +231,7 @@ def build_context(result: "AuditResult", base_dir: str | os.PathLike | None = No
             "path": (b.get("base") or {}).get("path"), "sha256": (b.get("base") or {}).get("sha256"),
             "tolerance": fmt_value(b.get("tolerance")),
             "n_regressions": len(b.get("regressions", [])), "n_improvements": len(b.get("improvements", [])),
-            "rows": [{"metric": r.get("metric"), "base": fmt_value(r.get("base")), "new": fmt_value(r.get("new")),
+            "rows": [{"metric": r.get("metric"), "base": _compared(r, "base"), "new": _compared(r, "new"),
                       "delta": "" if r.get("delta") is None else f"{r['delta']:+.4g}", "status": r.get("status"),
                       "better": r.get("better")} for r in changed],
             "flips": b.get("flips", []),

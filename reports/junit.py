@@ -23,7 +23,7 @@ import re
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
-from .format import fmt_seconds, fmt_value, one_line, status_word
+from .format import fmt_interval, fmt_seconds, fmt_value, one_line, status_word
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.results import AuditResult, CheckResult, GateResult
@@ -84,7 +84,8 @@ def _check_case(parent: ET.Element, c: "CheckResult") -> tuple[int, int]:
 def _gate_case(parent: ET.Element, g: "GateResult") -> tuple[int, int]:
     name = f"{g.gate} {g.condition}".strip()
     case = ET.SubElement(parent, "testcase", classname="audit.gates", name=_clean(name), time="0.000")
-    msg = f"metric {g.gate} = {_value(g.value)}, required {g.condition}"
+    rate = fmt_interval(g.interval, missing="missing")
+    msg = f"metric {g.gate} = {_value(g.value)}{f' (rate {rate})' if rate else ''}, required {g.condition}"
     if g.status == "fail":
         el = ET.SubElement(case, "failure", message=_clean(_short(msg)), type="GateFailure")
         el.text = _clean(g.message or msg)

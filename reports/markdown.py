@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING, Any
 
-from .format import fmt_duration, fmt_value, one_line, severity_rank, status_word
+from .format import fmt_duration, fmt_interval, fmt_value, one_line, severity_rank, status_word
 
 if TYPE_CHECKING:  # pragma: no cover
     from audit.results import AuditResult
@@ -84,7 +84,7 @@ def render_markdown(result: "AuditResult") -> str:
     _table(lines, "### Checks", ["Check", "Status", "Time:", "Summary"], rows, "No checks ran.")
 
     _table(lines, "### Gates", ["Gate", "Condition", "Value:", "Status", "Message"],
-           [[_code(g.gate), _code(g.condition), _text(fmt_value(g.value, missing=MISSING)), _status(g.status),
+           [[_code(g.gate), _code(g.condition), _gate_value(g), _status(g.status),
              _text(g.message)] for g in result.gates], "No gates configured.")
 
     findings = sorted(result.findings(), key=lambda cf: severity_rank(cf[1].severity))
@@ -98,6 +98,13 @@ def render_markdown(result: "AuditResult") -> str:
     lines.append("The full report with images is in `report.html` next to `results.json`.")
     lines.append("")
     return "\n".join(lines)
+
+
+def _gate_value(g) -> str:
+    """The number a gate tested and, for a rate, the rate with its 95% interval and n."""
+    value = _text(fmt_value(g.value, missing=MISSING))
+    rate = fmt_interval(g.interval, missing=MISSING)
+    return f"{value}<br>{_text(rate)}" if rate else value
 
 
 def _table(lines: list[str], title: str, head: list[str], rows: list[list[str]], empty: str) -> None:

@@ -63,7 +63,8 @@ class AdversarialCheck(Check):
         "samples": "number of evaluated samples",
     }
     findings = {
-        "gradient_masking.probability_outputs": "the model outputs probabilities: gradients through softmax saturate",
+        "gradient_masking.probability_outputs": "the model outputs probabilities (info); warn when its own float32 softmax "
+                                                "underflows to 0 for some attacked samples, so no output carries their margin",
         "gradient_masking.stochastic_outputs": "repeated forward passes of the same input give different outputs",
         "gradient_masking.no_gradients": "input gradients cannot be used; only gradient-free attacks ran",
         "gradient_masking.zero_gradients": "input gradients are zero or non-finite for a notable share of samples",

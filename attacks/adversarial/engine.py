@@ -112,8 +112,9 @@ class Engine:
         self.bs = batch_size
         self.bar = bar
         amp = torch.bfloat16 if options.precision == "bf16" else None
-        self.obj32 = Objective(model, targeted=plan.targeted, device=self.dev)  # confirmations, re-attacks
-        self.obj = Objective(model, targeted=plan.targeted, device=self.dev, amp=amp)
+        eot = plan.eot.draws  # > 1: EOT over a randomized model's draws (objective.py)
+        self.obj32 = Objective(model, targeted=plan.targeted, device=self.dev, eot=eot)  # confirmations, re-attacks
+        self.obj = Objective(model, targeted=plan.targeted, device=self.dev, amp=amp, eot=eot)
         self.settings = options.resolved
         made = [ATTACKS[a].from_options(options) for a in plan.attacks]
         # minimum-norm first, then the gradient attacks, then the gradient-free ones (Square's
@@ -297,8 +298,8 @@ class Engine:
         if len(gi) == 0:
             nr.adv_logits = torch.zeros(self.plan.n, self.model.num_classes)
             return
-        z = self._forward(nr.adv[gi])
-        bad = gi[self.obj.margin_from_logits(z, lab[gi]) >= 0]
+        m, z = self.obj32.verify(nr.adv[gi], lab[gi], self._forward)  # under EOT: the worst draw
+        bad = gi[m >= 0]
         logits = torch.zeros(self.plan.n, z.shape[1])
         logits[gi] = z
         nr.adv_logits = logits
@@ -311,7 +312,7 @@ class Engine:
             nr.adv[bad] = x[bad]
             nr.min_pert[bad] = float("inf")
             recovered = self._reattack(nr, bad)
-            logits[bad] = self._forward(nr.adv[bad])
+            logits[bad] = self.obj32.verify(nr.adv[bad], lab[bad], self._forward)[1]
             nr.unverified = [len(bad), recovered]
 
     def _reattack(self, nr: NormRecord, idx: torch.Tensor) -> int:
@@ -327,8 +328,8 @@ class Engine:
             fooled, xa = pgd.run(self.obj32, x[todo].to(self.dev), lab[todo].to(self.dev), eps, nr.norm, gen=self.gen)
             xa, cand = xa.cpu(), fooled.cpu()
             if cand.any():
-                z = self._forward(xa[cand])
-                ok_local = cand.nonzero().flatten()[self.obj.margin_from_logits(z, lab[todo[cand]]) < 0]
+                m, _ = self.obj32.verify(xa[cand], lab[todo[cand]], self._forward)
+                ok_local = cand.nonzero().flatten()[m < 0]
                 ok = todo[ok_local]
                 nr.first[key][ok] = k
                 nr.adv_k[ok] = k

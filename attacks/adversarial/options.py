@@ -45,6 +45,9 @@ class AdversarialOptions:
     noise_draws: int | None = opt(None, min=1, doc="random noise draws per sample and ε")
     share_failures: bool | None = opt(None, doc="an iterative attack that fails on a sample at ε is not run on it "
                                                 "at smaller ε (counted as failed there too)")
+    eot_samples: int = opt(20, min=1, doc="model draws per evaluation when the outputs are random (EOT, Athalye et "
+                                          "al. 2018): gradients averaged, robust only if correct on every draw; "
+                                          "1 = no EOT")
     examples: int = opt(6, min=0, doc="example panels shown")
     tolerance: float = opt(0.02, min=0, max=1, doc="robust-accuracy gap beyond which a masking comparison is reported")
     precision: Literal["fp32", "bf16"] = opt("fp32", doc='"bf16": attacks under bf16 autocast, each adversarial '

@@ -14,6 +14,7 @@ from audit.gradients import gradients_computable
 from audit.errors import ConfigError
 
 from .attacks import ATTACKS
+from .objective import EOT, correct_on_draws, decide_eot
 from .options import AdversarialOptions
 from .threat import epsilon_grid
 
@@ -30,7 +31,8 @@ class Plan:
     label ≠ target), ``clean_probs`` (n, K) float32, ``ids`` their n sample ids. ``eps``: norm
     -> sorted ε grid (options' norm order); ``attacks``: the attacks to run (registry order);
     ``skipped``: gradient attacks left out because ``gradient_problem`` (why input gradients
-    cannot be used, or None)."""
+    cannot be used, or None). ``eot``: the EOT setting (:class:`.objective.EOT`; when enabled,
+    ``correct`` and ``attacked`` hold only samples correct on every draw)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -44,6 +46,7 @@ class Plan:
     attacks: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
     gradient_problem: str | None = None
+    eot: EOT = EOT()
 
     @property
     def n(self) -> int:
@@ -113,6 +116,13 @@ def prepare(o: AdversarialOptions, ctx: "Context") -> tuple[Plan, Sanity]:
     plan = Plan(x=x, y=y, lab=lab, correct=correct, attacked=correct & (lab != y) if targeted else correct.clone(),
                 clean_probs=clean_logits.softmax(1), ids=[data.ids[i] for i in idx.tolist()], targeted=targeted, eps=eps)
     sanity = _sanity(model, x, y, correct, clean_logits, ctx.config.batch_size)
+    eot = decide_eot(o.eot_samples, sanity.stochastic, f"largest logit change {sanity.logit_change:.2g} of the "
+                                                        f"logit scale, {sanity.flips} predictions changed")
+    plan = replace(plan, eot=eot)
+    if eot.enabled:  # ε = 0 under EOT: correct on every draw
+        ok = correct_on_draws(model, x, y, eot.samples, batch_size=ctx.config.batch_size)
+        plan = replace(plan, correct=plan.correct & ok, attacked=plan.attacked & ok)
+        sanity = replace(sanity, acc0=float(plan.correct.float().mean()))
     problem = ctx.gradient_problem
     attacks = tuple(a for a in ATTACKS if a in o.resolved.attacks)
     skipped = () if gradients_computable(problem) else tuple(a for a in attacks if ATTACKS[a].uses_gradients)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from audit.published import AdversarialExamples
-from audit.results import CheckResult, SampleTable
+from audit.results import CheckResult, SampleTable, wilson_interval
 
 from .attacks import ATTACKS, gradient_attacks
 from .engine import NormRecord, UnitRecord, merge_norm
@@ -94,25 +94,57 @@ def robust_column(norm: str, eps: float) -> str:
 
 # ----------------------------------------------------------------------------- findings
 def sanity_findings(res: CheckResult, s: Sanity, plan: Plan) -> None:
-    """ε = 0, repeated forward passes, probability outputs, and unusable input gradients."""
+    """ε = 0, repeated forward passes (and the EOT setting, ``res.data["eot"]``), probability
+    outputs, and unusable input gradients."""
+    eot = plan.eot
+    res.data["eot"] = eot.as_dict()
     if s.stochastic:
+        how = (f"the attacks used Expectation over Transformation (Athalye et al. 2018): gradients averaged over "
+               f"{eot.samples} draws, and a sample counts as robust only if all {eot.samples} draws classify it "
+               "correctly (option eot_samples)" if eot.enabled else
+               "eot_samples = 1, so the attacks used single draws (no EOT, Athalye et al. 2018) and robustness is "
+               "likely overestimated")
         res.finding("warn", "gradient_masking.stochastic_outputs",
                     f"Two forward passes of the same {plan.n} inputs differ (largest logit change {s.logit_change:.2g} "
-                    f"of the logit scale, {s.flips} predictions changed): a randomized model needs EOT attacks "
-                    "(Athalye et al. 2018); put it in eval mode or fix its randomness.")
+                    f"of the logit scale, {s.flips} predictions changed): {how}. If the randomness is not meant as a "
+                    "defence (dropout or batch norm left in train mode), put the model in eval mode.")
     if abs(s.acc0 - s.acc) > 1e-9:
         res.finding("warn", "gradient_masking.eps0_mismatch",
                     f"Robust accuracy at ε=0 is {s.acc0:.1%} but the clean accuracy is {s.acc:.1%}: the model's "
-                    "output is not a function of its input alone.")
+                    "output is not a function of its input alone"
+                    + (f" (at ε=0 a sample counts only if all {eot.samples} EOT draws are correct)." if eot.enabled
+                       else "."))
     if s.probability_outputs:
-        res.finding("warn", "gradient_masking.probability_outputs",
-                    "The model outputs probabilities, not logits; a softmax saturates and can zero the gradients "
-                    "attacks use. The audit attacks the log-probabilities; export the pre-softmax logits.")
+        _probability_finding(res, plan)
     if not plan.grad_ok:
         res.finding("warn", "gradient_masking.no_gradients",
                     f"Input gradients cannot be used ({plan.gradient_problem}); the gradient attacks "
                     f"({', '.join(plan.skipped)}) did not run and only the gradient-free ones did, so robustness is "
                     "likely overestimated.")
+
+
+def _probability_finding(res: CheckResult, plan: Plan) -> None:
+    """``gradient_masking.probability_outputs``: info when the log-probabilities are usable
+    margins; warn when the model's own float32 softmax underflowed (the runner-up class's
+    probability below float32's smallest normal number, 1.18e-38) on attacked samples."""
+    ai = plan.attacked.nonzero().flatten()
+    probs = plan.clean_probs[ai]
+    runner_up = probs.topk(2, dim=1).values[:, 1] if probs.shape[1] > 1 and len(ai) else probs.new_zeros(0)
+    n_sat = int((runner_up < torch.finfo(torch.float32).tiny).sum())
+    said = ("The model outputs probabilities, not logits. The audit attacks their log, taken in float64 (only exact "
+            "zeros are floored, at float32's smallest positive value), so log-probability differences are the "
+            "logit differences of the model's softmax")
+    if n_sat == 0:
+        res.finding("info", "gradient_masking.probability_outputs",
+                    said + f"; on all {len(ai)} attacked samples its probabilities are in float32's normal range, so "
+                           "the attacks see the same margins and gradients as on its logits.")
+        return
+    res.finding("warn", "gradient_masking.probability_outputs",
+                said + f", except where that softmax underflows in float32: on {n_sat} of the {len(ai)} attacked "
+                       "samples every other class's probability is below 1.2e-38 (float32's smallest normal number; "
+                       "an exact 0 reads as log 2^-149 ≈ -103.3 whatever the logit gap), and the margin's gradient "
+                       "shrinks or vanishes inside the model. Gradient attacks are weak there and robustness may be "
+                       "overestimated; export the pre-softmax logits.")
 
 
 def unit_findings(res: CheckResult, plan: Plan, m: Merged) -> None:
@@ -135,10 +167,12 @@ def unit_findings(res: CheckResult, plan: Plan, m: Merged) -> None:
                             "not lead to the decision boundary (masking), or the model ignores its input.")
         dropped, recovered = nr.unverified
         if dropped:
+            why = (f"on {plan.eot.samples} fresh draws of the randomized model (every draw classified them "
+                   "correctly)" if plan.eot.enabled else "on a second forward pass (numerical noise at the decision "
+                   "boundary)")
             res.finding("info", "adversarial.unverified",
-                        f"{dropped} {nr.norm} adversarial(s) did not reproduce on a second forward pass "
-                        f"(numerical noise at the decision boundary); a fresh PGD run re-found {recovered} of "
-                        "them with a verified adversarial, the rest count as robust.")
+                        f"{dropped} {nr.norm} adversarial(s) did not reproduce {why}; a fresh PGD run re-found "
+                        f"{recovered} of them with a verified adversarial, the rest count as robust.")
 
 
 def masking_findings(res: CheckResult, nr: NormRecord, cur: dict[str, list[float]], tol: float) -> None:
@@ -200,19 +234,21 @@ def norm_metrics(res: CheckResult, plan: Plan, s: Sanity, nr: NormRecord, class_
     (the usual median: the mean of the two middle values for an even count; inf/NaN when the
     upper middle value is a sample never fooled, written null)."""
     cur = curves(nr, plan.correct)
-    for a, vals in cur.items():
-        succ = success(nr, a, plan.attacked)
+    n, na = plan.n, int(plan.attacked.sum())  # rates with their 95% Wilson interval (CheckResult.rate)
+    for a in cur:
+        first = first_of(nr, a)
         for k, e in enumerate(nr.eps):
-            res.metric("robust_accuracy", vals[k], attack=a, norm=nr.norm, epsilon=e)
-            res.metric("attack_success_rate", succ[k], attack=a, norm=nr.norm, epsilon=e)
+            res.rate("robust_accuracy", int((plan.correct & (first > k)).sum()), n, attack=a, norm=nr.norm, epsilon=e)
+            res.rate("attack_success_rate", int((plan.attacked & (first <= k)).sum()), na, attack=a, norm=nr.norm,
+                     epsilon=e)
     if 0.0 not in nr.eps:
-        res.metric("robust_accuracy", s.acc0, attack="worst", norm=nr.norm, epsilon=0.0)
+        res.rate("robust_accuracy", round(s.acc0 * n), n, attack="worst", norm=nr.norm, epsilon=0.0)
     wf = nr.worst_first()
     for c in torch.unique(plan.y).tolist():
         m = plan.y == c
         for k, e in enumerate(nr.eps):
-            res.metric("robust_accuracy", float((plan.correct[m] & (wf[m] > k)).float().mean()), attack="worst",
-                       norm=nr.norm, epsilon=e, **{"class": class_names[c]})
+            res.rate("robust_accuracy", int((plan.correct[m] & (wf[m] > k)).sum()), int(m.sum()), attack="worst",
+                     norm=nr.norm, epsilon=e, **{"class": class_names[c]})
     mp = nr.min_pert[plan.attacked]
     med = statistics.median(mp.tolist()) if len(mp) else float("nan")
     res.metric("median_min_perturbation", med, norm=nr.norm)
@@ -220,9 +256,14 @@ def norm_metrics(res: CheckResult, plan: Plan, s: Sanity, nr: NormRecord, class_
 
 
 def summary_part(nr: NormRecord, cur: dict[str, list[float]], med: float) -> str:
-    """``"L∞ ε=8/255: robust 8.3%, median min pert 4.96/255"`` at the ε nearest half the largest."""
+    """``"L∞ ε=8/255: robust 8.3% [3.3–19.6] of 48, median min pert 4.96/255"`` at the ε nearest
+    half the largest: the worst-case robust accuracy with its 95% Wilson interval (in %) and
+    the number of evaluated samples it is a share of."""
     mid = min(range(nr.K), key=lambda k: abs(nr.eps[k] - nr.eps[-1] / 2))
-    return (f"{NORM_LABEL[nr.norm]} ε={fmt_eps(nr.eps[mid], nr.norm)}: robust {cur['worst'][mid]:.1%}, "
+    n, rob = len(nr.adv_k), cur["worst"][mid]
+    lo, hi = wilson_interval(round(rob * n), n) if math.isfinite(rob) else (None, None)
+    ci = f" [{100 * lo:.1f}\u2013{100 * hi:.1f}]" if lo is not None else ""
+    return (f"{NORM_LABEL[nr.norm]} ε={fmt_eps(nr.eps[mid], nr.norm)}: robust {rob:.1%}{ci} of {n}, "
             f"median min pert {fmt_eps(med, nr.norm) if math.isfinite(med) else 'n/a'}")
 
 

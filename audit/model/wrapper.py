@@ -16,6 +16,39 @@ PROBE_SEED = 1234
 #: tolerance for "rows sum to 1" (probabilities) and "rows logsumexp to 0" (log-probabilities)
 _PROB_ATOL = 1e-3
 _DICT_KEYS = ("logits", "out", "output", "scores")
+#: the log of a probability that is exactly 0: that of float32's smallest positive (subnormal)
+#: value 2**-149, ≈ -103.28, below the log of every nonzero float32 probability (a float64
+#: output is floored at float64's, 2**-1074)
+_FLOOR32, _FLOOR64 = 2.0 ** -149, 2.0 ** -1074
+
+
+class ProbabilityLog(torch.autograd.Function):
+    """``log p`` of probabilities ``p`` (N, K) (any float dtype) as float32 log-probabilities,
+    without a coarse floor: the log is taken in float64 (float32 on MPS, which has no float64)
+    and only exact zeros are floored, at :data:`_FLOOR32` (log ≈ -103.28). Differences of the
+    result are the logit differences of the softmax that made ``p``, up to that softmax's own
+    float32 underflow; a floor such as 1e-12 instead capped every margin near 27.6.
+
+    Backward: ``grad / p`` with ``p`` floored at the smallest *normal* number of its dtype
+    (1.18e-38 in float32), so the gradient stays finite in ``p``'s dtype and flows where ``p``
+    is tiny but nonzero (the softmax's backward then multiplies it by ``p`` again: through a
+    softmax the margin's gradient is the logit margin's, exactly, for ``p`` ≥ 1.18e-38, and
+    shrinks by ``p / 1.18e-38`` below that); it is 0 where ``p`` is exactly 0."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(p)
+        wide = torch.float32 if p.device.type == "mps" else torch.float64
+        floor = _FLOOR64 if p.dtype == torch.float64 else _FLOOR32
+        return p.to(wide).clamp_min(floor).log().float()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        (p,) = ctx.saved_tensors
+        fi = torch.finfo(p.dtype)
+        wide = torch.float32 if p.device.type == "mps" else torch.float64
+        g = grad.to(wide) / p.to(wide).clamp_min(fi.tiny)
+        return g.clamp(-fi.max / 2, fi.max / 2).to(p.dtype)  # room for the softmax backward's subtraction
 
 
 class AuditModel(nn.Module):
@@ -24,8 +57,10 @@ class AuditModel(nn.Module):
     ``forward(x)``: ``x`` a float tensor (N, C, H, W) on :attr:`device` with values in
     ``spec.bounds`` ([0, 1]) -> float32 logits (N, num_classes). The model's normalization
     (``spec.mean`` / ``spec.std``) is folded in; tuple, dict and ``.logits`` outputs are
-    reduced to the logits tensor, and probability outputs are turned into log-probabilities
-    (see ``adaptations`` and ``output_kind``). An export traced at a fixed batch size
+    reduced to the logits tensor; log-probability outputs are used as they are (their
+    differences are logit differences) and probability outputs are turned into
+    log-probabilities without a coarse floor (:class:`ProbabilityLog`; see ``adaptations`` and
+    ``output_kind``). An export traced at a fixed batch size
     (``fixed_batch``) is fed in chunks of that size.
 
     ``info`` is the provenance block of results.json (path, sha256, format, ...). ``ready``
@@ -133,10 +168,9 @@ class AuditModel(nn.Module):
         out = self._to_tensor(self._raw(x))
         if out.ndim != 2:
             out = out.reshape(out.shape[0], -1)
-        out = out.float()
         if self.output_kind == "probabilities":
-            out = torch.log(out.clamp_min(1e-12))
-        return out
+            return ProbabilityLog.apply(out)  # in the output's own dtype: no float32 underflow added
+        return out.float()
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
@@ -205,7 +239,8 @@ class AuditModel(nn.Module):
         if width > 1 and (raw >= 0).all() and (raw <= 1).all() and torch.allclose(sums, torch.ones_like(sums),
                                                                                  atol=_PROB_ATOL):
             self.output_kind = "probabilities"
-            self._note("outputs are probabilities (rows sum to 1); their log is used as logits")
+            self._note("outputs are probabilities (rows sum to 1); their log, taken in float64 with only exact "
+                       "zeros floored (at float32's smallest positive value), is used as logits")
         elif width > 1 and (raw <= 0).all() and torch.allclose(raw.logsumexp(1), torch.zeros_like(sums),
                                                                atol=_PROB_ATOL):
             self.output_kind = "log_probabilities"

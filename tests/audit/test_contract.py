@@ -236,3 +236,24 @@ def test_fast_config_is_valid_for_every_check():
     cfg = AuditConfig.from_dict(fast_config_dict())
     assert set(cfg.check_options) <= set(CHECKS)
     assert FAST_CONFIG.strip()
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_the_base_owns_the_lifecycle(name):
+    from audit.check import Check
+
+    cls = CHECKS[name]
+    assert cls.run is Check.run, f"{name} overrides run(); implement units/compute/summarize instead"
+    assert cls.compute is not Check.compute and cls.summarize is not Check.summarize
+
+
+def test_a_taken_check_name_is_refused():
+    from audit.check import Check
+    from audit.registry import register_check
+
+    class Impostor(Check):
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_check("clean")(Impostor)
+    assert CHECKS["clean"].__name__ == "CleanCheck"

@@ -17,7 +17,7 @@ SIDECAR = ASSETS / "gymnet.json"
 
 def _skin_fraction(images: np.ndarray) -> float:
     """Share of pixels whose chromaticity (colour up to brightness) is that of a skin tone."""
-    from audit.demo.data import _SKIN
+    from audit.demo.draw import _SKIN
 
     skin = _SKIN / _SKIN.sum(1, keepdims=True)
     x = images.astype(np.float32) + 1

@@ -28,6 +28,16 @@ def validate_result(d: dict) -> None:
         assert (c["error"] is None) == (c["status"] != "error")
         for row in c["metrics"]:
             assert isinstance(row["name"], str) and (row["value"] is None or isinstance(row["value"], (int, float)))
+            if "n" in row:  # a rate: its sample count and 95% interval (docs/results.md)
+                assert isinstance(row["n"], int) and row["n"] >= 0
+                if row["n"]:
+                    assert 0 <= row["ci_low"] <= row["value"] <= row["ci_high"] <= 1
+                    assert abs(row["value"] * row["n"] - round(row["value"] * row["n"])) < 1e-6
+                else:
+                    assert row["value"] is None and row["ci_low"] is None and row["ci_high"] is None
+            if c["name"] in ("clean", "adversarial") and row["name"] in ("accuracy", "robust_accuracy",
+                                                                          "attack_success_rate"):
+                assert "n" in row, row
         for f in c["findings"]:
             assert f["severity"] in {"info", "warn", "fail"} and "." in f["code"] and f["message"]
             assert "class" in f
@@ -35,6 +45,8 @@ def validate_result(d: dict) -> None:
             assert a["kind"] and a["path"].startswith("artifacts/")
     for g in d["gates"]:
         assert g["status"] in {"pass", "warn", "fail", "error"} and g["gate"] and g["condition"]
+        if g.get("interval"):
+            assert set(g["interval"]) == {"value", "ci_low", "ci_high", "n"}
 
 
 def test_demo_runs_every_check_and_writes_valid_results(demo_run):
