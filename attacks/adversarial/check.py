@@ -43,7 +43,7 @@ from .engine import Engine, UnitRecord
 from .figures import add_images
 from .options import AdversarialOptions
 from .plan import Plan, Sanity, prepare
-from .summary import (masking_findings, merge, norm_metrics, published_examples, sample_table, sanity_findings,
+from .summary import (diagnostic_findings, masking_findings, merge, norm_metrics, published_examples, sample_table, sanity_findings,
                       summary_part, unit_findings)
 
 __all__ = ["AdversarialCheck"]
@@ -73,6 +73,9 @@ class AdversarialCheck(Check):
         "gradient_masking.gradient_free_stronger": "the gradient-free attack or random noise beats the gradient attacks",
         "gradient_masking.unbounded_attack_fails": "an attack with ε covering the whole input range does not reach ~100% success",
         "gradient_masking.eps0_mismatch": "robust accuracy at ε=0 differs from the clean accuracy",
+        "gradient_masking.success_not_monotone": "an attack run independently at each ε succeeds less often at a larger ε "
+                                                 "than at a smaller one (on the probe samples)",
+        "gradient_masking.not_converged": "a longer attack fools probe samples the whole ensemble left robust",
         "adversarial.unverified": "adversarials that did not reproduce on a second forward pass were dropped",
     }
     Options = AdversarialOptions
@@ -108,12 +111,14 @@ class AdversarialCheck(Check):
         res.metric("samples", plan.n)
         sanity_findings(res, sanity, plan)
         merged = merge(records)
+        n_probe = 0 if plan.probe is None else int((plan.probe & plan.attacked).sum())
         unit_findings(res, plan, merged)
         parts = []
         examples = published_examples(plan, merged.runs)
         for nr in merged.runs:
             cur, med = norm_metrics(res, plan, sanity, nr, ctx.model.class_names)
             masking_findings(res, nr, cur, max(o.tolerance, 1.5 / max(plan.n, 1)))
+            diagnostic_findings(res, nr, n_probe, o.tolerance)
             parts.append(summary_part(nr, cur, med))
             add_images(res, plan, nr, cur, sanity.acc, o.examples, ctx.model.class_names)
             res.data[nr.norm] = {"epsilons": nr.eps, "attacks": list(nr.first)}
@@ -121,6 +126,8 @@ class AdversarialCheck(Check):
             ctx.publish("adversarial.examples", examples)
         res.samples = sample_table(plan, merged.runs)
         res.data["queries"] = merged.queries
+        res.data["layout"] = records[0].layout if records else ""
+        res.data["compiled"] = records[0].compiled if records else ""
         res.summary = ("; ".join(parts) + f"; clean accuracy {sanity.acc:.1%} on the {plan.n} attacked samples"
                        f" (budget {o.budget})")
         now = time.perf_counter()

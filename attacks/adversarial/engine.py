@@ -17,21 +17,31 @@ all failed on there. Fooled samples leave the batch at once. An adversarial outs
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import field
 from typing import Any, Callable
 
 import torch
 
 from audit.batching import batched
+from audit.model.layout import CompiledForward, channels_last
 from audit.records import record
 
 from .attacks import ATTACKS, PGD, Attack, BoundedAttack, Guide, MinimumNormAttack
+from .diagnostics import INDEPENDENT_STEPS, LONGER, apgd_runner, independent_success, longer_attack
 from .objective import Objective
 from .options import AdversarialOptions
 from .plan import Plan
 from .threat import max_epsilon, norm_of
 
 __all__ = ["Engine", "NormRecord", "UnitRecord", "merge_norm", "TOL_REL", "TOL_ABS"]
+
+#: Square queries from which a compiled forward pays for its compilation (:meth:`Engine._compile`)
+COMPILE_QUERIES = 1000
+#: ... on images of at least this many pixels (H·W); below, a forward pass costs too little
+COMPILE_PIXELS = 32 * 32
+#: one compiled network per model, per process
+_COMPILED: "weakref.WeakKeyDictionary[Any, CompiledForward]" = weakref.WeakKeyDictionary()
 
 #: validity tolerance of an adversarial's norm: ε·(1 + TOL_REL) + TOL_ABS
 TOL_REL, TOL_ABS = 1e-5, 1e-6
@@ -47,7 +57,9 @@ class NormRecord:
     ``adv`` (zeros where there is no adversarial); ``min_norm`` (n,) the minimum-norm attacks'
     smallest perturbation with the unbounded PGD retry (None when none ran); ``control``: the
     attacks that ran as gradient-masking controls; ``unverified``: [dropped, re-found]
-    adversarials of the verification pass."""
+    adversarials of the verification pass; ``independent``, ``longer_tried``,
+    ``longer_fooled`` (n, K) bool: the diagnostics on the plan's probe samples (:mod:`.diagnostics`;
+    all False elsewhere, None when they did not run)."""
 
     norm: str
     eps: list[float]
@@ -59,6 +71,9 @@ class NormRecord:
     min_norm: torch.Tensor | None = None
     control: list[str] = field(default_factory=list)
     unverified: list[int] = field(default_factory=lambda: [0, 0])
+    independent: torch.Tensor | None = None
+    longer_tried: torch.Tensor | None = None
+    longer_fooled: torch.Tensor | None = None
 
     @property
     def K(self) -> int:
@@ -76,14 +91,18 @@ class NormRecord:
 class UnitRecord:
     """One work unit's record: ``grad_bad`` (n,) bool the attacked samples whose clean margin
     gradient is zero or non-finite, ``runs`` one :class:`NormRecord` per norm, ``timings``
-    seconds per ``<attack>_<norm>``, ``passes`` [forward, backward] sample passes, and
-    ``attack_passes`` those per ``<attack>_<norm>``."""
+    seconds per ``<attack>_<norm>``, ``passes`` [forward, backward] sample passes,
+    ``attack_passes`` those per ``<attack>_<norm>``, ``layout`` the model's memory layout
+    during the attacks (:func:`audit.model.layout.channels_last`) and ``compiled`` whether the
+    forward passes without gradients ran compiled (:meth:`Engine._compile`)."""
 
     grad_bad: torch.Tensor
     runs: list[NormRecord]
     timings: dict[str, float]
     passes: list[int]
     attack_passes: dict[str, list[int]] = field(default_factory=dict)
+    layout: str = ""
+    compiled: str = ""
 
 
 def merge_norm(parts: list[NormRecord]) -> NormRecord:
@@ -93,10 +112,15 @@ def merge_norm(parts: list[NormRecord]) -> NormRecord:
     def cat(name: str) -> torch.Tensor:
         return torch.cat([getattr(p, name) for p in parts])
 
+    def opt(name: str) -> torch.Tensor | None:
+        return None if getattr(p0, name) is None else cat(name)
+
     return NormRecord(norm=p0.norm, eps=list(p0.eps), first={a: torch.cat([p.first[a] for p in parts]) for a in p0.first},
                       adv=cat("adv"), adv_k=cat("adv_k"), min_pert=cat("min_pert"), adv_logits=cat("adv_logits"),
-                      min_norm=None if p0.min_norm is None else cat("min_norm"), control=list(p0.control),
-                      unverified=[sum(p.unverified[i] for p in parts) for i in range(2)])
+                      min_norm=opt("min_norm"), control=list(p0.control),
+                      unverified=[sum(p.unverified[i] for p in parts) for i in range(2)],
+                      independent=opt("independent"), longer_tried=opt("longer_tried"),
+                      longer_fooled=opt("longer_fooled"))
 
 
 class Engine:
@@ -125,10 +149,31 @@ class Engine:
 
     def run(self) -> UnitRecord:
         grad_bad = torch.zeros(self.plan.n, dtype=torch.bool)
-        g0 = self._clean_gradients(grad_bad) if self.plan.grad_ok else None
-        runs = [self._run_norm(norm, g0) for norm in self.plan.eps]
+        probe = self.plan.x[:8].to(self.dev)
+        with channels_last(self.model, probe, enabled=self.o.channels_last and len(probe) > 0,
+                           compare=not self.plan.eot.enabled) as layout:
+            self._compile(probe)
+            g0 = self._clean_gradients(grad_bad) if self.plan.grad_ok else None
+            runs = [self._run_norm(norm, g0) for norm in self.plan.eps]
         return UnitRecord(grad_bad=grad_bad, runs=runs, timings=dict(self.timings), passes=self._passes(),
-                          attack_passes=dict(self.attack_passes))
+                          attack_passes=dict(self.attack_passes), layout=layout, compiled=self.compiled)
+
+    def _compile(self, probe: torch.Tensor) -> None:
+        """A compiled network for the forward passes without gradients when they are many
+        (Square at ≥ ``COMPILE_QUERIES`` queries, images of ≥ ``COMPILE_PIXELS`` pixels: a fixed
+        rule, so the same seed gives the same numbers) and the ``compile`` option allows
+        (:class:`audit.model.layout.CompiledForward`); ``self.compiled`` says what happened."""
+        self.compiled = "eager (few forward passes: compiling would not pay)"
+        if self.o.compile == "off":
+            self.compiled = "eager (compile = \"off\")"
+        elif self.o.compile == "on" or ("square" in self.plan.attacks and self.settings.square_queries >= COMPILE_QUERIES
+                                         and self.plan.x.shape[-2] * self.plan.x.shape[-1] >= COMPILE_PIXELS):
+            if len(probe):
+                fast = _COMPILED.get(self.model)
+                if fast is None:
+                    fast = _COMPILED[self.model] = CompiledForward(self.model, probe, compare=not self.plan.eot.enabled)
+                self.obj.fast = fast if fast.net is not None else None
+                self.compiled = fast.status
 
     def _passes(self) -> list[int]:
         return [self.obj.forwards + self.obj32.forwards, self.obj.backwards + self.obj32.backwards]
@@ -158,8 +203,9 @@ class Engine:
         return torch.nan_to_num(g0, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _confirm(self, xadv: torch.Tensor, rows: torch.Tensor, fooled: torch.Tensor) -> torch.Tensor:
-        """With bf16 attacks: keep only the candidates the fp32 model also gets wrong."""
-        if self.obj.amp is None or not fooled.any():
+        """With bf16 attacks or a compiled forward: keep only the candidates the fp32 eager
+        model also gets wrong."""
+        if not self.obj.approximate or not fooled.any():
             return fooled
         hit = fooled.nonzero().flatten()
         m, _ = self.obj32(xadv[hit.to(xadv.device)].to(self.dev), self.plan.lab[rows[hit]].to(self.dev))
@@ -175,11 +221,7 @@ class Engine:
             return
         gi = rows[fooled.cpu()]
         xa = xadv[fooled].detach().cpu()
-        dn = norm_of(xa - self.plan.x[gi], nr.norm)
-        eps = nr.eps[k]
-        if not (dn <= eps * (1 + TOL_REL) + TOL_ABS).all() or xa.min() < -TOL_ABS or xa.max() > 1 + TOL_ABS:
-            raise AssertionError(f"internal error: attack {attack} returned an adversarial outside the {nr.norm} ball "
-                                 f"ε={eps:.4g} (norm {float(dn.max()):.4g}) or outside [0, 1]; this is a bug in the audit")
+        dn = self._valid(attack, nr.norm, nr.eps[k], gi, xa)
         first = nr.first[attack]
         new = first[gi] > k
         first[gi[new]] = k
@@ -187,6 +229,15 @@ class Engine:
         nr.adv[gi[better]] = xa[better]
         nr.adv_k[gi[better]] = k
         nr.min_pert[gi] = torch.minimum(nr.min_pert[gi], dn)
+
+    def _valid(self, attack: str, norm: str, eps: float, gi: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
+        """The perturbation norms (m,) of adversarials ``xa`` (m, C, H, W, CPU) of samples ``gi``;
+        AssertionError when one is outside its ε-ball or outside [0, 1] (a bug of the audit)."""
+        dn = norm_of(xa - self.plan.x[gi], norm)
+        if not (dn <= eps * (1 + TOL_REL) + TOL_ABS).all() or xa.min() < -TOL_ABS or xa.max() > 1 + TOL_ABS:
+            raise AssertionError(f"internal error: attack {attack} returned an adversarial outside the {norm} ball "
+                                 f"ε={eps:.4g} (norm {float(dn.max()):.4g}) or outside [0, 1]; this is a bug in the audit")
+        return dn
 
     # ------------------------------------------------------------------ one norm
     def _run_norm(self, norm: str, g0: torch.Tensor | None) -> NormRecord:
@@ -206,7 +257,37 @@ class Engine:
             self.attack_passes[f"{attack.name}_{norm}"] = [a - b for a, b in zip(self._passes(), p0)]
         nr.min_norm = guide.min_norm
         self._verify(nr)
+        t0, p0 = time.perf_counter(), self._passes()
+        self._diagnose(nr)
+        self.timings[f"diagnostics_{norm}"] = round(time.perf_counter() - t0, 3)
+        self.attack_passes[f"diagnostics_{norm}"] = [a - b for a, b in zip(self._passes(), p0)]
         return nr
+
+    def _diagnose(self, nr: NormRecord) -> None:
+        """The independent per-ε probe and the convergence probe (:mod:`.diagnostics`) on the
+        plan's probe samples of this unit."""
+        probe = self.plan.probe
+        if probe is None or not self.plan.grad_ok or "apgd_ce" not in ATTACKS:
+            return
+        n, K = self.plan.n, nr.K
+        nr.independent, nr.longer_tried, nr.longer_fooled = (torch.zeros(n, K, dtype=torch.bool) for _ in range(3))
+        rows = (probe & self.plan.attacked).nonzero().flatten()
+        if len(rows) == 0:
+            return
+
+        def record(gi: torch.Tensor, fooled: torch.Tensor, eps: float, xadv: torch.Tensor) -> torch.Tensor:
+            fooled = self._confirm(xadv, gi, fooled)
+            if fooled.any():
+                self._valid("diagnostics", nr.norm, eps, gi[fooled], xadv[fooled.to(xadv.device)].detach().cpu())
+            return fooled
+
+        steps = self.settings.apgd_steps
+        quick = apgd_runner(self.obj, self._on_device, nr.norm, min(steps, INDEPENDENT_STEPS), 1, self.gen, record)
+        nr.independent[rows] = independent_success(rows, nr.eps, quick)
+        robust = torch.stack([nr.worst_first()[rows] > k for k in range(K)], 1)
+        longer = apgd_runner(self.obj, self._on_device, nr.norm, LONGER * steps, 1, self.gen, record)
+        tried, fooled = longer_attack(rows, robust, nr.eps, longer)
+        nr.longer_tried[rows], nr.longer_fooled[rows] = tried, fooled
 
     def _minimum_norm(self, nr: NormRecord, attack: MinimumNormAttack, guide: Guide) -> None:
         """The unbounded attack once on every attacked sample: a sample whose smallest

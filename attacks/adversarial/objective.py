@@ -89,12 +89,28 @@ class Objective:
         self.eot = int(eot)
         self.forwards = 0
         self.backwards = 0
+        #: a faster stand-in for forward passes without gradients (``x -> logits or None``,
+        #: e.g. :class:`audit.model.layout.CompiledForward`); None: the model itself
+        self.fast = None
+
+    @property
+    def approximate(self) -> bool:
+        """Whether margins may differ from the fp32 eager model's by rounding (autocast or a
+        compiled stand-in): adversarials found are then confirmed before they count."""
+        return self.amp is not None or self.fast is not None
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The model's logits (N, K) float32 at ``x`` (N, C, H, W) (one draw), under autocast
         when ``amp`` is set."""
         with torch.autocast(x.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
             return self.model(x).float()
+
+    def _nograd_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast is not None and self.amp is None:
+            z = self.fast(x)
+            if z is not None:
+                return z.float()
+        return self.logits(x)
 
     def margin_from_logits(self, z: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         """The margin (N,) of logits ``z`` (N, K) for labels/targets ``lab`` (N,)."""
@@ -111,9 +127,9 @@ class Objective:
         self.forwards += n * self.eot
         if not grad:
             with torch.no_grad():
-                m = self.margin_from_logits(self.logits(x), lab)
+                m = self.margin_from_logits(self._nograd_logits(x), lab)
                 for _ in range(self.eot - 1):
-                    m = torch.minimum(m, self.margin_from_logits(self.logits(x), lab))
+                    m = torch.minimum(m, self.margin_from_logits(self._nograd_logits(x), lab))
             return m, None
         self.backwards += n * self.eot
         xg = x.detach().requires_grad_(True)

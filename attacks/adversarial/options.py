@@ -33,7 +33,8 @@ class AdversarialOptions:
                         '"thorough" more restarts and queries; the options below left unset take the budget\'s value')
     attacks: list[str] | None = opt(None, doc=f"subset of {', '.join(ATTACKS)} (unset: the budget's)")
     targeted: str = opt("", doc='"" untargeted; "least_likely"; or a class name / index')
-    max_samples: int = opt(48, min=0, doc="class-stratified subset attacked (0 = all)")
+    max_samples: int | None = opt(None, min=0, doc="class-stratified subset attacked (0 = all; unset: the budget's, "
+                                                   "sized for the interval it gives)")
     pgd_steps: int | None = opt(None, min=1, doc="PGD iterations per restart")
     pgd_restarts: int | None = opt(None, min=1, doc="PGD random starts")
     apgd_steps: int | None = opt(None, min=1, doc="APGD iterations per restart (and per target for APGD-T)")
@@ -48,6 +49,13 @@ class AdversarialOptions:
     eot_samples: int = opt(20, min=1, doc="model draws per evaluation when the outputs are random (EOT, Athalye et "
                                           "al. 2018): gradients averaged, robust only if correct on every draw; "
                                           "1 = no EOT")
+    probe_samples: int = opt(16, min=0, doc="attacked samples the diagnostics run on (independent per-ε APGD, "
+                                           "a longer APGD for convergence); 0 = none")
+    channels_last: bool = opt(True, doc="attack a convolutional model with its weights in channels-last layout "
+                                        "(faster; same outputs up to rounding, checked on a probe batch)")
+    compile: Literal["auto", "on", "off"] = opt("auto", doc='torch.compile the network for the forward passes without '
+                                                           'gradients: "auto" when Square has ≥ 1,000 queries on images of ≥ 32×32 '
+                                                           'pixels')
     examples: int = opt(6, min=0, doc="example panels shown")
     tolerance: float = opt(0.02, min=0, max=1, doc="robust-accuracy gap beyond which a masking comparison is reported")
     precision: Literal["fp32", "bf16"] = opt("fp32", doc='"bf16": attacks under bf16 autocast, each adversarial '

@@ -32,7 +32,8 @@ class Plan:
     -> sorted ε grid (options' norm order); ``attacks``: the attacks to run (registry order);
     ``skipped``: gradient attacks left out because ``gradient_problem`` (why input gradients
     cannot be used, or None). ``eot``: the EOT setting (:class:`.objective.EOT`; when enabled,
-    ``correct`` and ``attacked`` hold only samples correct on every draw)."""
+    ``correct`` and ``attacked`` hold only samples correct on every draw). ``probe`` (n,) bool:
+    the attacked samples the diagnostics run on (:mod:`.diagnostics`; None: none)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -47,6 +48,7 @@ class Plan:
     skipped: tuple[str, ...] = ()
     gradient_problem: str | None = None
     eot: EOT = EOT()
+    probe: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -62,7 +64,8 @@ class Plan:
         """The plan restricted to the samples ``rows`` (a work unit)."""
         r = rows.tolist()
         return replace(self, x=self.x[rows], y=self.y[rows], lab=self.lab[rows], correct=self.correct[rows],
-                       attacked=self.attacked[rows], clean_probs=self.clean_probs[rows], ids=[self.ids[i] for i in r])
+                       attacked=self.attacked[rows], clean_probs=self.clean_probs[rows], ids=[self.ids[i] for i in r],
+                       probe=None if self.probe is None else self.probe[rows])
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,9 @@ def prepare(o: AdversarialOptions, ctx: "Context") -> tuple[Plan, Sanity]:
     shape = tuple(data.input_shape)
     eps = {norm: epsilon_grid(norm, o.epsilons.get(norm), shape) for norm in o.norms}
     idx = torch.arange(len(data))
-    if o.max_samples and len(data) > o.max_samples:
-        idx = stratified_indices(data.y, o.max_samples, ctx.seed)
+    cap = o.resolved.max_samples
+    if cap and len(data) > cap:
+        idx = stratified_indices(data.y, cap, ctx.seed)
     x, y = data.x[idx], data.y[idx]
     clean_logits = ctx.logits[idx]
     correct = clean_logits.argmax(1) == y
@@ -123,11 +127,24 @@ def prepare(o: AdversarialOptions, ctx: "Context") -> tuple[Plan, Sanity]:
         ok = correct_on_draws(model, x, y, eot.samples, batch_size=ctx.config.batch_size)
         plan = replace(plan, correct=plan.correct & ok, attacked=plan.attacked & ok)
         sanity = replace(sanity, acc0=float(plan.correct.float().mean()))
+    plan = replace(plan, probe=_probe_samples(plan.attacked, o.probe_samples, ctx.seed))
     problem = ctx.gradient_problem
     attacks = tuple(a for a in ATTACKS if a in o.resolved.attacks)
     skipped = () if gradients_computable(problem) else tuple(a for a in attacks if ATTACKS[a].uses_gradients)
     return replace(plan, attacks=tuple(a for a in attacks if a not in skipped), skipped=skipped,
                    gradient_problem=problem), sanity
+
+
+def _probe_samples(attacked: torch.Tensor, count: int, seed: int) -> torch.Tensor | None:
+    """(n,) bool: ``count`` of the ``attacked`` samples drawn with the run's seed (all when
+    fewer), or None for ``count`` = 0."""
+    if count <= 0:
+        return None
+    idx = attacked.nonzero().flatten()
+    pick = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + 7919))[:count]]
+    out = torch.zeros_like(attacked)
+    out[pick] = True
+    return out
 
 
 def _sanity(model, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor, clean_logits: torch.Tensor,

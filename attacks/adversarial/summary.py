@@ -14,12 +14,13 @@ from audit.published import AdversarialExamples
 from audit.results import CheckResult, SampleTable, wilson_interval
 
 from .attacks import ATTACKS, gradient_attacks
+from .diagnostics import LONGER
 from .engine import NormRecord, UnitRecord, merge_norm
 from .plan import Plan, Sanity
 from .threat import NORM_LABEL, fmt_eps, max_epsilon
 
 __all__ = ["Merged", "merge", "first_of", "curve_names", "curves", "success", "sanity_findings", "unit_findings",
-           "norm_metrics", "masking_findings", "sample_table", "published_examples", "summary_part",
+           "norm_metrics", "masking_findings", "diagnostic_findings", "sample_table", "published_examples", "summary_part",
            "robust_column"]
 
 
@@ -225,6 +226,40 @@ def _iterative_weaker(res: CheckResult, nr: NormRecord, tol: float) -> None:
                     f"fooled {only_fgsm} that {names} did not, and {names} only {only_it} that FGSM did not (robust "
                     f"accuracy {gap:.1%} higher under the iterative attacks); an iterative attack weaker than one step "
                     "means its gradients mislead it (masking).")
+
+
+def diagnostic_findings(res: CheckResult, nr: NormRecord, n: int, tol: float) -> None:
+    """The diagnostics' flags (:mod:`.diagnostics`, Carlini et al. 2019 §5): an independent
+    per-ε APGD-CE whose success falls as ε grows (``gradient_masking.success_not_monotone``),
+    and a longer APGD-CE that fools probe samples the ensemble left robust
+    (``gradient_masking.not_converged``), each beyond ``tol`` of the ``n`` probe samples and at
+    least 2 samples; ``res.data["diagnostics"][norm]`` holds the counts either way."""
+    if nr.independent is None:
+        return
+    lab = NORM_LABEL[nr.norm]
+    succ = nr.independent.sum(0).tolist()
+    tried, found = nr.longer_tried.sum(0).tolist(), nr.longer_fooled.sum(0).tolist()
+    res.data.setdefault("diagnostics", {})[nr.norm] = {
+        "probe_samples": n, "epsilons": nr.eps, "independent_fooled": succ,
+        "longer_tried": tried, "longer_fooled": found}
+    if n == 0:
+        return
+    need = max(2, tol * n)
+    drop, i, j = max(((succ[i] - succ[j], i, j) for i in range(nr.K) for j in range(i + 1, nr.K)), default=(0, 0, 0))
+    if drop >= need:
+        res.finding("warn", "gradient_masking.success_not_monotone",
+                    f"{lab}: APGD-CE run independently at each ε on the same {n} probe samples fooled {succ[i]} at "
+                    f"ε={fmt_eps(nr.eps[i], nr.norm)} but only {succ[j]} at the larger ε={fmt_eps(nr.eps[j], nr.norm)}; "
+                    "a larger ball contains every smaller one, so the attack is missing adversarials that exist "
+                    "(gradient masking, or too few iterations).", norm=nr.norm)
+    missed = sum(found)
+    if missed >= need:
+        k = max(range(nr.K), key=lambda q: found[q])
+        res.finding("warn", "gradient_masking.not_converged",
+                    f"{lab}: APGD-CE with {LONGER}× the budget's iterations fooled {found[k]} of the "
+                    f"{tried[k]} probe samples the whole ensemble left robust at ε={fmt_eps(nr.eps[k], nr.norm)} "
+                    f"({missed} over all ε): the ensemble has not converged on this model and its robust accuracy "
+                    "is overestimated; use budget = \"thorough\" or more apgd_steps.", norm=nr.norm)
 
 
 # ----------------------------------------------------------------------------- metrics

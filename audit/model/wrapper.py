@@ -114,19 +114,21 @@ class AuditModel(nn.Module):
         return self.spec.class_names or [str(i) for i in range(self.num_classes)]
 
     # ------------------------------------------------------------------ forward
-    def _raw(self, x: torch.Tensor) -> Any:
-        """The network's own output on normalized ``x``, in ``fixed_batch`` chunks when set
-        (a short last chunk padded with copies of its last image, the padding cut off)."""
+    def _raw(self, x: torch.Tensor, net: Any = None) -> Any:
+        """The network's (or ``net``'s, a stand-in such as a compiled copy) own output on
+        normalized ``x``, in ``fixed_batch`` chunks when set (a short last chunk padded with
+        copies of its last image, the padding cut off)."""
+        net = self.net if net is None else net
         z = (x - self.mean) / self.std
         if self.fixed_batch is None or z.shape[0] == self.fixed_batch:
-            return self.net(z)
+            return net(z)
         outs, b = [], self.fixed_batch
         for i in range(0, z.shape[0], b):
             chunk = z[i:i + b]
             n = chunk.shape[0]
             if n < b:
                 chunk = torch.cat([chunk, chunk[-1:].expand(b - n, *chunk.shape[1:])])
-            outs.append(self._to_tensor(self.net(chunk))[:n])
+            outs.append(self._to_tensor(net(chunk))[:n])
         return torch.cat(outs)
 
     def _to_tensor(self, out: Any) -> torch.Tensor:
@@ -163,9 +165,11 @@ class AuditModel(nn.Module):
         if text not in self.adaptations:
             self.adaptations.append(text)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (N, C, H, W) in [0, 1] on :attr:`device` -> float32 logits (N, num_classes)."""
-        out = self._to_tensor(self._raw(x))
+    def forward(self, x: torch.Tensor, *, net: Any = None) -> torch.Tensor:
+        """``x`` (N, C, H, W) in [0, 1] on :attr:`device` -> float32 logits (N, num_classes).
+        ``net``: a stand-in for the network with the same function (e.g. ``torch.compile``'s
+        copy, :mod:`audit.model.layout`); the wrapper's own steps are unchanged."""
+        out = self._to_tensor(self._raw(x, net))
         if out.ndim != 2:
             out = out.reshape(out.shape[0], -1)
         if self.output_kind == "probabilities":
