@@ -75,7 +75,7 @@ class AdversarialCheck(Check):
         "gradient_masking.eps0_mismatch": "robust accuracy at ε=0 differs from the clean accuracy",
         "gradient_masking.success_not_monotone": "an attack run independently at each ε succeeds less often at a larger ε "
                                                  "than at a smaller one (on the probe samples)",
-        "gradient_masking.not_converged": "a longer attack fools probe samples the whole ensemble left robust",
+        "adversarial.not_converged": "a longer attack fools probe samples the whole ensemble left robust",
         "adversarial.unverified": "adversarials that did not reproduce on a second forward pass were dropped",
     }
     Options = AdversarialOptions

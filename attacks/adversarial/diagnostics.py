@@ -17,7 +17,7 @@ ensemble cannot make by itself, run on a small subset of the attacked samples (t
 
 The probes' adversarials are checked for validity like every other (the engine's record
 asserts) but are not merged into the worst case: they are evidence about the ensemble, and
-the findings (``gradient_masking.success_not_monotone``, ``gradient_masking.not_converged``)
+the findings (``gradient_masking.success_not_monotone``, ``adversarial.not_converged``)
 say what they found. Cost: K × (probe samples) × ``min(apgd_steps, 20)`` gradient steps for
 the first, at most (robust probe samples) × ``LONGER`` × ``apgd_steps`` for the second.
 """

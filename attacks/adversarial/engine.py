@@ -27,6 +27,7 @@ from audit.batching import batched
 from audit.model.layout import CompiledForward, channels_last
 from audit.records import record
 
+from .apgd import APGDCE
 from .attacks import ATTACKS, PGD, Attack, BoundedAttack, Guide, MinimumNormAttack
 from .diagnostics import INDEPENDENT_STEPS, LONGER, apgd_runner, independent_success, longer_attack
 from .objective import Objective
@@ -139,6 +140,9 @@ class Engine:
         eot = plan.eot.draws  # > 1: EOT over a randomized model's draws (objective.py)
         self.obj32 = Objective(model, targeted=plan.targeted, device=self.dev, eot=eot)  # confirmations, re-attacks
         self.obj = Objective(model, targeted=plan.targeted, device=self.dev, amp=amp, eot=eot)
+        # gradient-free attacks: one draw per query even under EOT (any misclassifying draw is a
+        # success under EOT's rule; the candidates are confirmed on eot fresh draws, _confirm)
+        self.obj_free = self.obj if eot == 1 else Objective(model, targeted=plan.targeted, device=self.dev, amp=amp)
         self.settings = options.resolved
         made = [ATTACKS[a].from_options(options) for a in plan.attacks]
         # minimum-norm first, then the gradient attacks, then the gradient-free ones (Square's
@@ -170,13 +174,16 @@ class Engine:
                                          and self.plan.x.shape[-2] * self.plan.x.shape[-1] >= COMPILE_PIXELS):
             if len(probe):
                 fast = _COMPILED.get(self.model)
-                if fast is None:
+                if fast is None or fast.network is not self.model.net:  # first use, or a new network
                     fast = _COMPILED[self.model] = CompiledForward(self.model, probe, compare=not self.plan.eot.enabled)
-                self.obj.fast = fast if fast.net is not None else None
+                self.obj.fast = self.obj_free.fast = fast if fast.net is not None else None
                 self.compiled = fast.status
+        if self.obj_free.approximate or self.obj_free.eot < self.obj32.eot:
+            self.obj_free.exact = lambda x, lab: self.obj32(x, lab)[0]
 
     def _passes(self) -> list[int]:
-        return [self.obj.forwards + self.obj32.forwards, self.obj.backwards + self.obj32.backwards]
+        objs = {id(o): o for o in (self.obj, self.obj32, self.obj_free)}.values()
+        return [sum(o.forwards for o in objs), sum(o.backwards for o in objs)]
 
     # ------------------------------------------------------------------ helpers
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,10 +209,13 @@ class Engine:
             grad_bad[ai] = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
         return torch.nan_to_num(g0, nan=0.0, posinf=0.0, neginf=0.0)
 
-    def _confirm(self, xadv: torch.Tensor, rows: torch.Tensor, fooled: torch.Tensor) -> torch.Tensor:
-        """With bf16 attacks or a compiled forward: keep only the candidates the fp32 eager
-        model also gets wrong."""
-        if not self.obj.approximate or not fooled.any():
+    def _confirm(self, xadv: torch.Tensor, rows: torch.Tensor, fooled: torch.Tensor,
+                 obj: Objective | None = None) -> torch.Tensor:
+        """With bf16 attacks, a compiled forward or fewer draws than EOT's (the gradient-free
+        attacks, ``obj``): keep only the candidates the fp32 eager model (under EOT: any of its
+        draws) also gets wrong."""
+        obj = obj or self.obj
+        if not (obj.approximate or obj.eot < self.obj32.eot) or not fooled.any():
             return fooled
         hit = fooled.nonzero().flatten()
         m, _ = self.obj32(xadv[hit.to(xadv.device)].to(self.dev), self.plan.lab[rows[hit]].to(self.dev))
@@ -359,10 +369,11 @@ class Engine:
             if keep is not None:
                 todo &= keep
 
-            def fn(ch, k=k, eps=nr.eps[k]):
-                fooled, xa = attack.perturb(self.obj, *self._on_device(ch), eps, nr.norm, rows=ch, guide=guide,
-                                            gen=self.gen)
-                self._record(nr, name, k, ch, self._confirm(xa, ch, fooled.cpu()), xa)
+            obj = self.obj if attack.uses_gradients else self.obj_free
+
+            def fn(ch, k=k, eps=nr.eps[k], obj=obj):
+                fooled, xa = attack.perturb(obj, *self._on_device(ch), eps, nr.norm, rows=ch, guide=guide, gen=self.gen)
+                self._record(nr, name, k, ch, self._confirm(xa, ch, fooled.cpu(), obj), xa)
 
             batched(todo.nonzero().flatten(), self.bs, fn)
             if down:
@@ -397,11 +408,13 @@ class Engine:
             nr.unverified = [len(bad), recovered]
 
     def _reattack(self, nr: NormRecord, idx: torch.Tensor) -> int:
-        """PGD (twice the steps, fp32) at increasing ε on ``idx``, keeping only adversarials a
-        separate forward pass confirms. Returns how many samples it fooled."""
+        """APGD-CE (fp32, every EOT draw; the budget's ``apgd_steps``, at least twice
+        ``pgd_steps``) at increasing ε on ``idx``, keeping only adversarials a separate
+        verification pass confirms (recorded as that attack's, or the first attack's when it did
+        not run). Returns how many samples it fooled."""
         x, lab = self.plan.x, self.plan.lab
-        key = "pgd" if "pgd" in nr.first else next(iter(nr.first))
-        pgd = PGD(steps=2 * self.settings.pgd_steps, restarts=1)
+        key = next((a for a in ("apgd_ce", "pgd") if a in nr.first), next(iter(nr.first)))
+        pgd = APGDCE(steps=max(self.settings.apgd_steps, 2 * self.settings.pgd_steps), restarts=1)
         todo = idx
         for k, eps in enumerate(nr.eps):
             if len(todo) == 0:

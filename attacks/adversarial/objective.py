@@ -92,6 +92,9 @@ class Objective:
         #: a faster stand-in for forward passes without gradients (``x -> logits or None``,
         #: e.g. :class:`audit.model.layout.CompiledForward`); None: the model itself
         self.fast = None
+        #: the exact margin (``(x, lab) -> (N,)``: fp32 eager, every EOT draw) that a hit found
+        #: through an approximate or single-draw objective must share (:meth:`confirmed`)
+        self.exact = None
 
     @property
     def approximate(self) -> bool:
@@ -104,6 +107,18 @@ class Objective:
         when ``amp`` is set."""
         with torch.autocast(x.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
             return self.model(x).float()
+
+    def confirmed(self, x: torch.Tensor, lab: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the samples whose margin ``m`` (N,) at ``x`` is negative and, when
+        :attr:`exact` is set, negative under it too (so an attack does not stop searching on a
+        hit that will not be confirmed)."""
+        hit = m < 0
+        if self.exact is None or not hit.any():
+            return hit
+        idx = hit.nonzero().flatten()
+        out = torch.zeros_like(hit)
+        out[idx] = self.exact(x[idx], lab[idx]).to(hit.device) < 0
+        return out
 
     def _nograd_logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast is not None and self.amp is None:

@@ -1,7 +1,9 @@
 """The Square attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient black-box
 adversarial attack via random search", ECCV), AutoAttack's gradient-free member, at AutoAttack's
-settings: ``queries`` = 5,000 (standard budget), ``p_init`` = 0.8 and its schedule of the
-square size rescaled to the query budget.
+settings: ``queries`` = 5,000 (standard budget), ``p_init`` = 0.8 and the reference's schedule
+of the square size, not rescaled (AutoAttack builds its Square with ``resc_schedule=False``);
+below 5,000 queries (the ``fast`` budget's 50) the schedule is rescaled to the budget, as the
+reference's default does, so that the squares shrink within the run.
 
 Written after the paper and the reference code (github.com/fra31/auto-attack,
 ``square.py``), batched, each sample with its own random squares: a proposal is kept when it
@@ -33,10 +35,15 @@ __all__ = ["Square", "p_schedule", "eta"]
 _SCHEDULE = ((8000, 512), (6000, 256), (4000, 128), (2000, 64), (1000, 32), (500, 16), (200, 8), (50, 4), (10, 2))
 
 
+#: from this many queries the schedule is not rescaled (AutoAttack's ``resc_schedule=False``)
+NO_RESCALE_FROM = 5000
+
+
 def p_schedule(i: int, queries: int, p_init: float) -> float:
     """The fraction of the image a square covers at query ``i`` of ``queries`` (the reference's
-    ``p_selection`` with ``resc_schedule``: its 10,000-query schedule rescaled to ``queries``)."""
-    it = int(i / queries * 10000)
+    ``p_selection``: its 10,000-query schedule, rescaled to ``queries`` below
+    :data:`NO_RESCALE_FROM` queries, as is from there on, as in AutoAttack)."""
+    it = i if queries >= NO_RESCALE_FROM else int(i / queries * 10000)
     for t, d in _SCHEDULE:
         if it > t:
             return p_init / d
@@ -121,7 +128,7 @@ class Square(BoundedAttack):
     def run(self, obj, x, lab, eps, norm, *, gen):
         d = self._init(x, eps, norm, gen)
         m, _ = obj(x + d, lab)
-        fooled = m < 0
+        fooled = obj.confirmed(x + d, lab, m)
         adv = torch.where(fooled.view(-1, 1, 1, 1), x + d, x)
         live = (~fooled).nonzero().flatten()
         for i in range(self.queries):
@@ -133,7 +140,7 @@ class Square(BoundedAttack):
             better = mp < m[live]
             up = live[better]
             d[up], m[up] = prop[better], mp[better]
-            hit = mp < 0
+            hit = obj.confirmed(xl + prop, lab[live], mp)  # a hit the exact model does not share: search on
             if hit.any():
                 fooled[live[hit]] = True
                 adv[live[hit]] = xl[hit] + prop[hit]

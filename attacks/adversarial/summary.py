@@ -172,7 +172,7 @@ def unit_findings(res: CheckResult, plan: Plan, m: Merged) -> None:
                    "correctly)" if plan.eot.enabled else "on a second forward pass (numerical noise at the decision "
                    "boundary)")
             res.finding("info", "adversarial.unverified",
-                        f"{dropped} {nr.norm} adversarial(s) did not reproduce {why}; a fresh PGD run re-found "
+                        f"{dropped} {nr.norm} adversarial(s) did not reproduce {why}; a fresh APGD-CE run re-found "
                         f"{recovered} of them with a verified adversarial, the rest count as robust.")
 
 
@@ -232,7 +232,7 @@ def diagnostic_findings(res: CheckResult, nr: NormRecord, n: int, tol: float) ->
     """The diagnostics' flags (:mod:`.diagnostics`, Carlini et al. 2019 §5): an independent
     per-ε APGD-CE whose success falls as ε grows (``gradient_masking.success_not_monotone``),
     and a longer APGD-CE that fools probe samples the ensemble left robust
-    (``gradient_masking.not_converged``), each beyond ``tol`` of the ``n`` probe samples and at
+    (``adversarial.not_converged``), each beyond ``tol`` of the ``n`` probe samples and at
     least 2 samples; ``res.data["diagnostics"][norm]`` holds the counts either way."""
     if nr.independent is None:
         return
@@ -252,13 +252,13 @@ def diagnostic_findings(res: CheckResult, nr: NormRecord, n: int, tol: float) ->
                     f"ε={fmt_eps(nr.eps[i], nr.norm)} but only {succ[j]} at the larger ε={fmt_eps(nr.eps[j], nr.norm)}; "
                     "a larger ball contains every smaller one, so the attack is missing adversarials that exist "
                     "(gradient masking, or too few iterations).", norm=nr.norm)
-    missed = sum(found)
+    missed = int(nr.longer_fooled.any(1).sum())  # samples, not (sample, ε) pairs
     if missed >= need:
         k = max(range(nr.K), key=lambda q: found[q])
-        res.finding("warn", "gradient_masking.not_converged",
+        res.finding("warn", "adversarial.not_converged",
                     f"{lab}: APGD-CE with {LONGER}× the budget's iterations fooled {found[k]} of the "
                     f"{tried[k]} probe samples the whole ensemble left robust at ε={fmt_eps(nr.eps[k], nr.norm)} "
-                    f"({missed} over all ε): the ensemble has not converged on this model and its robust accuracy "
+                    f"({missed} distinct samples over all ε): the ensemble has not converged on this model and its robust accuracy "
                     "is overestimated; use budget = \"thorough\" or more apgd_steps.", norm=nr.norm)
 
 

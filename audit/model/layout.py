@@ -99,6 +99,8 @@ class CompiledForward:
         import time
 
         self.model, self.net, self.status = model, None, ""
+        #: the network compiled (the check recompiles when the model's ``net`` is replaced)
+        self.network = model.net
         t0 = time.perf_counter()
         try:
             net = torch.compile(model.net, dynamic=True)

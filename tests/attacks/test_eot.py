@@ -195,3 +195,20 @@ def test_plain_model_is_unaffected(tiny_net, data):
 def test_eot_samples_must_be_a_positive_integer(value):
     with pytest.raises(ConfigError, match="eot_samples"):
         AuditConfig.from_dict({"checks": {"adversarial": {"eot_samples": value}}})
+
+
+def test_gradient_free_attacks_query_one_draw_and_are_confirmed_on_every_draw(tiny_net, data):
+    """Under EOT Square costs one draw per query, not eot_samples (its passes are within its
+    query budget per sample), and whatever it reports fooled survives the verification on
+    fresh draws (none is dropped as unverified)."""
+    x, y = data
+    model = wrap(Noisy(tiny_net, 0.1))
+    torch.manual_seed(0)
+    res, _ = run_check(model, x, y, epsilons=EPS, norms=["linf"], eot_samples=10, attacks=["square"],
+                       square_queries=40, probe_samples=0)
+    assert res.data["eot"]["samples"] == 10
+    fwd, bwd = res.data["queries"]["per_attack"]["square_linf"]
+    attacked = len(y)
+    # one draw per query and sample (41 per ε at most), plus 10 draws per confirmed candidate
+    assert bwd == 0 and fwd <= attacked * 41 * len(EPS["linf"]) + 10 * attacked * len(EPS["linf"]), fwd
+    assert res.error is None and not any(f.code == "adversarial.unverified" for f in res.findings)

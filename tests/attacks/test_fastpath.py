@@ -156,5 +156,10 @@ def test_diagnostic_findings_fire_on_falling_success_and_missed_adversarials_onl
     tried[:5, 1], found[:3, 1] = True, True
     res = CheckResult("adversarial")
     diagnostic_findings(res, _record(rising, tried, found), n, 0.02)
-    assert _codes(res) == ["gradient_masking.not_converged"]
+    assert _codes(res) == ["adversarial.not_converged"]
     assert "fooled 3 of the 5 probe samples" in res.findings[0].message
+    tried, found = none.clone(), none.clone()
+    tried[0, :], found[0, :] = True, True  # one sample fooled at every ε: one sample, not three
+    res = CheckResult("adversarial")
+    diagnostic_findings(res, _record(rising, tried, found), n, 0.02)
+    assert _codes(res) == []
