@@ -23,14 +23,18 @@ the first, at most (robust probe samples) × ``LONGER`` × ``apgd_steps`` for th
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from .apgd import apgd
 from .objective import Objective
 
-__all__ = ["independent_success", "longer_attack", "LONGER", "INDEPENDENT_STEPS"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import NormRecord
+    from .plan import Plan
+
+__all__ = ["diagnose", "independent_success", "longer_attack", "apgd_runner", "LONGER", "INDEPENDENT_STEPS"]
 
 #: the convergence probe's iterations, as a multiple of the budget's ``apgd_steps``
 LONGER = 4
@@ -91,3 +95,23 @@ def apgd_runner(obj: Objective, on_device: Callable, norm: str, steps: int, rest
         return record(rows, fooled.cpu(), eps, adv), adv
 
     return run
+
+
+def diagnose(nr: "NormRecord", plan: "Plan", obj: Objective, on_device: Callable, record: Callable,
+             apgd_steps: int, gen: torch.Generator) -> None:
+    """Both probes on ``plan``'s probe samples (attacked ones) for the norm of ``nr``, filling
+    ``nr.independent``, ``nr.longer_tried``, ``nr.longer_fooled`` ((n, K) bool; left None when
+    there is no probe or no usable gradient). ``on_device(rows)`` gives (x, lab) on the model's
+    device; ``record`` as in :func:`apgd_runner`."""
+    if plan.probe is None or not plan.grad_ok:
+        return
+    n, K = plan.n, nr.K
+    nr.independent, nr.longer_tried, nr.longer_fooled = (torch.zeros(n, K, dtype=torch.bool) for _ in range(3))
+    rows = (plan.probe & plan.attacked).nonzero().flatten()
+    if len(rows) == 0:
+        return
+    quick = apgd_runner(obj, on_device, nr.norm, min(apgd_steps, INDEPENDENT_STEPS), 1, gen, record)
+    nr.independent[rows] = independent_success(rows, nr.eps, quick)
+    robust = torch.stack([nr.worst_first()[rows] > k for k in range(K)], 1)
+    longer = apgd_runner(obj, on_device, nr.norm, LONGER * apgd_steps, 1, gen, record)
+    nr.longer_tried[rows], nr.longer_fooled[rows] = longer_attack(rows, robust, nr.eps, longer)

@@ -29,7 +29,7 @@ from audit.records import record
 
 from .apgd import APGDCE
 from .attacks import ATTACKS, PGD, Attack, BoundedAttack, Guide, MinimumNormAttack
-from .diagnostics import INDEPENDENT_STEPS, LONGER, apgd_runner, independent_success, longer_attack
+from .diagnostics import diagnose
 from .objective import Objective
 from .options import AdversarialOptions
 from .plan import Plan
@@ -274,16 +274,8 @@ class Engine:
         return nr
 
     def _diagnose(self, nr: NormRecord) -> None:
-        """The independent per-ε probe and the convergence probe (:mod:`.diagnostics`) on the
-        plan's probe samples of this unit."""
-        probe = self.plan.probe
-        if probe is None or not self.plan.grad_ok or "apgd_ce" not in ATTACKS:
-            return
-        n, K = self.plan.n, nr.K
-        nr.independent, nr.longer_tried, nr.longer_fooled = (torch.zeros(n, K, dtype=torch.bool) for _ in range(3))
-        rows = (probe & self.plan.attacked).nonzero().flatten()
-        if len(rows) == 0:
-            return
+        """The diagnostics (:func:`.diagnostics.diagnose`) on this unit's probe samples, their
+        adversarials confirmed and validated like the ensemble's."""
 
         def record(gi: torch.Tensor, fooled: torch.Tensor, eps: float, xadv: torch.Tensor) -> torch.Tensor:
             fooled = self._confirm(xadv, gi, fooled)
@@ -291,13 +283,7 @@ class Engine:
                 self._valid("diagnostics", nr.norm, eps, gi[fooled], xadv[fooled.to(xadv.device)].detach().cpu())
             return fooled
 
-        steps = self.settings.apgd_steps
-        quick = apgd_runner(self.obj, self._on_device, nr.norm, min(steps, INDEPENDENT_STEPS), 1, self.gen, record)
-        nr.independent[rows] = independent_success(rows, nr.eps, quick)
-        robust = torch.stack([nr.worst_first()[rows] > k for k in range(K)], 1)
-        longer = apgd_runner(self.obj, self._on_device, nr.norm, LONGER * steps, 1, self.gen, record)
-        tried, fooled = longer_attack(rows, robust, nr.eps, longer)
-        nr.longer_tried[rows], nr.longer_fooled[rows] = tried, fooled
+        diagnose(nr, self.plan, self.obj, self._on_device, record, self.settings.apgd_steps, self.gen)
 
     def _minimum_norm(self, nr: NormRecord, attack: MinimumNormAttack, guide: Guide) -> None:
         """The unbounded attack once on every attacked sample: a sample whose smallest
