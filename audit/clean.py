@@ -3,7 +3,11 @@
 Metrics: ``accuracy`` (overall and per class), ``mean_confidence`` (mean max-softmax),
 ``expected_calibration_error`` (Guo et al. 2017, "On Calibration of Modern Neural
 Networks": equal-width confidence bins, sum over bins of |accuracy - confidence| weighted by
-the bin's share of samples), ``nll`` (mean negative log-likelihood of the true class).
+the bin's share of samples) with its 95% bootstrap interval, ``l2_calibration_error_debiased``
+(Kumar et al. 2019), ``nll`` (mean negative log-likelihood of the true class); see
+:mod:`audit.calibration`. ``clean.miscalibrated`` needs the ECE interval's lower bound above
+the threshold; a point estimate above it with an interval that reaches below is
+``clean.calibration_inconclusive``.
 Images: confusion matrix, reliability diagram, the most confidently wrong samples.
 """
 from __future__ import annotations
@@ -13,31 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .calibration import debiased_l2_calibration_error, ece_interval, expected_calibration_error  # noqa: F401
 from .check import Check, Unit
 from .imaging import figure_png, image_grid, new_figure
 from .options import opt
 from .records import record
 from .registry import register_check
-from .results import CheckResult, SampleTable
-
-
-def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> tuple[float, list[dict]]:
-    """ECE (Guo et al. 2017) with ``bins`` equal-width bins over (0, 1]: the sum over bins of
-    (bin size / N) * |accuracy - mean confidence|. ``conf``: (N,) float max-softmax
-    probabilities; ``correct``: (N,) bool. Returns the ECE (a float in [0, 1]) and the
-    per-bin table (``lo``, ``hi``, ``n``, ``accuracy``, ``confidence``) of non-empty bins."""
-    edges = torch.linspace(0, 1, bins + 1)
-    ece, table = 0.0, []
-    n = len(conf)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        k = int(m.sum())
-        if k == 0:
-            continue
-        acc, c = float(correct[m].float().mean()), float(conf[m].mean())
-        ece += k / n * abs(acc - c)
-        table.append({"lo": float(lo), "hi": float(hi), "n": k, "accuracy": acc, "confidence": c})
-    return ece, table
+from .results import CheckResult, Metric, SampleTable
 
 
 @register_check("clean")
@@ -46,7 +32,9 @@ class CleanCheck(Check):
     metrics = {
         "accuracy": "share of samples whose top-1 prediction is the label (per class with `class`)",
         "mean_confidence": "mean max-softmax probability over all samples",
-        "expected_calibration_error": "|accuracy - confidence| averaged over confidence bins (Guo et al. 2017)",
+        "expected_calibration_error": "|accuracy - confidence| averaged over confidence bins (Guo et al. 2017), with "
+                                      "its 95% bootstrap interval",
+        "l2_calibration_error_debiased": "the debiased estimate of the l2 calibration error (Kumar et al. 2019)",
         "nll": "mean negative log-likelihood of the true class",
         "samples": "number of evaluated samples",
     }
@@ -55,13 +43,16 @@ class CleanCheck(Check):
         "model.output_adapted": "the model's output was adapted to a logits tensor (tuple or dict output)",
         "clean.near_chance": "accuracy is at or near chance level: the model or its preprocessing is wrong",
         "clean.weak_class": "one class is far less accurate than the others",
-        "clean.miscalibrated": "confidence does not match accuracy (ECE above the threshold)",
+        "clean.miscalibrated": "confidence does not match accuracy (the ECE's 95% interval lies above the threshold)",
+        "clean.calibration_inconclusive": "the ECE is above the threshold but its 95% interval reaches below it: "
+                                          "too few samples to say",
     }
 
     @dataclass
     class Options:
         ece_bins: int = opt(15, min=1, doc="equal-width confidence bins of the ECE")
-        ece_warn: float = opt(0.1, min=0, max=1, doc="ECE above this raises clean.miscalibrated")
+        ece_warn: float = opt(0.1, min=0, max=1, doc="an ECE whose 95% interval lies above this raises "
+                                                     "clean.miscalibrated")
         weak_class_ratio: float = opt(0.5, min=0, max=1, doc="a class below this fraction of overall accuracy is weak")
         mistakes: int = opt(12, min=0, doc="most confidently wrong examples shown")
 
@@ -82,9 +73,13 @@ class CleanCheck(Check):
         correct = pred == y
         acc = float(correct.float().mean())
         ece, table = expected_calibration_error(conf, correct, o.ece_bins)
+        lo, hi = ece_interval(conf, correct, o.ece_bins, seed=ctx.seed)
         res.rate("accuracy", int(correct.sum()), len(y))
         res.metric("mean_confidence", float(conf.mean()))
-        res.metric("expected_calibration_error", ece, bins=o.ece_bins)
+        res.metrics.append(Metric("expected_calibration_error", ece, {"bins": o.ece_bins}, n=len(y), ci_low=lo,
+                                  ci_high=hi))
+        res.metric("l2_calibration_error_debiased", debiased_l2_calibration_error(conf, correct, o.ece_bins),
+                   bins=o.ece_bins)
         res.metric("nll", float(r.nll.mean()))
         res.metric("samples", len(y))
         per_class = {}
@@ -93,17 +88,18 @@ class CleanCheck(Check):
             if m.any():
                 per_class[c] = float(correct[m].float().mean())
                 res.rate("accuracy", int(correct[m].sum()), int(m.sum()), **{"class": names[c]})
-        self._findings(res, model, acc, per_class, ece, float(conf.mean()))
+        self._findings(res, model, acc, per_class, (ece, lo, hi), float(conf.mean()), len(y))
         self._images(res, data, names, y, pred, conf, correct, table, ece)
-        res.summary = f"accuracy {acc:.1%}, mean confidence {float(conf.mean()):.1%}, ECE {ece:.3f}, n={len(y)}"
+        res.summary = (f"accuracy {acc:.1%}, mean confidence {float(conf.mean()):.1%}, ECE {ece:.3f}"
+                       + (f" [{lo:.3f}–{hi:.3f}]" if lo is not None else "") + f", n={len(y)}")
         res.samples = SampleTable(data.ids, {"label": y.tolist(), "pred": pred.tolist(),
                                              "confidence": [round(float(v), 5) for v in conf],
                                              "correct": correct.tolist()})
         res.data["calibration_bins"] = table
         return res
 
-    def _findings(self, res: CheckResult, model, acc: float, per_class: dict[int, float], ece: float,
-                  mean_conf: float) -> None:
+    def _findings(self, res: CheckResult, model, acc: float, per_class: dict[int, float],
+                  ece_ci: tuple[float, float | None, float | None], mean_conf: float, n: int) -> None:
         o, names = self.options, model.class_names
         if model.output_kind == "probabilities":
             res.finding("info", "model.probability_outputs",
@@ -124,11 +120,19 @@ class CleanCheck(Check):
                     res.finding("warn", "clean.weak_class",
                                 f"Class {names[c]} has accuracy {a:.1%}, under {o.weak_class_ratio:.0%} of the overall {acc:.1%}.",
                                 class_=names[c])
+        ece, lo, hi = ece_ci
         if ece > o.ece_warn:
             direction = "over" if mean_conf > acc else "under"
-            res.finding("warn", "clean.miscalibrated",
-                        f"Expected calibration error is {ece:.3f} (> {o.ece_warn}): the model is {direction}confident "
-                        f"(mean confidence {mean_conf:.1%} vs accuracy {acc:.1%}).")
+            ci = f"95% interval [{lo:.3f}, {hi:.3f}]" if lo is not None else "no interval (one sample)"
+            if lo is not None and lo > o.ece_warn:
+                res.finding("warn", "clean.miscalibrated",
+                            f"Expected calibration error is {ece:.3f} ({ci}, all above {o.ece_warn}): the model is "
+                            f"{direction}confident (mean confidence {mean_conf:.1%} vs accuracy {acc:.1%}).")
+            else:
+                res.finding("info", "clean.calibration_inconclusive",
+                            f"Expected calibration error is {ece:.3f}, above {o.ece_warn}, but its {ci} reaches below "
+                            f"it: the {n} samples cannot tell a miscalibrated model from a calibrated "
+                            "one (the plug-in ECE reads high on small sets); evaluate more samples.")
 
     def _images(self, res: CheckResult, data, names, y, pred, conf, correct, table, ece) -> None:
         res.image("confusion.png", _confusion_png(y, pred, names), "Confusion matrix (rows: true class, columns: predicted)")
