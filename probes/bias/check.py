@@ -76,10 +76,12 @@ class BiasCheck(Check):
         "viz_concept_score": "cosine of the class visualization's activation (minus the random mean) with the concept's CAV",
     }
     findings = {
-        "bias.concept_dependence": "a class depends on a concept: significant and strong TCAV score, and pasting the "
+        "bias.concept_dependence": "a class depends on a concept (without hookable layers: on the flip test alone, "
+                                   "so worded): significant and strong TCAV score, and pasting the "
                                    "concept flips other classes' images to it",
         "bias.no_concepts": "info: no concept examples were given, so nothing was tested",
-        "bias.no_layer": "info: the model's layers cannot be hooked (TorchScript/export), so no TCAV was computed",
+        "bias.no_layer": "info: TCAV not tested: the model's layers cannot be hooked (TorchScript/export); the "
+                         "concept-dependence question rests on the counterfactual pastes alone",
     }
 
     @dataclass
@@ -146,9 +148,10 @@ class BiasCheck(Check):
     def _summarize(self, res: CheckResult, plan: BiasPlan, records: list, ctx) -> CheckResult:
         o, names, data = self.options, ctx.model.class_names, ctx.data
         if not plan.layers:
-            res.finding("info", "bias.no_layer", "The model's layers cannot be hooked (a TorchScript or exported graph, "
-                        "or no convolution found; name them with [checks.bias] layers), so no TCAV score was computed "
-                        "and no concept-dependence finding can be raised; the counterfactual flip rates still are.")
+            res.finding("info", "bias.no_layer", "TCAV not tested: the model's layers cannot be hooked (a TorchScript or "
+                        "exported graph, or no convolution found; name them with [checks.bias] layers). Whether a "
+                        "class's internal representation uses a concept is unknown; only the counterfactual pastes "
+                        "were measured, and a concept-dependence finding rests on them alone.")
         layer_recs = [r for r in records if isinstance(r, LayerTcav)]
         pastes = {r.concept: r.pred for r in records if isinstance(r, PastePreds)}
         concepts = list(plan.concepts)
@@ -161,12 +164,17 @@ class BiasCheck(Check):
                     min_score=o.min_score, examples=o.examples)
         self._data(res, plan, ev, names, len(base))
         if ev.leans:
-            parts = [f"{names[k]} <- {c} (TCAV {t.mean:.2f}, p {fmt_p(t.p)}, flip {f['flip']:.0%} vs "
-                     f"{f['control']:.0%})" for k, lst in ev.leans.items() for c, ln, t, f in lst]
-            res.summary = "; ".join(parts) + f"; {len(plan.classes) - len(ev.leans)} other classes show no dependence"
-        else:
+            parts = [f"{names[k]} <- {c} ({f'TCAV {t.mean:.2f}, p {fmt_p(t.p)}, ' if t else 'TCAV not tested, '}flip "
+                     f"{f['flip']:.0%} vs {f['control']:.0%})" for k, lst in ev.leans.items() for c, ln, t, f in lst]
+            rest = len(plan.classes) - len(ev.leans)
+            res.summary = "; ".join(parts) + (f"; {rest} other classes show no dependence" if plan.layers else
+                                              f"; {rest} other classes: no flip effect, TCAV not tested")
+        elif plan.layers:
             res.summary = (f"no class depends on {', '.join(concepts)} ({len(plan.classes)} classes, "
                            f"{len(plan.layers)} layer(s), {o.runs} TCAV runs)")
+        else:
+            res.summary = (f"TCAV not tested (no hookable layer); pasting {', '.join(concepts)} turned no class's "
+                           f"images significantly ({len(plan.classes)} classes)")
         return res
 
     def _data(self, res: CheckResult, plan: BiasPlan, ev, names, n_base: int) -> None:

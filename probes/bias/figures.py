@@ -132,7 +132,8 @@ def _leans_text(ax, ev: Evidence, k, concepts) -> None:
     ax.axis("off")
     lines = []
     for c, ln, t, f in ev.leans.get(k, []):
-        lines.append(f"LEANS ON {c}: TCAV {t.mean:.2f} (p {fmt_p(t.p)})")
+        lines.append(f"LEANS ON {c}: TCAV {t.mean:.2f} (p {fmt_p(t.p)})" if t is not None else
+                     f"LEANS ON {c}: counterfactual only (TCAV not tested)")
         lines.append(f"  pasting {c} flips {f['flip']:.0%} of others (random {f['control']:.0%})")
         vs = ev.viz.get((k, c, ln))
         if vs is not None:
@@ -140,7 +141,7 @@ def _leans_text(ax, ev: Evidence, k, concepts) -> None:
             lines.append(f"  (other pictures {vs[1]:.2f}, {c} examples {vs[2]:.2f})")
     if not lines:
         best = max(concepts, key=lambda c: ev.flips[k, c]["flip"]) if concepts else None
-        lines.append("no concept dependence")
+        lines.append("no concept dependence" if ev.tcav else "no flip effect (TCAV not tested)")
         if best is not None:
             lines.append(f"  flip by {best}: {ev.flips[k, best]['flip']:.0%} (random {ev.flips[k, best]['control']:.0%})")
     ax.text(0.02, 0.5, "\n".join(lines), va="center", fontsize=7, color="#b00020" if k in ev.leans else "black",

@@ -74,13 +74,25 @@ def dependence_findings(res: CheckResult, ev: Evidence, names: list[str], classe
     """``bias.concept_dependence`` (severity ``o.severity``) for each class x concept with a
     significant and strong TCAV score at some layer (the most significant is reported) and a
     flip rate above the control by ``o.min_flip`` with McNemar p below the corrected alpha;
-    fills ``ev.leans``."""
+    when no layer could be hooked (``layers`` empty: TCAV did not run), on the flip test alone,
+    the message naming that evidence. Fills ``ev.leans`` ((concept, layer, TCAV or None, flips))."""
     for k in classes:
         for c in concepts:
             rows = [(ln, ev.tcav[k, c, ln]) for ln in layers if (k, c, ln) in ev.tcav]
             strong = [(ln, t) for ln, t in rows if t.p < ev.alpha_eff and t.mean >= o.min_score]
             f = ev.flips.get((k, c))
-            if not strong or f is None or not (f["flip"] - f["control"] >= o.min_flip and f["p"] < ev.alpha_flip):
+            flips = f is not None and f["flip"] - f["control"] >= o.min_flip and f["p"] < ev.alpha_flip
+            if not layers and flips:  # TCAV could not run: the counterfactual evidence stands alone
+                ev.leans.setdefault(k, []).append((c, None, None, f))
+                res.finding(o.severity, "bias.concept_dependence",
+                            f"Class {names[k]!r} depends on concept {c!r} by counterfactual evidence alone: pasting "
+                            f"{c!r} onto {f['n']} images of other classes turns {f['flip']:.0%} of them into "
+                            f"{names[k]!r} (random pastes: {f['control']:.0%}; McNemar p = {fmt_p(f['p'])}). TCAV, "
+                            "the test inside the network, was not run (no layer could be hooked).",
+                            class_=names[k], concept=c, layer=None, tcav_score=None, p_value=None,
+                            flip_rate=round(f["flip"], 4))
+                continue
+            if not strong or not flips:
                 continue
             ln, t = min(strong, key=lambda e: e[1].p)
             ev.leans.setdefault(k, []).append((c, ln, t, f))

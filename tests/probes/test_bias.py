@@ -204,15 +204,27 @@ def test_mcnemar_p():
     assert ins.mcnemar_p(5, 5) == 1.0
 
 
-def test_unhookable_model_gives_no_layer_info(concept_dir, eval_data):
-    m = train_model(True, steps=60)
+@pytest.mark.parametrize("shortcut", [True, False], ids=["shortcut", "clean"])
+def test_unhookable_model_is_not_tested_by_tcav_and_found_by_counterfactuals(concept_dir, eval_data, shortcut):
+    """A TorchScript model: TCAV cannot run, which is said ("not tested"), never read as "no
+    dependence"; the planted shortcut is still found on the counterfactual evidence alone, with
+    wording that names it, and its clean twin is not blamed."""
+    m = train_model(shortcut)
     ts = torch.jit.trace(m.net, torch.rand(2, 3, 16, 16))
     model = AuditModel(ts, ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize()
     b = _audit(model, eval_data, concept_dir).check("bias")
     assert b.error is None, b.data.get("traceback")
-    assert [f.code for f in b.findings] == ["bias.no_layer"]
     assert not [m for m in b.metrics if m.name == "tcav_score"]
     assert len([m for m in b.metrics if m.name == "flip_rate"]) == 4  # counterfactuals still measured
+    no_layer = [f for f in b.findings if f.code == "bias.no_layer"]
+    assert len(no_layer) == 1 and no_layer[0].message.startswith("TCAV not tested")
+    found = [f for f in b.findings if f.code == "bias.concept_dependence"]
+    if shortcut:
+        assert [(f.class_, f.extra["concept"]) for f in found] == [("hstripes", "marker")]
+        assert "counterfactual evidence alone" in found[0].message and "TCAV" in found[0].message
+        assert "TCAV not tested" in b.summary and b.status == "warn"
+    else:
+        assert found == [] and "no class depends" not in b.summary and "TCAV not tested" in b.summary
 
 
 @pytest.mark.parametrize("key,value", [("space", "bogus"), ("severity", "high"), ("runs", 0), ("classes", [1.5])])
