@@ -45,6 +45,40 @@ def last_conv(net: nn.Module) -> tuple[str, nn.Module] | None:
     return (names[-1], net.get_submodule(names[-1])) if names else None
 
 
+def last_spatial_block(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module] | None:
+    """``(name, module)`` of Grad-CAM's layer: the module whose output is the last 4-D spatial
+    map (N, C, H, W with H·W > 1) to be completed in one forward pass of ``x`` (N, C, H, W),
+    i.e. the output of the last block *after* its residual add and activation (a ResNet's
+    ``layer4``, not ``layer4.1.conv2`` inside the residual branch; Selvaraju et al. 2017 take
+    the last convolutional *feature map*). Among modules completing with the same tensor (a
+    container and its last child), the outermost is named. Falls back to :func:`last_conv`
+    when the probe pass fails or finds no such map; None when there is neither."""
+    found: list[tuple[str, nn.Module, int]] = []
+    handles = []
+
+    def make(name: str, mod: nn.Module):
+        def hook(_m, _inp, out):
+            if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
+                found.append((name, mod, id(out)))
+        return hook
+
+    try:
+        for name, mod in net.named_modules():
+            if name and not isinstance(mod, torch.jit.ScriptModule):
+                handles.append(mod.register_forward_hook(make(name, mod)))
+        with torch.no_grad():
+            net(x)
+    except Exception:  # noqa: BLE001 - a model refusing hooks or the probe: the last convolution
+        found = []
+    finally:
+        for h in handles:
+            h.remove()
+    if not found:
+        return last_conv(net)
+    name, mod, _ = found[-1]
+    return name, mod
+
+
 def resolve_layers(net: nn.Module, names: list[str] | tuple[str, ...]) -> dict[str, nn.Module]:
     """Map names to modules; an unknown name raises ``KeyError`` listing the convolutions."""
     mods = dict(net.named_modules())

@@ -92,7 +92,7 @@ class AttributionCheck(Check):
         curve_steps: int = opt(10, min=2, doc="points of the deletion/insertion curves (plus the start)")
         ig_steps: int = opt(16, min=2, doc="Integrated Gradients steps (captum's Gauss-Legendre rule)")
         ig_delta_warn: float = opt(0.1, min=0, doc="relative convergence delta above this raises ig_not_converged")
-        smoothgrad_samples: int = opt(8, min=1, doc="SmoothGrad noisy copies")
+        smoothgrad_samples: int = opt(50, min=1, doc="SmoothGrad noisy copies (Smilkov et al. 2017: ~50)")
         smoothgrad_noise: float = opt(0.15, min=0, doc="SmoothGrad noise std as a share of the input range")
         occlusion_window: int = opt(0, min=0, doc="occlusion patch side in pixels (0: a quarter of the image side); "
                                                   "stride is half of it")

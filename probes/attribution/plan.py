@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from probes.layers import last_conv
+from probes.layers import last_spatial_block
 
 from .hooks import hook_safe_copy
 from .memory import choose_internal_batch
@@ -139,7 +139,7 @@ def usable_methods(ctx, wanted: list[str], x2: torch.Tensor,
                               "Hook-based methods (" + ", ".join(m.title for m in hooked) + ") ran on a copy of the "
                               "model: " + "; ".join(changes) + ".", {"changes": changes}))
         if any(m.needs_conv for m in chosen):
-            lc = last_conv(hook_model)
+            lc = last_spatial_block(hook_model, x2)
             if lc is None:
                 notes.append(Note("info", "attribution.no_conv_layer",
                                   "The model has no nn.Conv2d layer: Grad-CAM skipped."))

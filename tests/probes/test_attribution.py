@@ -397,3 +397,72 @@ def test_unit_records_survive_a_checkpoint(tmp_path, data):
             rec = check.compute(u, ctx, torch.Generator())
             store.save_unit("attribution", u.key, "fp", rec)
             assert _same(store.load_unit("attribution", u.key, "fp"), rec), u.key
+
+
+class _Bowl(nn.Module):
+    """Logit 0 = -Σ (x - 0.5)², logit 1 = 0: at x = 0.5 the gradient of logit 0 is zero and
+    flips sign with any noise around it."""
+
+    def forward(self, x):
+        z = -((x - 0.5) ** 2).flatten(1).sum(1)
+        return torch.stack([z, torch.zeros_like(z)], 1)
+
+
+def test_smoothgrad_is_the_magnitude_of_the_mean_gradient():
+    """Smilkov et al. average the signed gradient: at the bowl's centre noisy gradients cancel
+    (|mean g| ≈ 0), where mean |g| would read about 2·σ·√(2/π) per channel."""
+    x = torch.full((1, 3, 8, 8), 0.5)
+    s = AttrSettings(smoothgrad_samples=400, smoothgrad_noise=0.2)
+    m, _ = METHODS.get("smoothgrad").attribute(_Bowl(), x, torch.tensor([0]), s)
+    abs_mean = 3 * 2 * 0.2 * (2 / torch.pi) ** 0.5  # summed over 3 channels
+    assert float(m.mean()) < 0.25 * abs_mean, float(m.mean())
+
+
+class _Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+class _TinyResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.layer1 = nn.Sequential(_Block(8), _Block(8))
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.layer1(F.relu(self.stem(x)))).flatten(1))
+
+
+def test_grad_cam_layer_is_the_last_block_output_not_a_conv_inside_the_residual_branch():
+    from probes.layers import last_spatial_block
+
+    net = _TinyResNet().eval()
+    assert last_conv(net)[0] == "layer1.1.conv2"  # what the old rule took: before the skip-add
+    assert last_spatial_block(net, torch.rand(2, 3, 8, 8))[0] == "layer1"
+    model = AuditModel(net, ModelSpec(input_shape=(3, 8, 8), class_names=list("abcd"))).finalize()
+    assert last_spatial_block(model, torch.rand(2, 3, 8, 8))[0] == "net.layer1"
+
+
+def test_integrated_gradients_completeness_is_pooled_over_images():
+    """One image whose f(x) equals f(baseline) must not dominate: the pooled error is the sum
+    of errors over the sum of |f(x) - f(baseline)|."""
+    from audit.results import CheckResult
+    from probes.attribution.summary import ig_delta
+
+    class Const(nn.Module):  # the target logit is x[0, 0, 0] (baseline 0)
+        def forward(self, x):
+            v = x[:, 0, 0, 0]
+            return torch.stack([v, -v], 1)
+
+    model = AuditModel(Const(), ModelSpec(input_shape=(1, 2, 2), class_names=["a", "b"])).finalize()
+    x = torch.zeros(3, 1, 2, 2)
+    x[0, 0, 0, 0], x[1, 0, 0, 0], x[2, 0, 0, 0] = 1.0, 1.0, 1e-7  # the third: f(x) ≈ f(baseline)
+    res = CheckResult("attribution")
+    ig_delta(res, model, x, torch.zeros(3, dtype=torch.long), torch.tensor([0.01, 0.01, 0.01]), steps=8, warn=0.1)
+    rel = next(m.value for m in res.metrics if m.name == "ig_convergence_delta")
+    assert rel == pytest.approx(0.03 / 2.0, rel=1e-3)  # a mean of ratios would be ~3,000

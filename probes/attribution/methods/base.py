@@ -31,7 +31,7 @@ class AttrSettings:
     """Knobs shared by all methods (filled from the check's Options)."""
 
     ig_steps: int = 16
-    smoothgrad_samples: int = 8
+    smoothgrad_samples: int = 50
     smoothgrad_noise: float = 0.15  #: noise std as a share of the input range
     occlusion_window: int = 0  #: patch side in pixels; 0: a quarter of the image side
     internal_batch_size: int = 256  #: images x steps (or samples) per forward/backward pass

@@ -5,8 +5,9 @@ from .base import HOOK, AttrMethod
 
 
 class GradCam(AttrMethod):
-    """captum ``LayerGradCam`` on ``settings.layer`` (the check passes the model's last
-    ``nn.Conv2d``), ReLU'd and upsampled bilinearly to the input with
+    """captum ``LayerGradCam`` on ``settings.layer`` (the check passes the last spatial feature
+    map, :func:`probes.layers.last_spatial_block`: a ResNet's ``layer4`` after its residual add
+    and ReLU), ReLU'd and upsampled bilinearly to the input with
     ``LayerAttribution.interpolate``; unsigned. ValueError without a layer."""
 
     name, title, kind, signed, needs_conv = "grad_cam", "Grad-CAM", HOOK, False, True
