@@ -45,11 +45,16 @@ class AttributionCheck(Check):
     description = (f"attribution maps (captum: {', '.join(m.title for m in METHODS)}) "
                    "with randomization and deletion/insertion sanity checks")
     metrics = {
-        "randomization_spearman": "mean Spearman rank correlation of |map| between the trained model and the model "
-                                  "randomized from the top down to `layer` (Adebayo et al. 2018); per `method`, `layer`",
-        "randomization_similarity": "mean of randomization_spearman over the whole cascade; above the threshold the "
-                                    "method fails the randomization test; per `method`",
-        "passes_randomization": "1 when the method's maps change with the model's parameters, else 0; per `method`",
+        "randomization_spearman": "mean over images of |Spearman rank correlation| of |map| between the trained model "
+                                  "and the model randomized from the top down to `layer` (Adebayo et al. 2018); per "
+                                  "`method`, `layer`",
+        "randomization_similarity": "mean over images of each image's mean |rank correlation| over the cascade, with "
+                                    "its 95% bootstrap interval over images; the verdict reads the interval; per `method`",
+        "passes_randomization": "1 when the randomization_similarity interval lies at or below the threshold (pass), "
+                                "0 above (fail), null when it straddles it (inconclusive); per `method`",
+        "randomization_spearman_signed": "mean over images of |Spearman rank correlation| of the signed maps, per "
+                                         "method and layer (Adebayo et al. 2018)",
+        "randomization_ssim": "mean SSIM of the normalized map magnitudes, per method and layer (Adebayo et al. 2018)",
         "deletion_auc": "area under the target-probability curve as the most attributed pixels are deleted "
                         "(Petsiuk et al. 2018; lower is better); per `method`, `method=random` for a random order",
         "insertion_auc": "area under the target-probability curve as the most attributed pixels are inserted into "
@@ -60,6 +65,8 @@ class AttributionCheck(Check):
         "images": "number of images explained (`group`: correct, mistake, adversarial, all)",
     }
     findings = {
+        "attribution.randomization_inconclusive": "info: the randomization_similarity interval straddles the "
+                                                  "threshold; more sanity images are needed for a verdict",
         "attribution.fails_randomization": "a method's maps barely change when the model is randomized: they show the "
                                            "image, not the model (info for the reference method guided_backprop)",
         "attribution.not_better_than_random": "a method's pixel order removes/restores the prediction no better than a "
@@ -83,7 +90,8 @@ class AttributionCheck(Check):
         per_class: int = opt(4, min=0, doc="correctly classified images per class")
         mistakes: int = opt(8, min=0, doc="most confident mistakes")
         adversarial: int = opt(2, min=0, doc="adversarial examples shown next to their originals (when published)")
-        sanity_images: int = opt(4, min=0, doc="images of the randomization test (the first correct ones)")
+        sanity_images: int = opt(16, min=0, doc="images of the randomization test (the first correct ones; "
+                                                "Adebayo et al. 2018 aggregate over many)")
         randomization_layers: int = opt(8, min=0, doc="cascade steps with maps computed (evenly spread; 0: all; "
                                                       "every layer is randomized)")
         faithfulness_images: int = opt(8, min=0, doc="images of the deletion/insertion test")
@@ -156,7 +164,7 @@ class AttributionCheck(Check):
         t0 = time.perf_counter()
         n_s = plan.n_sanity
         rand = guarded(res, "randomization", randomization, res, methods, {k: v[:n_s] for k, v in maps.items()},
-                       steps, o.randomization_threshold)
+                       steps, o.randomization_threshold, seed=ctx.seed)
         timings["randomization"] = round(sum(s.seconds for s in steps) + time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         fi = plan.faith_idx
@@ -169,9 +177,12 @@ class AttributionCheck(Check):
         self._report(res, plan, methods, maps, rand, faith, model.class_names)
         timings["report"] = round(time.perf_counter() - t0, 3)
         res.data["timings"] = timings
-        passed = [m.name for m in methods if rand.get("passed", {}).get(m.name)]
+        verdicts = rand.get("verdict", {})
+        passed = [m.name for m in methods if verdicts.get(m.name) == "pass"]
+        unsure = [m.name for m in methods if verdicts.get(m.name) == "inconclusive"]
         res.summary = (f"{len(x)} images x {len(methods)} methods in {sum(got.seconds.values()):.1f} s; "
-                       f"randomization passed: {', '.join(passed) or 'none'}")
+                       f"randomization passed: {', '.join(passed) or 'none'}"
+                       + (f"; inconclusive: {', '.join(unsure)}" if unsure else ""))
         return res
 
     def _report(self, res: CheckResult, plan: Plan, methods, maps, rand: dict, faith: dict, names) -> None:

@@ -33,11 +33,19 @@ def add_figures(res: CheckResult, *, x: torch.Tensor, captions: list[str], metho
     if faith:
         res.image("deletion_insertion.png", curves_png(faith["curves"]),
                   "deletion (lower is better) and insertion (higher is better) curves (Petsiuk et al. 2018)")
-    table = [(m.title, rand.get("similarity", {}).get(m.name), rand.get("passed", {}).get(m.name),
+    table = [(m.title, _with_interval(rand, m.name), rand.get("verdict", {}).get(m.name),
               faith.get("auc", {}).get(m.name), faith.get("beats", {}).get(m.name)) for m in methods]
     if table:
         res.image("summary_table.png", table_png(table, faith.get("auc", {}).get("random")),
                   "which methods passed the randomization and faithfulness tests")
+
+
+def _with_interval(rand: dict, name: str) -> str | None:
+    sim = rand.get("similarity", {}).get(name)
+    if sim is None:
+        return None
+    lo, hi = rand.get("interval", {}).get(name, (None, None))
+    return f"{sim:.2f}" + (f" [{lo:.2f}-{hi:.2f}]" if lo is not None else "")
 
 
 def heat(m: torch.Tensor) -> np.ndarray:
@@ -132,13 +140,14 @@ def curves_png(curves: dict[str, tuple[list[float], list[float]]]) -> bytes:
 
 
 def table_png(rows: Sequence[tuple], random_auc: tuple[float, float] | None) -> bytes:
-    """A small table: method, randomization similarity and pass/fail, AUCs, beats random."""
+    """A small table: method, randomization similarity (with its interval) and verdict (pass,
+    FAIL, inconclusive), AUCs, beats random."""
     def f(v, fmt="{:.2f}"):
         return "-" if v is None else fmt.format(v)
 
     cells = []
-    for title, sim, passed, aucs, beats in rows:
-        cells.append([title, f(sim), "-" if passed is None else ("pass" if passed else "FAIL"),
+    for title, sim, verdict, aucs, beats in rows:
+        cells.append([title, sim or "-", {"pass": "pass", "fail": "FAIL"}.get(verdict, verdict or "-"),
                       f(aucs[0] if aucs else None, "{:.3f}"), f(aucs[1] if aucs else None, "{:.3f}"),
                       "-" if beats is None else ("yes" if beats else "NO")])
     if random_auc:

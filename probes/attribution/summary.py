@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from audit.errors import first_line
-from audit.results import CheckResult
+from audit.results import CheckResult, Metric, bootstrap_mean_interval
 
 from .engine import CascadeMaps, MethodMaps
 from .methods import AttrMethod
@@ -81,13 +81,33 @@ class UnitFailed(Exception):
     """A work unit of a quality test failed; the message is the unit's one-line error."""
 
 
+def _ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """SSIM (Wang et al. 2004, ``skimage.metrics.structural_similarity``) of two maps' magnitudes
+    (H, W), each scaled to [0, 1] (Adebayo et al. 2018 compare normalized maps)."""
+    from skimage.metrics import structural_similarity
+
+    def unit(t):
+        t = t.abs().double()
+        return ((t - t.min()) / (t.max() - t.min()).clamp_min(1e-12)).cpu().numpy()
+
+    h, w = a.shape[-2:]
+    win = min(7, h, w)
+    win -= 1 - win % 2  # odd
+    return float(structural_similarity(unit(a), unit(b), data_range=1.0, win_size=max(win, 3)))
+
+
 def randomization(res: CheckResult, methods: list[AttrMethod], base: dict[str, torch.Tensor],
-                  steps: list[CascadeMaps], threshold: float) -> dict:
-    """Metrics and findings of the cascading randomization test: per method and kept step
-    the mean Spearman correlation of |map| between the trained model's ``base`` maps
-    (n, H, W) and the randomized model's; ``randomization_similarity`` is the mean |rho|
-    over the cascade, above ``threshold`` the method fails. Raises when a step failed for a
-    method that ran (the caller turns that into ``attribution.sanity_failed``)."""
+                  steps: list[CascadeMaps], threshold: float, *, seed: int = 0) -> dict:
+    """Metrics and findings of the cascading randomization test (Adebayo et al. 2018, "Sanity
+    Checks for Saliency Maps"): per method and kept step, per image, the Spearman rank
+    correlation of |map| between the trained model's ``base`` maps (n, H, W) and the randomized
+    model's, the signed maps' rank correlation, and the SSIM of the normalized magnitudes;
+    each image's correlations enter in absolute value (opposite signs do not cancel).
+    ``randomization_similarity`` is, over images, the mean of each image's mean |rank
+    correlation of |map|| over the cascade, with its 95% bootstrap interval over images. The
+    verdict reads the interval: ``pass`` when it lies at or below ``threshold``, ``fail`` when
+    above, ``inconclusive`` when it straddles it. Raises when a step failed for a method that
+    ran (the caller turns that into ``attribution.sanity_failed``)."""
     if not methods or not steps:
         return {}
     for st in steps:
@@ -96,29 +116,51 @@ def randomization(res: CheckResult, methods: list[AttrMethod], base: dict[str, t
             raise UnitFailed(bad[1])
     curves = {m.name: [] for m in methods}
     per_image = {m.name: {} for m in methods}
-    for st in steps:
-        for m in methods:
-            r = st.maps[m.name]
-            rho = [spearman(base[m.name][i].abs(), r[i].abs()) for i in range(len(r))]
-            mean = sum(rho) / len(rho)
-            res.metric("randomization_spearman", mean, method=m.name, layer=st.layer)
-            curves[m.name].append((st.layer, mean))
-            per_image[m.name][st.layer] = [round(v, 4) for v in rho]
-    similarity, passed = {}, {}
+    per_image_mean: dict[str, torch.Tensor] = {}
     for m in methods:
-        sim = sum(abs(v) for _, v in curves[m.name]) / max(1, len(curves[m.name]))
-        similarity[m.name] = sim
-        passed[m.name] = sim <= threshold
-        res.metric("randomization_similarity", sim, method=m.name)
-        res.metric("passes_randomization", float(passed[m.name]), method=m.name)
-        if not passed[m.name]:
+        b = base[m.name]
+        rows = []
+        for st in steps:
+            r = st.maps[m.name]
+            rho = torch.tensor([abs(spearman(b[i].abs(), r[i].abs())) for i in range(len(r))])
+            signed = [abs(spearman(b[i], r[i])) for i in range(len(r))]
+            ssim = [_ssim(b[i], r[i]) for i in range(len(r))]
+            q = {"method": m.name, "layer": st.layer}
+            res.metric("randomization_spearman", float(rho.mean()), **q)
+            res.metric("randomization_spearman_signed", sum(signed) / len(signed), **q)
+            res.metric("randomization_ssim", sum(ssim) / len(ssim), **q)
+            curves[m.name].append((st.layer, float(rho.mean())))
+            per_image[m.name][st.layer] = {"spearman_abs": [round(float(v), 4) for v in rho],
+                                           "spearman_signed": [round(v, 4) for v in signed],
+                                           "ssim": [round(v, 4) for v in ssim]}
+            rows.append(rho)
+        per_image_mean[m.name] = torch.stack(rows).mean(0)  # (n,): each image's mean over the cascade
+    similarity, passed, verdict, interval = {}, {}, {}, {}
+    for m in methods:
+        v = per_image_mean[m.name]
+        sim = float(v.mean())
+        lo, hi = bootstrap_mean_interval(v.tolist(), seed=seed)
+        lo, hi = (sim, sim) if lo is None else (lo, hi)
+        verdict[m.name] = "pass" if hi <= threshold else "fail" if lo > threshold else "inconclusive"
+        similarity[m.name], interval[m.name] = sim, (lo, hi)
+        passed[m.name] = verdict[m.name] == "pass"
+        res.metrics.append(Metric("randomization_similarity", sim, {"method": m.name}, n=len(v), ci_low=lo,
+                                  ci_high=hi))
+        res.metric("passes_randomization", {"pass": 1.0, "fail": 0.0}.get(verdict[m.name]), method=m.name)
+        what = (f"mean |Spearman| of |map| {sim:.2f} over {len(steps)} layers and {len(v)} images, 95% interval "
+                f"[{lo:.2f}, {hi:.2f}], threshold {threshold}")
+        if verdict[m.name] == "fail":
             sev = "info" if m.reference else "warn"
             ref = " (expected: it is the reference method known to fail this test)" if m.reference else ""
             res.finding(sev, "attribution.fails_randomization",
                         f"{m.title} maps barely change when the model's weights are randomized from the top down "
-                        f"(mean |Spearman| {sim:.2f} over {len(steps)} layers > {threshold}): "
-                        f"they show the image more than the model{ref}.", method=m.name)
-    return {"curves": curves, "similarity": similarity, "passed": passed, "per_image": per_image}
+                        f"({what}): they show the image more than the model{ref}.", method=m.name)
+        elif verdict[m.name] == "inconclusive":
+            res.finding("info", "attribution.randomization_inconclusive",
+                        f"{m.title}: the randomization test cannot tell ({what}: the interval straddles the "
+                        "threshold); raise sanity_images.", method=m.name)
+    return {"curves": curves, "similarity": similarity, "passed": passed, "verdict": verdict,
+            "interval": {k: list(v) for k, v in interval.items()}, "per_image": per_image}
 
 
 def faithfulness(res: CheckResult, methods: list[AttrMethod], maps: dict[str, torch.Tensor], x: torch.Tensor,
