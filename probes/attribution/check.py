@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from audit.check import Check, Unit
 from audit.errors import ConfigError
@@ -59,7 +59,10 @@ class AttributionCheck(Check):
                         "(Petsiuk et al. 2018; lower is better); per `method`, `method=random` for a random order",
         "insertion_auc": "area under the target-probability curve as the most attributed pixels are inserted into "
                          "a blurred image (higher is better); per `method`, `method=random`",
-        "beats_random": "1 when the method beats the random order on deletion or insertion, else 0; per `method`",
+        "beats_random": "1 when the method beats the random orders on deletion or insertion (paired Wilcoxon over "
+                        "images, gain beyond the random orders' spread), else 0; per `method`",
+        "faithfulness_p_value": "one-sided Wilcoxon signed-rank p of the method's AUC gain over the random orders, "
+                                "paired over images; per `method`, `curve`",
         "ig_convergence_delta": "mean |completeness error| of Integrated Gradients, relative to |f(x) - f(baseline)| "
                                 "of the target logit (Sundararajan et al. 2017)",
         "images": "number of images explained (`group`: correct, mistake, adversarial, all)",
@@ -94,10 +97,15 @@ class AttributionCheck(Check):
                                                 "Adebayo et al. 2018 aggregate over many)")
         randomization_layers: int = opt(8, min=0, doc="cascade steps with maps computed (evenly spread; 0: all; "
                                                       "every layer is randomized)")
-        faithfulness_images: int = opt(8, min=0, doc="images of the deletion/insertion test")
+        faithfulness_images: int = opt(16, min=0, doc="images of the deletion/insertion test")
+        random_orders: int = opt(8, min=1, doc="random pixel orders the methods are compared with (paired over "
+                                               "images)")
+        deletion_baseline: Literal["blur", "mean", "black"] = opt("blur", doc="what a deleted pixel becomes: the "
+                                                                           "blurred image (in distribution), the "
+                                                                           "mean colour, or black")
         randomization_threshold: float = opt(0.5, min=0, max=1, doc="randomization_similarity above this fails "
                                                                     "the method")
-        curve_steps: int = opt(10, min=2, doc="points of the deletion/insertion curves (plus the start)")
+        curve_steps: int = opt(32, min=2, doc="points of the deletion/insertion curves (plus the start)")
         ig_steps: int = opt(16, min=2, doc="Integrated Gradients steps (captum's Gauss-Legendre rule)")
         ig_delta_warn: float = opt(0.1, min=0, doc="relative convergence delta above this raises ig_not_converged")
         smoothgrad_samples: int = opt(50, min=1, doc="SmoothGrad noisy copies (Smilkov et al. 2017: ~50)")
@@ -170,7 +178,7 @@ class AttributionCheck(Check):
         fi = plan.faith_idx
         faith = guarded(res, "deletion/insertion", faithfulness, res, methods, {k: v[fi] for k, v in maps.items()},
                         x[fi].to(dev), target[fi].to(dev), model, generator=ctx.generator, steps=o.curve_steps,
-                        batch_size=ctx.config.batch_size)
+                        batch_size=ctx.config.batch_size, random_orders=o.random_orders, baseline=o.deletion_baseline)
         timings["deletion_insertion"] = round(time.perf_counter() - t0, 3)
 
         t0 = time.perf_counter()
@@ -197,4 +205,4 @@ class AttributionCheck(Check):
         if rand:
             res.data["randomization"] = rand["per_image"]
         if faith:
-            res.data["faithfulness"] = faith["per_image"]
+            res.data["faithfulness"] = {**faith["per_image"], "tests": faith["tests"], "settings": faith["settings"]}

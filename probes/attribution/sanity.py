@@ -128,23 +128,29 @@ def blur(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def deletion_insertion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor, *,
-                       steps: int = 16, low: float = 0.0, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probability of ``target`` as pixels are deleted (set to ``low``) or inserted into a
-    blurred copy, most attributed first (signed maps: most positive evidence first).
-    Returns (deletion, insertion) curves, each (N, steps + 1), at fractions 0, 1/steps, ..., 1."""
+                       steps: int = 16, low: float = 0.0, batch_size: int = 128,
+                       baseline: str = "blur") -> tuple[torch.Tensor, torch.Tensor]:
+    """Probability of ``target`` as pixels are deleted or inserted into a blurred copy, most
+    attributed first (signed maps: most positive evidence first). A deleted pixel takes the
+    ``baseline``'s value: ``"blur"`` (the blurred image, in distribution: Petsiuk et al. 2018's
+    insertion start), ``"mean"`` (the image's mean colour) or ``"black"`` (``low``, off the
+    data distribution). Returns (deletion, insertion) curves, each (N, steps + 1), at fractions
+    0, 1/steps, ..., 1."""
     n, _, h, w = x.shape
     order = torch.argsort(maps.reshape(n, -1).to(x.device), dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(h * w, device=x.device).expand(n, -1))
     counts = [round(k * h * w / steps) for k in range(steps + 1)]
     base = blur(x)
+    gone = {"blur": base, "mean": x.mean((2, 3), keepdim=True).expand_as(x),
+            "black": torch.full_like(x, low)}[baseline]
     curves = []
     for kind in ("deletion", "insertion"):
         probs = torch.empty(n, steps + 1)
         imgs, where = [], []
         for k, c in enumerate(counts):
             m = (rank < c).float().view(n, 1, h, w)
-            imgs.append(x * (1 - m) + low * m if kind == "deletion" else base * (1 - m) + x * m)
+            imgs.append(x * (1 - m) + gone * m if kind == "deletion" else base * (1 - m) + x * m)
             where.append(k)
         allx = torch.stack(imgs, 1).reshape(n * (steps + 1), *x.shape[1:])
         tt = target.to(x.device).repeat_interleave(steps + 1)

@@ -164,35 +164,70 @@ def randomization(res: CheckResult, methods: list[AttrMethod], base: dict[str, t
 
 
 def faithfulness(res: CheckResult, methods: list[AttrMethod], maps: dict[str, torch.Tensor], x: torch.Tensor,
-                 target: torch.Tensor, model, *, generator: torch.Generator, steps: int, batch_size: int) -> dict:
-    """Metrics and findings of the deletion/insertion test on ``x`` (n, C, H, W) explaining
-    ``target`` (n,), for each method's ``maps`` (n, H, W) and a random pixel order drawn from
-    ``generator`` (``method=random``); a method is flagged when it beats the random order on
-    neither curve."""
+                 target: torch.Tensor, model, *, generator: torch.Generator, steps: int, batch_size: int,
+                 random_orders: int = 8, baseline: str = "blur", alpha: float = 0.05) -> dict:
+    """Metrics and findings of the deletion/insertion test (Petsiuk et al. 2018) on ``x``
+    (n, C, H, W) explaining ``target`` (n,), for each method's ``maps`` (n, H, W) and
+    ``random_orders`` random pixel orders drawn from ``generator`` (``method=random``: their
+    mean). A method *beats random* on a curve when, paired over images, its AUC is better than
+    the same image's mean random AUC by a one-sided Wilcoxon signed-rank test at ``alpha``
+    (``scipy.stats.wilcoxon``) and its mean gain exceeds the spread (standard deviation) of
+    the random orders' mean AUCs; it is flagged when it beats random on neither curve."""
+    from scipy.stats import wilcoxon
+
     if not methods or len(x) == 0:
         return {}
-    f_maps = {m.name: maps[m.name] for m in methods}
-    f_maps["random"] = torch.rand(len(x), *x.shape[-2:], generator=generator)
-    curves, aucs, per_image = {}, {}, {}
     low = float(model.spec.bounds[0])
-    for name, mp in f_maps.items():
-        d, i = deletion_insertion(model, x, target, mp, steps=steps, low=low, batch_size=batch_size)
-        da, ia = auc(d), auc(i)
-        curves[name] = (d.mean(0).tolist(), i.mean(0).tolist())
-        aucs[name] = (float(da.mean()), float(ia.mean()))
-        per_image[name] = {"deletion_auc": [round(float(v), 4) for v in da],
-                           "insertion_auc": [round(float(v), 4) for v in ia]}
-        res.metric("deletion_auc", aucs[name][0], method=name)
-        res.metric("insertion_auc", aucs[name][1], method=name)
-    rd, ri = aucs["random"]
-    beats = {}
+
+    def run(mp):
+        d, i = deletion_insertion(model, x, target, mp, steps=steps, low=low, batch_size=batch_size, baseline=baseline)
+        return d, i, auc(d), auc(i)
+
+    curves, aucs, per_image = {}, {}, {}
+    rand = [run(torch.rand(len(x), *x.shape[-2:], generator=generator)) for _ in range(max(1, random_orders))]
+    rd_img = torch.stack([r[2] for r in rand]).mean(0)  # (n,): each image's mean random AUC
+    ri_img = torch.stack([r[3] for r in rand]).mean(0)
+    spread = (float(torch.tensor([float(r[2].mean()) for r in rand]).std()) if len(rand) > 1 else 0.0,
+              float(torch.tensor([float(r[3].mean()) for r in rand]).std()) if len(rand) > 1 else 0.0)
+    curves["random"] = (torch.stack([r[0] for r in rand]).mean((0, 1)).tolist(),
+                        torch.stack([r[1] for r in rand]).mean((0, 1)).tolist())
+    aucs["random"] = (float(rd_img.mean()), float(ri_img.mean()))
+    per_image["random"] = {"deletion_auc": [round(float(v), 4) for v in rd_img],
+                           "insertion_auc": [round(float(v), 4) for v in ri_img]}
+    res.metric("deletion_auc", aucs["random"][0], method="random", orders=len(rand))
+    res.metric("insertion_auc", aucs["random"][1], method="random", orders=len(rand))
+    beats, tests = {}, {}
+
+    def one_sided(gain: torch.Tensor) -> float:
+        g = gain.double().numpy()
+        if len(g) < 2 or (g == 0).all():
+            return 1.0
+        return float(wilcoxon(g, alternative="greater", zero_method="zsplit").pvalue)
+
     for m in methods:
-        d, i = aucs[m.name]
-        beats[m.name] = d < rd or i > ri
+        d, i, da, ia = run(maps[m.name])
+        curves[m.name] = (d.mean(0).tolist(), i.mean(0).tolist())
+        aucs[m.name] = (float(da.mean()), float(ia.mean()))
+        per_image[m.name] = {"deletion_auc": [round(float(v), 4) for v in da],
+                             "insertion_auc": [round(float(v), 4) for v in ia]}
+        res.metric("deletion_auc", aucs[m.name][0], method=m.name)
+        res.metric("insertion_auc", aucs[m.name][1], method=m.name)
+        gd, gi = rd_img - da, ia - ri_img  # gains over random: positive is better on both curves
+        pd, pi = one_sided(gd), one_sided(gi)
+        ok_d = pd < alpha and float(gd.mean()) > spread[0]
+        ok_i = pi < alpha and float(gi.mean()) > spread[1]
+        beats[m.name] = ok_d or ok_i
+        tests[m.name] = {"deletion_p": pd, "insertion_p": pi, "deletion_gain": float(gd.mean()),
+                         "insertion_gain": float(gi.mean())}
+        res.metric("faithfulness_p_value", pd, method=m.name, curve="deletion")
+        res.metric("faithfulness_p_value", pi, method=m.name, curve="insertion")
         res.metric("beats_random", float(beats[m.name]), method=m.name)
         if not beats[m.name]:
             res.finding("warn", "attribution.not_better_than_random",
-                        f"{m.title}'s pixel order is no better than a random one: deletion AUC {d:.3f} vs "
-                        f"{rd:.3f} random (lower is better), insertion AUC {i:.3f} vs {ri:.3f} (higher is better).",
-                        method=m.name)
-    return {"curves": curves, "auc": aucs, "beats": beats, "per_image": per_image}
+                        f"{m.title}'s pixel order is not shown better than random on {len(x)} images: deletion AUC "
+                        f"{aucs[m.name][0]:.3f} vs {aucs['random'][0]:.3f} for {len(rand)} random orders (lower is "
+                        f"better; Wilcoxon p = {pd:.2g}, gain {float(gd.mean()):+.3f} vs their spread {spread[0]:.3f}), "
+                        f"insertion AUC {aucs[m.name][1]:.3f} vs {aucs['random'][1]:.3f} (higher is better; p = "
+                        f"{pi:.2g}, gain {float(gi.mean()):+.3f} vs spread {spread[1]:.3f}).", method=m.name)
+    return {"curves": curves, "auc": aucs, "beats": beats, "tests": tests, "per_image": per_image,
+            "settings": {"random_orders": len(rand), "baseline": baseline, "steps": steps, "alpha": alpha}}

@@ -495,3 +495,37 @@ def test_randomization_verdicts_never_flip_with_the_seed(camnet):
     assert all(not {"pass", "fail"} <= v for v in seen.values()), seen
     assert "pass" not in seen["guided_backprop"] and "fail" not in seen["grad_cam"], seen
     assert "fail" in seen["guided_backprop"] and "pass" in seen["grad_cam"], seen
+
+
+def test_beats_random_needs_a_paired_win_beyond_the_random_orders_spread():
+    """On 10 images whose class lives in the top-left corner: the map of the corner beats the
+    random orders (Wilcoxon over images), a random map does not, and a map pointing away from
+    the corner is flagged; deleted pixels become the blurred image by default."""
+    from audit.results import CheckResult
+    from probes.attribution.summary import faithfulness
+
+    class Corner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = _CornerNet()
+            self.spec = ModelSpec(input_shape=(3, 16, 16), class_names=["a", "b"])
+
+        def forward(self, x):
+            return self.net(x)
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.2 * torch.rand(10, 3, 16, 16, generator=g)
+    x[:, 0, :4, :4] = 1
+    t = torch.zeros(10, dtype=torch.long)
+    good = torch.zeros(10, 16, 16)
+    good[:, :4, :4] = 1
+    maps = {"good": good + 0.01 * torch.rand(10, 16, 16, generator=g), "noise": torch.rand(10, 16, 16, generator=g),
+            "away": -good}
+    methods = [type(n, (AttrMethod,), {"name": n, "title": n})() for n in maps]
+    res = CheckResult("attribution")
+    out = faithfulness(res, methods, maps, x, t, Corner(), generator=torch.Generator().manual_seed(1), steps=16,
+                       batch_size=64)
+    assert out["beats"] == {"good": True, "noise": False, "away": False}
+    assert out["tests"]["good"]["deletion_p"] < 0.01 and out["settings"]["random_orders"] == 8
+    flagged = sorted(f.extra["method"] for f in res.findings if f.code == "attribution.not_better_than_random")
+    assert flagged == ["away", "noise"]
