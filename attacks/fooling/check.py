@@ -20,9 +20,12 @@ noise, constant black/gray/white images, stripes and checkerboards
 (:mod:`attacks.fooling.garbage`).
 
 A class counts as *fooled* when its best image reaches ``threshold`` (0.99) confidence for
-it. The images are not checked for being unrecognizable: gradient and direct images start
-from noise and stay noise-like at this budget, CPPN images are abstract patterns -- the
-galleries let a reviewer judge.
+it. Whether the images are unrecognizable is measured, not asserted: with data, each fooling
+image's distance to the nearest real image of its target class is compared with how close
+real images of the class are to each other (:func:`.report.report_distances`); the finding
+says "unrecognizable" only when the images lie beyond that, "synthesized images" otherwise (a
+robust model's gradient ascent draws recognizable class images, Santurkar et al. 2019). The
+chance level 1/K is stated beside the threshold. The galleries let a reviewer judge.
 
 Targets: every class when the model has at most ``max_classes`` classes; otherwise a seeded
 sample of ``max_classes`` plus any classes named in ``classes`` (always included). Images are
@@ -58,7 +61,7 @@ from audit.results import CheckResult
 
 from .garbage import KINDS, measure_garbage
 from .methods import SearchSetup, get_method, part_generator, registered_methods
-from .report import report_garbage, report_method, report_most_fooled, summary_line
+from .report import report_distances, report_garbage, report_method, report_most_fooled, summary_line
 from .search import LEVELS, SearchResult
 
 #: the registered method names (the values the ``methods`` option accepts)
@@ -115,13 +118,18 @@ class FoolingCheck(Check):
                                "half never did)",
         "queries_to_confidence": "images scored until the class's elite first reached `confidence` (evolution); "
                                  "without `class` the median over targets as for steps_to_confidence",
+        "fooling_nearest_real_distance": "RMS pixel distance ([0, 1] pixels) from the class's best fooling image "
+                                         "to the nearest real image of the class (per `method`, `class`; with data)",
+        "real_nearest_distance": "median over a class's real images of the RMS distance to their nearest other real "
+                                 "image of the class (per `class`): the yardstick of the distance above",
         "garbage_median_confidence": "median max-softmax confidence on garbage inputs of kind `input`",
         "garbage_share_confident": "share of garbage inputs of kind `input` whose max-softmax confidence is at "
                                    "least `confidence` (0.9, 0.99); `input=all` pools the kinds",
     }
     findings = {
         "fooling.most_classes_fooled": "(warn) a method drove more than `most_classes` of the target classes to "
-                                       "`threshold` confidence with unrecognizable images",
+                                       "`threshold` confidence; called unrecognizable only when the images lie "
+                                       "farther from every real image of their class than real images do",
         "fooling.overconfident_on_garbage": "(warn) a kind of garbage input (noise, blank, stripes, checkerboard) "
                                             "gets >= 0.99 confidence in at least `garbage_share` of its samples",
         "fooling.gradient_unavailable": "(info) no usable input gradient: the gradient method was skipped",
@@ -271,7 +279,9 @@ class FoolingCheck(Check):
             report_garbage(res, garbage.kinds, names, o.garbage_share)
             timings["garbage"] = garbage.seconds
         res.data["timings"] = timings
-        report_most_fooled(res, summary, len(targets), o.threshold, o.most_classes)
+        data = ctx.data
+        far = report_distances(res, summary, names, getattr(data, "x", None), getattr(data, "y", None))
+        report_most_fooled(res, summary, len(targets), o.threshold, o.most_classes, far, ctx.model.num_classes)
         res.summary = summary_line(summary, len(targets), o.threshold, res.data.get("garbage", {}).get("all"))
         return res
 

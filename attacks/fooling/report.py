@@ -9,6 +9,8 @@ import math
 import statistics
 from typing import Any
 
+import torch
+
 from audit.results import CheckResult
 
 from .figures import gallery_png, garbage_examples_png, garbage_plot, pct
@@ -102,16 +104,73 @@ def report_garbage(res: CheckResult, kinds: list[GarbageKind], names: list[str],
                     "does not signal that an input is meaningless.", kinds=[r["kind"] for r in over])
 
 
+def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(len(a), len(b)) root-mean-square pixel distance between two image sets (N, C, H, W)."""
+    return torch.cdist(a.flatten(1).double(), b.flatten(1).double()) / math.sqrt(a[0].numel())
+
+
+def report_distances(res: CheckResult, summary: dict[FoolingMethod, SearchResult], names: list[str],
+                     data_x: torch.Tensor | None, data_y: torch.Tensor | None) -> dict[str, bool] | None:
+    """How far each fooling image is from the real images of its target class: per method and
+    class ``fooling_nearest_real_distance`` (RMS pixel distance, [0, 1] pixels, to the nearest
+    real image of the target class), against ``real_nearest_distance`` (per class, the median
+    over its real images of the distance to their nearest other real image of the class: how
+    close a real example usually is to another). Returns, per method, whether its images are
+    *far from every real example* (the median over classes of the fooling image's distance
+    above the 95th percentile of the real images' nearest-neighbour distances); None without
+    data (nothing to compare with)."""
+    if data_x is None or data_y is None or len(data_x) == 0:
+        return None
+    real_nn: list[float] = []
+    for c in torch.unique(data_y).tolist():
+        xc = data_x[data_y == c]
+        if len(xc) > 1:
+            d = _rms(xc, xc)
+            d.fill_diagonal_(float("inf"))
+            nn_c = d.min(1).values
+            real_nn += nn_c.tolist()
+            res.metric("real_nearest_distance", float(nn_c.median()), **{"class": names[c]})
+    if not real_nn:
+        return None
+    cut = float(torch.tensor(real_nn).quantile(0.95))
+    far: dict[str, bool] = {}
+    for m, r in summary.items():
+        dists = []
+        for i, t in enumerate(r.targets):
+            xc = data_x[data_y == t]
+            if len(xc):
+                v = float(_rms(r.images[i:i + 1], xc).min())
+                dists.append(v)
+                res.metric("fooling_nearest_real_distance", v, method=m.name, **{"class": names[t]})
+        if dists:
+            far[m.name] = float(torch.tensor(dists).median()) > cut
+    res.data["distances"] = {"real_nn_p95": cut, "far_from_real": far}
+    return far
+
+
 def report_most_fooled(res: CheckResult, summary: dict[FoolingMethod, SearchResult], n: int, threshold: float,
-                       most_classes: float) -> None:
-    """``fooling.most_classes_fooled`` when some method's fooling rate exceeds ``most_classes``."""
+                       most_classes: float, far: dict[str, bool] | None = None, num_classes: int = 0) -> None:
+    """``fooling.most_classes_fooled`` when some method's fooling rate exceeds ``most_classes``.
+    The images are called *unrecognizable* only for methods whose images ``far`` says lie
+    farther from every real example of their class than real examples lie from each other
+    (:func:`report_distances`); otherwise the message says *synthesized images*."""
     rates = {m.name: sum(c >= threshold for c in r.best) / n for m, r in summary.items()}
     if not rates or max(rates.values()) <= most_classes:
         return
     parts = [f"{m.name} {round(rates[m.name] * n)}/{n} (median best {pct(_median(r.best) or 0)}, {r.used} {m.cost})"
              for m, r in summary.items()]
+    over = [m for m, v in rates.items() if v > most_classes]
+    if far is not None and over and all(far.get(m) for m in over):
+        what = ("Unrecognizable synthesized images (farther from every real image of their class than real "
+                "images are from each other)")
+    elif far is None:
+        what = "Synthesized images (not compared with real images: no data)"
+    else:
+        what = ("Synthesized images (some as close to real images of their class as real images are to each "
+                "other: not shown to be unrecognizable)")
+    chance = f" (chance level {1 / num_classes:.1%})" if num_classes else ""
     res.finding("warn", "fooling.most_classes_fooled",
-                f"Unrecognizable synthesized images get >= {threshold:.0%} confidence for most target classes: "
+                f"{what} get >= {threshold:.0%} confidence{chance} for most target classes: "
                 f"{'; '.join(parts)}. The model's confidence is no evidence that an object is present.",
                 fooling_rate={m: round(v, 4) for m, v in rates.items()})
 

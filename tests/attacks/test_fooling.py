@@ -343,3 +343,31 @@ def test_records_survive_a_unit_checkpoint(tmp_path):
         else:
             [bk] = back.kinds
             assert isinstance(bk, GarbageKind) and torch.equal(bk.example, g.example) and bk.kind == "black"
+
+
+def test_unrecognizable_is_measured_against_real_images():
+    """Images near the real examples of their class are "synthesized images", images far from
+    every real one are "unrecognizable"; without data nothing is claimed."""
+    from attacks.fooling.report import report_distances, report_most_fooled
+    from attacks.fooling.search import SearchResult
+    from audit.results import CheckResult
+
+    class M:
+        name, cost = "gradient", "steps"
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(20, 3, 8, 8, generator=g) * 0.1 + torch.arange(2).repeat(10).view(20, 1, 1, 1) * 0.8
+    y = torch.arange(2).repeat(10)
+    near = SearchResult([0, 1], torch.stack([real[0] + 0.01, real[1] + 0.01]), [0.999, 0.999], [0, 1],
+                        [0.999, 0.999], {0.99: [1, 1]}, 10)
+    far = SearchResult([0, 1], torch.stack([1 - real[0], 1 - real[1]]), [0.999, 0.999], [0, 1], [0.999, 0.999],
+                       {0.99: [1, 1]}, 10)
+    for result, word in ((near, "Synthesized images (some as close"), (far, "Unrecognizable")):
+        res = CheckResult("fooling")
+        flags = report_distances(res, {M: result}, ["a", "b"], real, y)
+        report_most_fooled(res, {M: result}, 2, 0.99, 0.5, flags, 2)
+        msg = next(f.message for f in res.findings if f.code == "fooling.most_classes_fooled")
+        assert msg.startswith(word) and "chance level 50.0%" in msg, msg
+    res = CheckResult("fooling")
+    report_most_fooled(res, {M: near}, 2, 0.99, 0.5, report_distances(res, {M: near}, ["a", "b"], None, None), 2)
+    assert res.findings[0].message.startswith("Synthesized images (not compared")
