@@ -23,6 +23,9 @@ _CONV_NAMES = ("Conv2d", "Conv2D", "Conv")
 def _is_conv(m: nn.Module) -> bool:
     if isinstance(m, nn.Conv2d):
         return True
+    if type(m).__name__ == "InterpreterModule":  # torch.export.unflatten: a module's graph, own 4-D weight
+        return any(p.dim() == 4 for p in m.parameters(recurse=False)) and any(
+            "conv" in str(getattr(node, "target", "")) for node in m.graph.nodes)
     # TorchScript keeps the original class name of a scripted/traced submodule
     return getattr(m, "original_name", None) in _CONV_NAMES and not isinstance(m, torch.jit.ScriptModule)
 
@@ -77,6 +80,24 @@ def last_spatial_block(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]
         return last_conv(net)
     name, mod, _ = found[-1]
     return name, mod
+
+
+def deep_copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, except that a ``torch.export.unflatten`` module inside it
+    (whose graphs hold symbolic tensors that refuse deep copies) is rebuilt from its exported
+    program (``exported_program``, set by the loader): the same trained weights, a new module."""
+    import copy
+
+    memo = {}
+    for m in model.modules():
+        ep = getattr(m, "exported_program", None)
+        if ep is not None:
+            fresh = torch.export.unflatten(ep)
+            for t in [*fresh.parameters(), *fresh.buffers()]:  # the program's tensors are shared: own copies
+                t.data = t.data.clone()
+            fresh.exported_program = ep
+            memo[id(m)] = fresh
+    return copy.deepcopy(model, memo)
 
 
 def resolve_layers(net: nn.Module, names: list[str] | tuple[str, ...]) -> dict[str, nn.Module]:

@@ -123,7 +123,10 @@ def _load_exported_program(p: Path, trust: bool):
 
 def _unpack_export(ep) -> tuple[nn.Module, int | None, tuple[int, int, int] | None]:
     """The program's module, and from its one input's traced shape (N, C, H, W): N when it is
-    static, (C, H, W) when all three are."""
+    static, (C, H, W) when all three are. With a dynamic batch the module is
+    ``torch.export.unflatten(ep)``: the original module hierarchy, whose submodules accept
+    forward hooks (Grad-CAM, TCAV, channel visualization can read layers); with a static batch
+    (fed in chunks of that size) or when unflattening fails, the flat ``ep.module()``."""
     mod = ep.module()
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs]
     if len(placeholders) != 1:
@@ -133,6 +136,12 @@ def _unpack_export(ep) -> tuple[nn.Module, int | None, tuple[int, int, int] | No
         return mod, None, None
     fixed = dims[0] if isinstance(dims[0], int) else None
     shape = tuple(int(d) for d in dims[1:]) if all(isinstance(d, int) for d in dims[1:]) else None
+    if fixed is None:
+        try:
+            mod = torch.export.unflatten(ep)
+            mod.exported_program = ep  # a fresh copy is unflatten(ep) again: deepcopy fails on its graphs
+        except Exception:  # noqa: BLE001 - the flat module still computes the same function
+            pass
     return mod, fixed, shape  # type: ignore[return-value]
 
 

@@ -8,6 +8,8 @@ import copy
 import torch
 import torch.nn as nn
 
+from probes.layers import deep_copy
+
 __all__ = ["hook_safe_copy", "call_counts"]
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Hardtanh,
@@ -66,7 +68,7 @@ def hook_safe_copy(model: nn.Module, x1: torch.Tensor) -> tuple[nn.Module, list[
               if n and isinstance(m, _ACTIVATIONS) and counts.get(n, 0) > 1]
     if not inplace and not reused:
         return model, []
-    net = copy.deepcopy(model)
+    net = deep_copy(model)
     for n, m in net.named_modules():
         if getattr(m, "inplace", False) is True:
             m.inplace = False

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from probes.layers import last_spatial_block
+from probes.layers import hookable, last_spatial_block
 
 from .hooks import hook_safe_copy
 from .memory import choose_internal_batch
@@ -119,13 +119,25 @@ def usable_methods(ctx, wanted: list[str], x2: torch.Tensor,
     hooked = [m for m in chosen if m.kind == HOOK]
     hook_model, layer_name = model, None
     fmt = model.info.get("format")
-    if hooked and fmt in UNHOOKABLE_FORMATS:
+    if hooked and fmt in UNHOOKABLE_FORMATS and not hookable(model.net):
         notes.append(Note("info", "attribution.hooks_unsupported",
                           f"The model is a {fmt} program without Python modules to hook: "
-                          f"{', '.join(m.title for m in hooked)} skipped (gradient and perturbation methods ran).",
+                          f"{', '.join(m.title for m in hooked)} skipped (gradient and perturbation methods ran). "
+                          "A torch.export archive with a dynamic batch dimension is unflattened into hookable "
+                          "modules; a TorchScript or static-batch export is not: ship a dynamic-batch export "
+                          "or the state_dict with its architecture.",
                           {"methods": [m.name for m in hooked]}))
         chosen = [m for m in chosen if m.kind != HOOK]
     elif hooked:
+        gbp = [m for m in chosen if m.name == "guided_backprop"]
+        if gbp and not any(isinstance(mod, nn.ReLU) for mod in model.net.modules()):
+            notes.append(Note("info", "attribution.hooks_unsupported",
+                              "Guided Backprop skipped: it rewrites the backward pass of nn.ReLU modules and this "
+                              "model has none (an unflattened torch.export graph or functional ReLUs), so it would "
+                              "silently be a plain gradient. Ship the module with nn.ReLU layers to run it.",
+                              {"methods": ["guided_backprop"]}))
+            chosen = [m for m in chosen if m.name != "guided_backprop"]
+            hooked = [m for m in hooked if m.name != "guided_backprop"]
         try:
             hook_model, changes = hook_safe_copy(model, x2)
         except Exception as e:  # noqa: BLE001 - a module refusing Python hooks

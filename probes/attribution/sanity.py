@@ -16,10 +16,11 @@ Maps are (N, H, W) float tensors, images (N, C, H, W) in the model's bounds ([0,
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn as nn
+
+from probes.layers import deep_copy
 import torch.nn.functional as F
 
 
@@ -111,7 +112,7 @@ def cascade(model: nn.Module, g: torch.Generator):
     """Yield ``(layer name, model)`` for the cascading randomization: a deep copy of
     ``model`` whose groups (see :func:`layer_groups`) are randomized one more at a time from
     the top (last group) down. The same copy is yielded each time, more randomized."""
-    net = copy.deepcopy(model)
+    net = deep_copy(model)
     for layer, names in reversed(layer_groups(net)):
         randomize_(net, names, g)
         yield layer, net

@@ -529,3 +529,23 @@ def test_beats_random_needs_a_paired_win_beyond_the_random_orders_spread():
     assert out["tests"]["good"]["deletion_p"] < 0.01 and out["settings"]["random_orders"] == 8
     flagged = sorted(f.extra["method"] for f in res.findings if f.code == "attribution.not_better_than_random")
     assert flagged == ["away", "noise"]
+
+
+@pytest.mark.slow
+def test_dynamic_batch_export_is_unflattened_and_hooked(camnet, data, tmp_path):
+    """A .pt2 archive with a dynamic batch loads as torch.export.unflatten's module tree:
+    Grad-CAM runs on a named layer, with the same maps as on the original module; Guided
+    Backprop, which needs nn.ReLU modules, is skipped with the reason and what to ship."""
+    import audit
+    from tests.tinymodels import save_compiled
+
+    path = tmp_path / "camnet.pt2"
+    save_compiled(compile_as(camnet, "export", torch.rand(2, 3, 16, 16), dynamic_batch=True), path)
+    model = audit.load_model(path, class_names=list(PATTERNS), device="cpu")
+    res = _run(model, data, methods=["saliency", "grad_cam", "guided_backprop"])
+    ref = _run(_audit_model(camnet), data, methods=["saliency", "grad_cam", "guided_backprop"])
+    assert res.data["grad_cam_layer"] == ref.data["grad_cam_layer"]
+    got = _metric(res, "randomization_similarity", method="grad_cam")
+    assert got == pytest.approx(_metric(ref, "randomization_similarity", method="grad_cam"), abs=0.05)
+    skip = [f for f in res.findings if f.code == "attribution.hooks_unsupported"]
+    assert [f.extra["methods"] for f in skip] == [["guided_backprop"]] and "nn.ReLU" in skip[0].message

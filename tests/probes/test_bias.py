@@ -266,3 +266,23 @@ def test_unit_records_survive_a_checkpoint(tmp_path, concept_dir, eval_data):
         store.save_unit("bias", u.key, "fp", rec)
         back = store.load_unit("bias", u.key, "fp")
         assert type(back) is type(rec) and repr(dataclasses.asdict(back)) == repr(dataclasses.asdict(rec)), u.key
+
+
+@pytest.mark.slow
+def test_dynamic_batch_export_gets_tcav(concept_dir, eval_data, tmp_path):
+    """A .pt2 archive with a dynamic batch is unflattened into hookable modules: TCAV runs on
+    its convolutions and finds the planted shortcut, as on the original module."""
+    import audit
+    from tests.tinymodels import compile_as, save_compiled
+
+    m = train_model(True)
+    path = tmp_path / "shortcut.pt2"
+    save_compiled(compile_as(m.net, "export", torch.rand(2, 3, 16, 16), dynamic_batch=True), path)
+    model = audit.load_model(path, class_names=list(PATTERNS), device="cpu")
+    b = _audit(model, eval_data, concept_dir).check("bias")
+    assert b.error is None, b.data.get("traceback")
+    assert not [f for f in b.findings if f.code == "bias.no_layer"]
+    assert [m.qualifiers["layer"] for m in b.metrics if m.name == "tcav_score"][:1]
+    found = [f for f in b.findings if f.code == "bias.concept_dependence"]
+    assert [(f.class_, f.extra["concept"]) for f in found] == [("hstripes", "marker")]
+    assert "TCAV score" in found[0].message

@@ -204,3 +204,18 @@ def test_options_round_trip_and_records_survive_a_unit_checkpoint(tmp_path):
         for f in dataclasses.fields(rec):
             a, b = getattr(rec, f.name), getattr(back, f.name)
             assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_channel_pictures_of_a_dynamic_batch_export(tiny_model, tmp_path):
+    """A .pt2 archive with a dynamic batch is unflattened into hookable modules: channel
+    visualization runs on it as on the module it was exported from."""
+    import audit
+    from tests.tinymodels import compile_as, save_compiled
+
+    path = tmp_path / "tiny.pt2"
+    save_compiled(compile_as(tiny_model.net, "export", torch.rand(2, 3, 16, 16), dynamic_batch=True), path)
+    model = audit.load_model(path, class_names=list(PATTERNS), device="cpu")
+    _, c = _viz(model, channels=[3], steps=16)
+    assert c.error is None, c.data.get("traceback")
+    assert [m.qualifiers["channel"] for m in c.metrics if m.name == "channel_activation"] == [3]
+    assert not [f for f in c.findings if "unsupported" in f.code]
