@@ -76,8 +76,7 @@ class CleanCheck(Check):
         lo, hi = ece_interval(conf, correct, o.ece_bins, seed=ctx.seed)
         res.rate("accuracy", int(correct.sum()), len(y))
         res.metric("mean_confidence", float(conf.mean()))
-        res.metrics.append(Metric("expected_calibration_error", ece, {"bins": o.ece_bins}, n=len(y), ci_low=lo,
-                                  ci_high=hi))
+        res.metrics.append(Metric("expected_calibration_error", ece, {"bins": o.ece_bins}, ci_low=lo, ci_high=hi))
         res.metric("l2_calibration_error_debiased", debiased_l2_calibration_error(conf, correct, o.ece_bins),
                    bins=o.ece_bins)
         res.metric("nll", float(r.nll.mean()))

@@ -48,11 +48,13 @@ def evaluate_gate(gate: Gate, checks: Iterable[CheckResult]) -> GateResult:
     if not rows:
         return GateResult(gate.expr, gate.condition, gate.severity, "error", None,
                           f"no metric {gate.metric}{_quals(gate)} in check {gate.check!r}'s results")
-    bare = [m for m in rows if gate.part != "value" and not m.is_rate]
+    bare = [m for m in rows if (gate.part == "n" and not m.is_rate)
+            or (gate.part in ("ci_low", "ci_high") and not (m.is_rate or m.has_interval))]
     if bare:
         return GateResult(gate.expr, gate.condition, gate.severity, "error", None,
-                          f"{gate.check}.{gate.metric}{_row_label(bare[0])} is not a rate: it has no 95% interval "
-                          f"or sample count, so {gate.part} cannot be gated (gate its value)")
+                          f"{gate.check}.{gate.metric}{_row_label(bare[0])} has no "
+                          f"{'sample count' if gate.part == 'n' else '95% interval'}, so {gate.part} cannot be gated "
+                          "(gate its value)")
     failing = [m for m in rows if not gate.holds(m.part(gate.part))]
 
     def number(m: Metric) -> float:
@@ -77,6 +79,9 @@ def _interval(m: Metric, part: str) -> str:
     """`` (95% CI 0.03288–0.1955, n=48)`` for a rate row (with the rate itself when the gate
     tests another part), empty otherwise."""
     if not m.is_rate:
+        if m.has_interval and m.ci_low is not None and m.ci_high is not None:
+            est = "" if part == "value" else ("estimate n/a, " if m.value is None else f"estimate {m.value:.4g}, ")
+            return f" ({est}95% CI {m.ci_low:.4g}\u2013{m.ci_high:.4g})"
         return ""
     rate = "" if part == "value" else ("rate n/a, " if m.value is None else f"rate {m.value:.4g}, ")
     ci = "no interval" if m.ci_low is None or m.ci_high is None else f"95% CI {m.ci_low:.4g}\u2013{m.ci_high:.4g}"

@@ -58,26 +58,6 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return min(max(float(ci.low), 0.0), 1.0), min(max(float(ci.high), 0.0), 1.0)
 
 
-def bootstrap_mean_interval(values, *, seed: int = 0, confidence: float = 0.95,
-                            resamples: int = 1000) -> tuple[float | None, float | None]:
-    """The ``confidence`` percentile bootstrap interval of the mean of ``values`` (a 1-D
-    sequence of floats, e.g. one score per image), by ``scipy.stats.bootstrap`` with a
-    generator seeded from ``seed``: (low, high); (None, None) for fewer than 2 values, the
-    value twice when they are all equal."""
-    import numpy as np
-
-    v = np.asarray(list(values), dtype=np.float64)
-    if len(v) < 2:
-        return None, None
-    if np.all(v == v[0]):
-        return float(v[0]), float(v[0])
-    from scipy.stats import bootstrap
-
-    ci = bootstrap((v,), np.mean, n_resamples=resamples, method="percentile", confidence_level=confidence,
-                   random_state=np.random.default_rng(seed)).confidence_interval
-    return float(ci.low), float(ci.high)
-
-
 @dataclass
 class Metric:
     """One tidy metric row: ``name``, ``value`` and its qualifiers (attack, norm, epsilon,
@@ -102,7 +82,14 @@ class Metric:
 
     @property
     def is_rate(self) -> bool:
+        """A share of ``n`` counted samples with its Wilson interval."""
         return self.n is not None
+
+    @property
+    def has_interval(self) -> bool:
+        """A 95% interval is known: a rate's, or an estimate's (e.g. a bootstrap interval of an
+        ECE, with ``ci_low``/``ci_high`` but no ``n``)."""
+        return self.ci_low is not None or self.ci_high is not None
 
     def part(self, name: str) -> float | None:
         """``value``, ``ci_low``, ``ci_high`` or ``n`` (as a float) of this row."""
@@ -110,8 +97,9 @@ class Metric:
         return None if v is None else float(v)
 
     def to_dict(self) -> dict[str, Any]:
-        rate = {} if self.n is None else {"n": self.n, "ci_low": _clean_number(self.ci_low),
-                                          "ci_high": _clean_number(self.ci_high)}
+        rate = {} if self.n is None else {"n": self.n}
+        if self.n is not None or self.has_interval:
+            rate.update(ci_low=_clean_number(self.ci_low), ci_high=_clean_number(self.ci_high))
         return {"name": self.name, "value": _clean_number(self.value), **rate, **self.qualifiers}
 
     @classmethod

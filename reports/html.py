@@ -136,7 +136,9 @@ def _metric_table(check: "CheckResult") -> dict[str, Any]:
                 quals.append(k)
     rows = [{"name": m.name,
              "quals": [fmt_value(m.qualifiers[k]) if k in m.qualifiers else "" for k in quals],
-             "value": fmt_rate(m.value, m.ci_low, m.ci_high) if m.is_rate else fmt_value(m.value),
+             "value": (fmt_rate(m.value, m.ci_low, m.ci_high) if m.is_rate else
+                       fmt_value(m.value) + (f" [{fmt_value(m.ci_low)}\u2013{fmt_value(m.ci_high)}]"
+                                             if m.ci_low is not None and m.ci_high is not None else "")),
              "n": fmt_value(m.n) if m.is_rate else "",
              "missing": m.value is None or (isinstance(m.value, float) and math.isnan(m.value))}
             for m in check.metrics]

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 
 from audit.errors import first_line
-from audit.results import CheckResult, Metric, bootstrap_mean_interval
+from audit.intervals import bootstrap_mean_interval
+from audit.results import CheckResult, Metric
 
 from .engine import CascadeMaps, MethodMaps
 from .methods import AttrMethod
@@ -144,8 +145,7 @@ def randomization(res: CheckResult, methods: list[AttrMethod], base: dict[str, t
         verdict[m.name] = "pass" if hi <= threshold else "fail" if lo > threshold else "inconclusive"
         similarity[m.name], interval[m.name] = sim, (lo, hi)
         passed[m.name] = verdict[m.name] == "pass"
-        res.metrics.append(Metric("randomization_similarity", sim, {"method": m.name}, n=len(v), ci_low=lo,
-                                  ci_high=hi))
+        res.metrics.append(Metric("randomization_similarity", sim, {"method": m.name}, ci_low=lo, ci_high=hi))
         res.metric("passes_randomization", {"pass": 1.0, "fail": 0.0}.get(verdict[m.name]), method=m.name)
         what = (f"mean |Spearman| of |map| {sim:.2f} over {len(steps)} layers and {len(v)} images, 95% interval "
                 f"[{lo:.2f}, {hi:.2f}], threshold {threshold}")

@@ -189,12 +189,19 @@ def test_gate_on_a_bound_of_a_metric_without_interval_is_an_error():
     res = [_clean_rates()]
     for part in ("ci_low", "ci_high", "n"):
         g = evaluate_gate(parse_gate(f"clean.nll.{part}", ">= 0"), res)  # ">= 0" would hold for any number
-        assert g.status == "error" and "not a rate" in g.message and g.value is None
+        assert g.status == "error" and ("no 95% interval" in g.message or "no sample count" in g.message)
+        assert g.value is None
     # an older results.json: the same metric, written before rates carried intervals
     old = CheckResult("clean", metrics=[Metric("accuracy", 0.9)])
     g = evaluate_gate(parse_gate("clean.accuracy.ci_low", "> 0"), [old])
     assert g.status == "error" and "no 95% interval" in g.message
     assert evaluate_gate(parse_gate("clean.accuracy", "> 0"), [old]).status == "pass"
+    # an estimate with a bootstrap interval (no n): its bounds can be gated, its n cannot
+    est = CheckResult("clean", metrics=[Metric("expected_calibration_error", 0.09, {"bins": 15}, ci_low=0.01,
+                                               ci_high=0.08)])
+    g = evaluate_gate(parse_gate("clean.expected_calibration_error.ci_low[bins=15]", "<= 0.1"), [est])
+    assert g.status == "pass" and g.value == 0.01 and "95% CI 0.01" in g.message
+    assert evaluate_gate(parse_gate("clean.expected_calibration_error.n[bins=15]", ">= 1"), [est]).status == "error"
 
 
 def test_gate_on_a_rate_over_no_samples_is_unmet():
