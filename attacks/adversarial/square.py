@@ -135,7 +135,7 @@ class Square(BoundedAttack):
             if len(live) == 0:
                 break
             xl, dl = x[live], d[live]
-            prop = in_bounds(xl, (self._linf if norm == "linf" else self._l2)(dl, eps, i, gen))
+            prop = in_bounds(xl, self._linf(dl, eps, i, gen, xl) if norm == "linf" else self._l2(dl, eps, i, gen))
             mp, _ = obj(xl + prop, lab[live])
             better = mp < m[live]
             up = live[better]
@@ -167,11 +167,21 @@ class Square(BoundedAttack):
         p = p_schedule(i, self.queries, self.p_init)
         return min(max(int(round(math.sqrt(p * h * w))), least), h, w)
 
-    def _linf(self, d: torch.Tensor, eps: float, i: int, gen: torch.Generator) -> torch.Tensor:
+    def _linf(self, d: torch.Tensor, eps: float, i: int, gen: torch.Generator, x: torch.Tensor) -> torch.Tensor:
+        """A random s×s square set to ±ε per channel; as in the reference, the signs are drawn
+        again (up to 10 times) for a sample whose proposal, clipped to [0, 1], would leave its
+        current perturbation unchanged (a wasted query)."""
         k, c, h, w = d.shape
         s = self._side(i, h, w, 1)
         _, _, win = _windows(k, s, h, w, gen, d.device)
-        return torch.where(win, _signs((k, c, 1, 1), gen, d) * eps, d)
+        signs = _signs((k, c, 1, 1), gen, d)
+        for _ in range(10):
+            prop = torch.where(win, signs * eps, d)
+            same = (in_bounds(x, prop) == d).flatten(1).all(1)
+            if not same.any():
+                break
+            signs = torch.where(same.view(-1, 1, 1, 1), _signs((k, c, 1, 1), gen, d), signs)
+        return prop
 
     def _l2(self, d: torch.Tensor, eps: float, i: int, gen: torch.Generator) -> torch.Tensor:
         k, c, h, w = d.shape
