@@ -13,6 +13,12 @@ DEMO_GATES = {"clean.accuracy": ">= 0.85", "clean.accuracy[class=*]": {"conditio
 #: check's defaults (10 deg, 0.05); on the gym model they join the skin-toned strokes of the
 #: dumbbell picture into longer, more coherent limbs instead of scattered fragments
 DEMO_CLASS_VIZ = {"rotate_deg": 30.0, "jitter": 0.1}
+#: lighter sanity settings than the checks' defaults, so that the whole demo stays near a minute
+#: on 2 CPU cores (the defaults are sized for an audit's evidence: docs/attribution.md,
+#: docs/adversarial.md); the user's options win
+DEMO_LIGHT = {"attribution": {"sanity_images": 8, "faithfulness_images": 8, "random_orders": 4, "curve_steps": 16,
+                              "smoothgrad_samples": 16},
+              "adversarial": {"probe_samples": 8}}
 
 
 def load_demo(out: Path, cfg: AuditConfig, *, samples_per_class: int = 16, log=print, world=None):
@@ -38,6 +44,9 @@ def load_demo(out: Path, cfg: AuditConfig, *, samples_per_class: int = 16, log=p
     opts = dict(cfg.check_options)
     if "class_viz" in cfg.selected_checks():
         opts["class_viz"] = {**DEMO_CLASS_VIZ, **opts.get("class_viz", {})}  # the user's options win
+    for name, light in DEMO_LIGHT.items():
+        if name in cfg.selected_checks():
+            opts[name] = {**light, **opts.get(name, {})}
     if "concepts" in paths and "bias" in cfg.selected_checks():
         opts.setdefault("bias", {}).setdefault("concepts", str(root / "concepts"))
     return model, data, cfg.replace(check_options=opts)
