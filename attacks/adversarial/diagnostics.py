@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .apgd import apgd
+from .apgd import APGDCE
 from .objective import Objective
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,17 +81,10 @@ def apgd_runner(obj: Objective, on_device: Callable, norm: str, steps: int, rest
     ``record(rows, fooled, ε, x_adv)`` validates the adversarials and returns the confirmed
     ``fooled`` (the engine's fp32 confirmation and ball asserts)."""
 
+    attack = APGDCE(steps=steps, restarts=restarts)
+
     def run(rows: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        x, lab = on_device(rows)
-        fooled = torch.zeros(len(rows), dtype=torch.bool, device=x.device)
-        adv = x.clone()
-        for _ in range(restarts):
-            act = (~fooled).nonzero().flatten()
-            if len(act) == 0:
-                break
-            f, xa = apgd(obj, x[act], lab[act], eps, norm, kind="ce", steps=steps, gen=gen)
-            fooled[act[f]] = True
-            adv[act[f]] = xa[f]
+        fooled, adv = attack.run(obj, *on_device(rows), eps, norm, gen=gen)
         return record(rows, fooled.cpu(), eps, adv), adv
 
     return run
