@@ -196,13 +196,14 @@ def test_dlr_attacks_and_square_work_with_few_classes_and_small_images(classes, 
             assert fooled.any(), (norm, type(atk).__name__)  # a linear model near its boundary does break
 
 
-def test_square_schedule_is_autoattacks():
-    """AutoAttack builds Square with resc_schedule=False: at its 5,000 queries the square
-    fraction follows the 10,000-query breakpoints as they are (p_init/64 after query 2,000,
-    /128 after 4,000); below 5,000 queries the schedule is rescaled to the budget."""
+def test_square_schedule_is_rescaled_to_the_budget():
+    """The reference's schedule with resc_schedule=True (torchattacks' AutoAttack): the
+    10,000-query breakpoints scaled to the budget, so the squares reach p_init/512 by the end
+    of any budget (at 10,000 queries: the breakpoints as they are)."""
     from attacks.adversarial.square import p_schedule
 
-    assert [p_schedule(i, 5000, 0.8) for i in (0, 11, 51, 201, 501, 1001, 2001, 4001, 4999)] == pytest.approx(
-        [0.8, 0.4, 0.2, 0.1, 0.05, 0.025, 0.8 / 64, 0.8 / 128, 0.8 / 128])
-    assert p_schedule(49, 50, 0.8) == pytest.approx(0.8 / 512)  # rescaled: the last of 50 queries is the smallest
+    assert [p_schedule(i, 5000, 0.8) for i in (0, 6, 26, 101, 251, 501, 1001, 2001, 3001, 4001, 4999)] == pytest.approx(
+        [0.8, 0.4, 0.2, 0.1, 0.05, 0.025, 0.8 / 64, 0.8 / 128, 0.8 / 256, 0.8 / 512, 0.8 / 512])
+    assert [p_schedule(i, 10000, 0.8) for i in (2001, 4001, 8001)] == pytest.approx([0.8 / 64, 0.8 / 128, 0.8 / 512])
+    assert p_schedule(49, 50, 0.8) == pytest.approx(0.8 / 512)  # the last of 50 queries is the smallest
     assert p_schedule(25, 50, 0.8) == pytest.approx(0.8 / 128)  # query 25 of 50 is query 5,000 of 10,000
