@@ -12,7 +12,9 @@ makes the gradient depend on the input, as TCAV needs.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -48,38 +50,108 @@ def last_conv(net: nn.Module) -> tuple[str, nn.Module] | None:
     return (names[-1], net.get_submodule(names[-1])) if names else None
 
 
-def last_spatial_block(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module] | None:
-    """``(name, module)`` of Grad-CAM's layer: the module whose output is the last 4-D spatial
-    map (N, C, H, W with H·W > 1) to be completed in one forward pass of ``x`` (N, C, H, W),
-    i.e. the output of the last block *after* its residual add and activation (a ResNet's
-    ``layer4``, not ``layer4.1.conv2`` inside the residual branch; Selvaraju et al. 2017 take
-    the last convolutional *feature map*). Among modules completing with the same tensor (a
-    container and its last child), the outermost is named. Falls back to :func:`last_conv`
-    when the probe pass fails or finds no such map; None when there is neither."""
-    found: list[tuple[str, nn.Module, int]] = []
+@dataclass(frozen=True)
+class TokenGrid:
+    """How a transformer's token output (N, T, D) maps onto its patch grid: the first ``skip``
+    tokens (class, distillation or register tokens) are dropped and the other ``gh * gw``
+    reshaped row-major to (gh, gw) (the ViT/DeiT/timm order)."""
+
+    skip: int
+    gh: int
+    gw: int
+
+    def to_map(self, t: torch.Tensor) -> torch.Tensor:
+        """(N, T, D) tokens -> (N, D, gh, gw) feature map."""
+        return t[:, self.skip:].transpose(1, 2).reshape(t.shape[0], t.shape[2], self.gh, self.gw)
+
+    def describe(self) -> str:
+        return f"transformer tokens on a {self.gh}×{self.gw} patch grid, {self.skip} leading token(s) dropped"
+
+
+def output_tensor(out: Any) -> torch.Tensor | None:
+    """A module's output tensor (the first element of a tuple output, as Hugging Face layers
+    return), or None."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return None
+
+
+def _token_grid(t: torch.Tensor, grid: tuple[int, int] | None) -> TokenGrid | None:
+    """The grid of a (N, T, D) output: T minus up to 8 leading tokens equals the last feature
+    map's H·W (``grid``: a patch embedding's output), or, without one, is a square."""
+    n_tok = t.shape[1]
+    for skip in range(0, 9):
+        rest = n_tok - skip
+        if rest < 4:
+            break
+        if grid is not None and rest == grid[0] * grid[1]:
+            return TokenGrid(skip, *grid)
+        side = math.isqrt(rest)
+        if grid is None and side * side == rest:
+            return TokenGrid(skip, side, side)
+    return None
+
+
+def last_spatial_block(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module, TokenGrid | None] | None:
+    """``(name, module, tokens)`` of Grad-CAM's layer, from one forward and one backward pass
+    of ``x`` (N, C, H, W):
+
+    - a CNN: the module whose output is the last 4-D spatial map (N, C, H, W with H·W > 1) to be
+      completed, i.e. the output of the last block *after* its residual add and activation (a
+      ResNet's ``layer4``, not ``layer4.1.conv2`` inside the residual branch; Selvaraju et al.
+      2017 take the last convolutional *feature map*); ``tokens`` None. Among modules completing
+      with the same tensor (a container and its last child), the outermost is named;
+    - a vision transformer (token outputs (N, T, D) completed after the last spatial map, the
+      patch embedding's, whose grid they match once up to 8 leading tokens are dropped): the
+      last module whose patch tokens the top class's logit still depends on (a ViT reading its
+      class token: the last block's ``norm1``, the input of its attention, as
+      pytorch-grad-cam recommends; a mean-pooling one: the last block), with ``tokens`` the
+      :class:`TokenGrid` that reshapes it to a map.
+
+    Falls back to :func:`last_conv` when the probe pass fails or finds no such output; None
+    when there is neither."""
+    maps: list[tuple[str, nn.Module, torch.Tensor]] = []
+    toks: list[tuple[str, nn.Module, torch.Tensor]] = []
     handles = []
 
     def make(name: str, mod: nn.Module):
         def hook(_m, _inp, out):
-            if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
-                found.append((name, mod, id(out)))
+            t = output_tensor(out)
+            if t is None or not t.is_floating_point():
+                return
+            if t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1:
+                maps.append((name, mod, t))
+            elif t.dim() == 3 and t.shape[1] >= 4 and t.requires_grad:
+                toks.append((name, mod, t, len(maps)))
         return hook
 
     try:
         for name, mod in net.named_modules():
             if name and not isinstance(mod, torch.jit.ScriptModule):
                 handles.append(mod.register_forward_hook(make(name, mod)))
-        with torch.no_grad():
-            net(x)
+        with torch.enable_grad():
+            logits = net(x.detach().clone().requires_grad_(True))
+            grid = tuple(maps[-1][2].shape[-2:]) if maps else None
+            cands = [(n, m, t, _token_grid(t, grid)) for n, m, t, after in toks if after == len(maps)]
+            cands = [c for c in cands if c[3] is not None]
+            if cands and logits.dim() == 2:
+                grads = torch.autograd.grad(logits.max(1).values.sum(), [c[2] for c in cands], allow_unused=True)
+                used = [c for c, g in zip(cands, grads) if g is not None and bool(g[:, c[3].skip:].abs().amax() > 0)]
+                if used:
+                    name, mod, _, grid_t = used[-1]
+                    return name, mod, grid_t
     except Exception:  # noqa: BLE001 - a model refusing hooks or the probe: the last convolution
-        found = []
+        maps = []
     finally:
         for h in handles:
             h.remove()
-    if not found:
-        return last_conv(net)
-    name, mod, _ = found[-1]
-    return name, mod
+    if not maps:
+        lc = last_conv(net)
+        return (lc[0], lc[1], None) if lc else None
+    name, mod, _ = maps[-1]
+    return name, mod, None
 
 
 def deep_copy(model: nn.Module) -> nn.Module:

@@ -161,6 +161,8 @@ class AttributionCheck(Check):
             res.finding(n.severity, n.code, n.message, **n.extra)
         if plan.layer_name:
             res.data["grad_cam_layer"] = plan.layer_name
+            if plan.settings.tokens is not None:
+                res.data["grad_cam_tokens"] = plan.settings.tokens.describe()
         n_m = len(plan.methods)
         got = collect_maps(res, plan.methods, records[:n_m])
         methods, maps = got.methods, got.maps
@@ -197,8 +199,13 @@ class AttributionCheck(Check):
         y, target, conf = plan.y, plan.target, plan.conf
         captions = [f"{g}: {names[int(y[i])] if int(y[i]) >= 0 else '?'} -> {names[int(target[i])]} "
                     f"({float(conf[i]):.2f})" for i, g in enumerate(plan.groups)]
+        note = ""
+        if plan.layer_name and any(m.name == "grad_cam" for m in methods):
+            tokens = plan.settings.tokens
+            note = f"; Grad-CAM on layer {plan.layer_name}" + (f" ({tokens.describe()})" if tokens is not None else "")
         add_figures(res, x=plan.x, captions=captions, methods=methods, maps=maps, rand=rand, faith=faith,
-                    rows_per_image=self.options.rows_per_image, threshold=self.options.randomization_threshold)
+                    rows_per_image=self.options.rows_per_image, threshold=self.options.randomization_threshold,
+                    note=note)
         res.data["images"] = [{"id": plan.ids[i], "group": plan.groups[i], "y": int(y[i]), "pred": int(target[i]),
                                "confidence": round(float(conf[i]), 4)} for i in range(len(plan.x))]
         res.data["internal_batch_size"] = plan.settings.internal_batch_size

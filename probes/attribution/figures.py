@@ -15,17 +15,18 @@ __all__ = ["add_figures", "maps_png", "randomization_png", "curves_png", "table_
 
 
 def add_figures(res: CheckResult, *, x: torch.Tensor, captions: list[str], methods: list, maps: dict[str, torch.Tensor],
-                rand: dict, faith: dict, rows_per_image: int, threshold: float) -> None:
+                rand: dict, faith: dict, rows_per_image: int, threshold: float, note: str = "") -> None:
     """The check's pictures: ``maps_NN.png`` (``rows_per_image`` images each), then
     ``randomization.png``, ``deletion_insertion.png`` and ``summary_table.png`` when the tests
-    ran (``rand``/``faith``: what :mod:`.summary` returned)."""
+    ran (``rand``/``faith``: what :mod:`.summary` returned); ``note`` ends the maps' captions
+    (e.g. Grad-CAM's layer)."""
     titles = [m.title for m in methods]
     for part, start in enumerate(range(0, len(x), rows_per_image)):
         rows = list(range(start, min(len(x), start + rows_per_image)))
         res.image(f"maps_{part + 1:02d}.png",
                   maps_png(x[rows], [maps[m.name][rows] for m in methods], [captions[i] for i in rows], titles),
                   f"attribution maps, images {rows[0] + 1}-{rows[-1] + 1} of {len(x)} "
-                  "(caption: group: true -> predicted (confidence); maps explain the predicted class)")
+                  "(caption: group: true -> predicted (confidence); maps explain the predicted class)" + note)
     if rand:
         res.image("randomization.png", randomization_png(rand["curves"], threshold),
                   "cascading parameter randomization (Adebayo et al. 2018): mean |Spearman| of the maps "

@@ -8,6 +8,7 @@ work units computed from it are the same wherever they run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -85,10 +86,10 @@ def make_plan(ctx, o) -> Plan | None:
         probs = model.logits(x, batch_size=ctx.config.batch_size).softmax(1)
     conf, target = probs.max(1)
     notes: list[Note] = []
-    methods, hook_model, layer_name = usable_methods(ctx, list(o.methods), x[:2].to(dev), notes)
+    methods, hook_model, layer_name, tokens = usable_methods(ctx, list(o.methods), x[:2].to(dev), notes)
     settings = AttrSettings(ig_steps=o.ig_steps, smoothgrad_samples=o.smoothgrad_samples,
                             smoothgrad_noise=o.smoothgrad_noise, occlusion_window=o.occlusion_window,
-                            bounds=tuple(model.spec.bounds), seed=_draw_seed(ctx.generator))
+                            bounds=tuple(model.spec.bounds), seed=_draw_seed(ctx.generator), tokens=tokens)
     # chosen from free memory; rank 0's choice for every rank, since it decides the noise draws
     settings.internal_batch_size = ctx.agree("internal_batch_size", o.internal_batch_size or choose_internal_batch(
         model, x[:1].to(dev), o.memory_budget_mb))
@@ -110,14 +111,15 @@ def make_plan(ctx, o) -> Plan | None:
 
 
 def usable_methods(ctx, wanted: list[str], x2: torch.Tensor,
-                   notes: list[Note]) -> tuple[list[AttrMethod], nn.Module, str | None]:
-    """``(methods, hook_model, layer_name)``: the ``wanted`` methods (registry order) that can
-    run on this model, the model hook methods run on, Grad-CAM's layer; why any was dropped
+                   notes: list[Note]) -> tuple[list[AttrMethod], nn.Module, str | None, Any]:
+    """``(methods, hook_model, layer_name, tokens)``: the ``wanted`` methods (registry order)
+    that can run on this model, the model hook methods run on, Grad-CAM's layer and, for a
+    transformer's token layer, its :class:`probes.layers.TokenGrid`; why any was dropped
     is appended to ``notes``. ``x2``: up to two inputs on the model's device (probe)."""
     model = ctx.model
     chosen = [m for m in METHODS if m.name in wanted]
     hooked = [m for m in chosen if m.kind == HOOK]
-    hook_model, layer_name = model, None
+    hook_model, layer_name, tokens = model, None, None
     fmt = model.info.get("format")
     if hooked and fmt in UNHOOKABLE_FORMATS and not hookable(model.net):
         notes.append(Note("info", "attribution.hooks_unsupported",
@@ -157,14 +159,14 @@ def usable_methods(ctx, wanted: list[str], x2: torch.Tensor,
                                   "The model has no nn.Conv2d layer: Grad-CAM skipped."))
                 chosen = [m for m in chosen if not m.needs_conv]
             else:
-                layer_name = lc[0]
+                layer_name, tokens = lc[0], lc[2]
     if any(m.kind != PERTURBATION for m in chosen):
         why = ctx.gradient_problem
         if why:
             notes.append(Note("warn", "attribution.gradients_unusable",
                               f"The model's input gradients are unusable ({why}): only occlusion ran."))
             chosen = [m for m in chosen if m.kind == PERTURBATION]
-    return chosen, hook_model, layer_name
+    return chosen, hook_model, layer_name, tokens
 
 
 def select_images(ctx, *, per_class: int, mistakes: int, adversarial: int):

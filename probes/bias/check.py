@@ -6,8 +6,11 @@ Two independent kinds of evidence, and a finding only when both agree:
    implementation of the paper's procedure): per class x concept x layer, the share of the
    class's images whose logit rises when the layer's activation moves along the concept's
    activation vector (CAV). One score per run, each run against a fresh random
-   counter-example set drawn from the random pool; random-vs-random CAVs give the null
-   distribution; two-sided t-test. Layers: the model's last ``n_layers`` convolutions
+   counter-example set drawn from the random pool; each CAV held out on a third of its
+   examples; random-vs-random CAVs fitted identically give the null distribution; two Welch
+   tests: the CAVs' held-out accuracy above the null's (``cav_p_value``, a precondition at
+   ``alpha``: a concept the layer does not represent is never significant) and the scores
+   different from the null's (``tcav_p_value``, two-sided). Layers: the model's last ``n_layers`` convolutions
    (:mod:`probes.bias.layers`), or ``layers``.
 2. **Counterfactual insertion** (:mod:`probes.bias.insertion`): each concept's examples are
    pasted (by a foreground mask: what differs from a plane fitted to the example's border)
@@ -18,12 +21,13 @@ Concepts come from the ``concepts`` option (:mod:`probes.bias.concepts`): a dire
 folder of example images per concept; folders named ``random*`` are pooled as the random
 counter-examples (without them, ``random_pool`` images are drawn from the data).
 
-Metrics (qualifiers ``class``, ``concept``, ``layer``): ``tcav_score``, ``tcav_p_value``,
+Metrics (qualifiers ``class``, ``concept``, ``layer``): ``tcav_score``, ``tcav_score_random``,
+``tcav_p_value``, ``cav_accuracy``, ``cav_accuracy_random``, ``cav_p_value`` (no ``class``),
 ``flip_rate``, ``flip_rate_control``, ``flip_p_value`` and, when ``class_viz`` ran first,
 ``viz_concept_score`` (see ``metrics`` below and docs/bias.md). Finding
-``bias.concept_dependence`` (class, concept): TCAV p below ``alpha`` (Bonferroni-corrected
+``bias.concept_dependence`` (class, concept): ``cav_p_value`` below ``alpha`` and TCAV p below ``alpha`` (Bonferroni-corrected
 over classes x concepts x layers when ``bonferroni``), mean TCAV score at least
-``min_score``, and flip rate above the control by at least ``min_flip`` with McNemar p below
+``min_score`` and above the random CAVs' (the direction), and flip rate above the control by at least ``min_flip`` with McNemar p below
 ``alpha`` (Bonferroni-corrected over classes x concepts).
 
 Work units: ``tcav:i`` for each probed layer (its CAVs, every class's TCAV scores and the
@@ -69,7 +73,14 @@ class BiasCheck(Check):
     needs_data = True
     metrics = {
         "tcav_score": "mean TCAV score (Kim et al. 2018) over random counter-example sets, per class, concept, layer",
-        "tcav_p_value": "two-sided t-test of the TCAV scores against random-vs-random CAVs, per class, concept, layer",
+        "tcav_score_random": "mean TCAV score of the random-vs-random CAVs (the null), per class, concept, layer",
+        "tcav_p_value": "two-sided Welch test of the TCAV scores against the random-vs-random CAVs', per class, "
+                        "concept, layer; significant only together with cav_p_value < alpha (alone it is not "
+                        "calibrated)",
+        "cav_accuracy": "mean held-out balanced accuracy of the concept's CAVs (concept vs random examples), "
+                        "per concept, layer",
+        "cav_accuracy_random": "the same for the random-vs-random CAVs (chance: about 0.5)",
+        "cav_p_value": "one-sided Welch test: cav_accuracy above cav_accuracy_random over the runs, per concept, layer",
         "flip_rate": "share of other classes' images assigned to `class` after pasting the concept onto them",
         "flip_rate_control": "the same share after pasting random counter-examples (the control)",
         "flip_p_value": "exact McNemar test of concept vs control flips on the same images (two-sided)",
@@ -80,6 +91,8 @@ class BiasCheck(Check):
                                    "so worded): significant and strong TCAV score, and pasting the "
                                    "concept flips other classes' images to it",
         "bias.no_concepts": "info: no concept examples were given, so nothing was tested",
+        "bias.cav_near_chance": "info: a concept's CAVs at a layer separate held-out examples no better than random "
+                                "CAVs (cav_p_value >= alpha): TCAV cannot test it there",
         "bias.no_layer": "info: TCAV not tested: the model's layers cannot be hooked (TorchScript/export); the "
                          "concept-dependence question rests on the counterfactual pastes alone",
     }
@@ -130,6 +143,7 @@ class BiasCheck(Check):
         with self._small_work(ctx):
             if unit.tag == "tcav":
                 return layer_tcav(model, unit.payload, concepts=plan.concepts, pool=plan.pool, draws=plan.draws,
+                                  splits=plan.splits,
                                   class_x={k: data.x[idx] for k, idx in plan.class_idx.items()}, space=o.space,
                                   cav_alpha=o.cav_alpha, viz=ctx.published.get("class_viz.images"), bar=ctx.bar)
             pasted = plan.pasted(data.x[plan.base_idx], unit.payload)
@@ -180,7 +194,9 @@ class BiasCheck(Check):
     def _data(self, res: CheckResult, plan: BiasPlan, ev, names, n_base: int) -> None:
         o = self.options
         res.data["tcav"] = [{"class": names[k], "concept": c, "layer": ln, "scores": [round(v, 4) for v in t.scores],
-                             "null": [round(v, 4) for v in t.null], "p": t.p, "n": t.n}
+                             "null": [round(v, 4) for v in t.null], "cav_accuracy": [round(v, 4) for v in t.acc],
+                             "cav_accuracy_random": [round(v, 4) for v in t.null_acc], "p_cav": t.p_cav,
+                             "p": t.p, "n": t.n}
                             for (k, c, ln), t in ev.tcav.items()]
         res.data["counterfactual"] = [{"class": names[k], "concept": c,
                                        **{a: (round(b, 4) if isinstance(b, float) else b) for a, b in f.items()}}

@@ -112,10 +112,10 @@ def _bars(ax, ev: Evidence, k, concepts, layers, *, first: bool, last: bool) -> 
         if t is None:
             continue
         ax.barh(i, t.mean, xerr=t.std, color=_COLORS[concepts.index(c) % len(_COLORS)],
-                alpha=1.0 if t.p < ev.alpha_eff else 0.45, height=0.7)
+                alpha=1.0 if ev.significant(t) else 0.45, height=0.7)
         null = sum(t.null) / len(t.null)
         ax.plot([null, null], [i - 0.4, i + 0.4], color="grey", lw=2)
-        mark = "*" if t.p < ev.alpha_eff else "ns"
+        mark = "*" if ev.significant(t) else ("ns" if ev.cav_ok(t) else "CAV at chance,")
         ax.text(min(t.mean + t.std + 0.02, 1.0), i, f"{mark} p={fmt_p(t.p)}", va="center", fontsize=6)
     ax.set_xlim(0, 1.25)
     ax.set_yticks(range(len(bars)))

@@ -24,7 +24,9 @@ class BiasPlan:
     """``skip``: why nothing is tested (no concept given), else empty. ``concepts`` and
     ``randoms``: name -> images (N, C, H, W) in [0, 1]; ``pool`` all random images pooled.
     ``layers``: the TCAV layers (empty when they cannot be hooked); ``draws``: one random
-    permutation of the pool per TCAV run; ``class_idx``: per tested class the data indices of
+    permutation of the pool per TCAV run; ``splits``: per run a random permutation of
+    ``range(max(pool, largest concept))``, which rows each side of a CAV holds out
+    (:func:`probes.bias.tcav.holdout_split`); ``class_idx``: per tested class the data indices of
     its TCAV images. ``base_idx``: the correctly classified data images pasted onto;
     ``usable``/``picks``: per concept (``""``: the control, the pool) the usable exemplars and
     which one goes onto each base image."""
@@ -37,6 +39,7 @@ class BiasPlan:
     classes: list[int] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
     draws: list[torch.Tensor] = field(default_factory=list)
+    splits: list[torch.Tensor] = field(default_factory=list)
     class_idx: dict[int, torch.Tensor] = field(default_factory=dict)
     base_idx: torch.Tensor | None = None
     usable: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -74,4 +77,7 @@ def make_plan(ctx, o) -> BiasPlan:
     for name, x in [("", plan.pool), *concepts.items()]:
         plan.usable[name] = usable_exemplars(x)
         plan.picks[name] = pick_exemplars(plan.usable[name], len(plan.base_idx), g)
+    if fired:  # drawn last, so the draws above are those of runs before CAVs were held out
+        span = max(len(plan.pool), *(len(x) for x in concepts.values()))
+        plan.splits = [torch.randperm(span, generator=g) for _ in range(o.runs)]
     return plan

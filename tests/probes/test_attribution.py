@@ -549,3 +549,93 @@ def test_dynamic_batch_export_is_unflattened_and_hooked(camnet, data, tmp_path):
     assert got == pytest.approx(_metric(ref, "randomization_similarity", method="grad_cam"), abs=0.05)
     skip = [f for f in res.findings if f.code == "attribution.hooks_unsupported"]
     assert [f.extra["methods"] for f in skip] == [["guided_backprop"]] and "nn.ReLU" in skip[0].message
+
+
+class _ViTBlock(nn.Module):
+    """A pre-norm transformer block with timm's names (norm1, attn, norm2, mlp)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class _TinyViT(nn.Module):
+    """ViT-style: 4×4-pixel patches of a 16×16 image as 16 tokens after a class token, two
+    blocks, a final norm; the head reads the class token (``pool="cls"``) or the patch tokens'
+    mean (``pool="mean"``)."""
+
+    def __init__(self, d: int = 8, pool: str = "cls"):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, d, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(torch.randn(1, 17, d) * 0.02)
+        self.blocks = nn.Sequential(_ViTBlock(d), _ViTBlock(d))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 4)
+        self.pool = pool
+
+    def forward(self, x):
+        t = self.patch_embed(x).flatten(2).transpose(1, 2)
+        t = self.norm(self.blocks(torch.cat([self.cls_token.expand(len(t), -1, -1), t], 1) + self.pos))
+        return self.head(t[:, 0] if self.pool == "cls" else t[:, 1:].mean(1))
+
+
+def test_grad_cam_on_a_vit_uses_its_tokens_on_the_patch_grid():
+    """A ViT's Grad-CAM layer is a token layer reshaped to the patch grid with the class token
+    dropped: the last one the class score depends on through the patch tokens (the class-token
+    ViT: the last block's norm1, the input of its attention; a mean-pooling one: the final
+    norm), never the patch embedding (the last 4-D map)."""
+    from probes.layers import TokenGrid, last_spatial_block
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16)
+    name, _, grid = last_spatial_block(_TinyViT(pool="cls").eval(), x)
+    assert (name, grid) == ("blocks.1.norm1", TokenGrid(1, 4, 4))
+    assert last_spatial_block(_TinyViT(pool="mean").eval(), x)[0::2] == ("norm", TokenGrid(1, 4, 4))
+    assert last_spatial_block(_TinyResNet().eval(), torch.rand(2, 3, 8, 8))[2] is None  # CNNs: maps
+
+
+def test_grad_cam_on_tokens_lights_the_patch_that_raises_the_score():
+    """Blocks made identity, tokens [s, -s, 0, ...] with s a patch's mean brightness − 0.5, the
+    head reading the patch tokens' mean along [1, −1, 0, ...]: only the one bright patch (grid
+    row 1, column 3) raises class 0. The map must light exactly that patch (a transposed grid or
+    an undropped class token would light another)."""
+    from probes.attribution.methods.grad_cam import GradCam
+    from probes.layers import last_spatial_block
+
+    vit = _TinyViT(d=4, pool="mean").eval()
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.zero_()
+        for b in vit.blocks:
+            b.norm1.weight.fill_(1), b.norm2.weight.fill_(1)
+        vit.norm.weight.fill_(1)
+        vit.patch_embed.weight[0].fill_(1 / 48), vit.patch_embed.weight[1].fill_(-1 / 48)
+        vit.patch_embed.bias[:2] = torch.tensor([-0.5, 0.5])
+        vit.head.weight[0, :2] = torch.tensor([1.0, -1.0])
+    x = torch.full((1, 3, 16, 16), 0.2)
+    x[:, :, 4:8, 12:16] = 0.9
+    name, layer, grid = last_spatial_block(vit, x)
+    cam = GradCam().attribute(vit, x, torch.tensor([0]), AttrSettings(layer=layer, tokens=grid))[0][0]
+    assert cam.shape == (16, 16)
+    r, c = divmod(int(cam.argmax()), 16)
+    assert 4 <= r < 8 and 12 <= c < 16, (r, c)
+    assert float(cam[:, :8].abs().max()) == 0 and float(cam[12:].abs().max()) == 0  # patches two away: dark
+
+
+def test_attribution_check_runs_grad_cam_on_a_vit(data):
+    x, y = data.x, data.y
+    model = AuditModel(_TinyViT().eval(), ModelSpec(input_shape=(3, 16, 16), class_names=list(PATTERNS))).finalize()
+    res = _run(model, data, methods=["grad_cam", "saliency"])
+    assert res.data["grad_cam_layer"] == "net.blocks.1.norm1"
+    assert "4×4 patch grid, 1 leading token(s) dropped" in res.data["grad_cam_tokens"]
+    assert not [f for f in res.findings if f.code == "attribution.no_conv_layer"]
+    caption = next(a.caption for a in res.artifacts if a.path.endswith("maps_01.png"))
+    assert "Grad-CAM on layer net.blocks.1.norm1 (transformer tokens" in caption

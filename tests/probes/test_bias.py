@@ -180,10 +180,33 @@ def test_cav_points_towards_the_concept():
     assert tc.tcav_score(grads, v) == 1.0 and tc.tcav_score(-grads, v) == 0.0
 
 
-def test_ttest_p():
-    assert tc.ttest_p([0.9, 0.95, 1.0, 0.92], [0.4, 0.6, 0.5, 0.45, 0.55]) < 1e-3
-    assert tc.ttest_p([0.5, 0.6, 0.4], [0.45, 0.55, 0.5]) > 0.5
-    assert tc.ttest_p([1.0], [0.5, 0.5]) == 1.0  # too few runs: no evidence
+def test_welch_p():
+    assert tc.welch_p([0.9, 0.95, 1.0, 0.92], [0.4, 0.6, 0.5, 0.45, 0.55]) < 1e-3
+    assert tc.welch_p([0.5, 0.6, 0.4], [0.45, 0.55, 0.5]) > 0.5
+    assert tc.welch_p([1.0], [0.5, 0.5]) == 1.0  # too few runs: no evidence
+    # one-sided: only a mean above the other's is evidence; NaN runs are dropped
+    assert tc.welch_p([0.9, 0.95, 1.0], [0.5, 0.4, 0.6], "greater") < 0.01
+    assert tc.welch_p([0.5, 0.4, 0.6], [0.9, 0.95, 1.0], "greater") > 0.99
+    assert tc.welch_p([1.0, 1.0, float("nan")], [0.5, 0.5], "greater") == 0.0
+    # unequal variances: a near-constant sample against a spread one is not over-confident
+    from scipy import stats
+    a, b = [0.80, 0.81, 0.80, 0.79, 0.80], [0.1, 0.9, 0.2, 1.0, 0.95]  # equal runs, as TCAV has
+    assert tc.welch_p(a, b) > stats.ttest_ind(a, b).pvalue
+
+
+def test_fit_cav_holds_out_and_measures_accuracy():
+    g = torch.Generator().manual_seed(0)
+    d = torch.zeros(8)
+    d[1] = 1.0
+    order = torch.randperm(60, generator=g)
+    held, train = tc.holdout_split(order, 30)
+    assert len(held) == 10 and len(train) == 20 and set((held.tolist() + train.tolist())) == set(range(30))
+    sep = tc.fit_cav(torch.randn(30, 8, generator=g) + 3 * d, torch.randn(30, 8, generator=g), order)
+    assert sep[1] > 0.9 and int(sep[0].abs().argmax()) == 1
+    chance = [tc.fit_cav(torch.randn(30, 8, generator=g), torch.randn(30, 8, generator=g), torch.randperm(60, generator=g))[1]
+              for _ in range(20)]
+    assert 0.35 < sum(chance) / len(chance) < 0.65
+    assert np.isnan(tc.fit_cav(torch.randn(2, 8), torch.randn(9, 8), order)[1])  # too few to hold out
 
 
 def test_foreground_mask_finds_the_object_not_the_background():
@@ -286,3 +309,43 @@ def test_dynamic_batch_export_gets_tcav(concept_dir, eval_data, tmp_path):
     found = [f for f in b.findings if f.code == "bias.concept_dependence"]
     assert [(f.class_, f.extra["concept"]) for f in found] == [("hstripes", "marker")]
     assert "TCAV score" in found[0].message
+
+
+def _random_images(n: int, g: torch.Generator) -> torch.Tensor:
+    """Random counter-examples like write_concepts's random folders: pattern images and plain
+    noisy backgrounds, one distribution."""
+    px, _ = make_patterns((n + 1) // 2 // len(PATTERNS) + 1, seed=int(torch.randint(0, 10**6, (1,), generator=g)))
+    px = px[torch.randperm(len(px), generator=g)[: n // 2]]
+    nb = n - len(px)
+    bg = (torch.rand(nb, 3, 1, 1, generator=g) * 0.8 + 0.1 + 0.03 * torch.randn(nb, 3, 16, 16, generator=g)).clamp(0, 1)
+    return torch.cat([px, bg])[torch.randperm(n, generator=g)]
+
+
+def test_tcav_is_calibrated_on_random_pseudo_concepts():
+    """Kim et al.'s exact null: "concepts" that are random sets drawn from the same images as
+    the random pool. At most ~alpha of the (class, concept, layer) tests may reach p < 0.05,
+    and the CAVs are at chance; the score test alone (the paper's and this check's old rule: a
+    fixed positive set against the random-vs-random null) is far from calibrated on the same
+    rows."""
+    from probes.bias.layers import probe_layers
+
+    model = train_model(False, steps=150)
+    g = torch.Generator().manual_seed(11)
+    pool = _random_images(120, g)
+    concepts = {f"pseudo_{i}": _random_images(20, g) for i in range(8)}
+    layers, fired = probe_layers(model, [], 2, pool[:1])
+    assert fired and len(layers) == 2
+    runs = 20
+    draws = [torch.randperm(len(pool), generator=g) for _ in range(runs)]
+    splits = [torch.randperm(len(pool), generator=g) for _ in range(runs)]
+    x, y = make_patterns(12, seed=21)
+    class_x = {k: x[y == k] for k in range(len(PATTERNS))}
+    rows = [r for ln in layers for r in tc.layer_tcav(model, ln, concepts=concepts, pool=pool, draws=draws,
+                                                        splits=splits, class_x=class_x, space="pooled",
+                                                        cav_alpha=0.01).rows]
+    assert len(rows) == 8 * 4 * 2
+    significant = [r for r in rows if r.p_cav < 0.05 and r.p < 0.05]  # the check's rule at alpha 0.05
+    assert len(significant) / len(rows) <= 0.10, len(significant)  # 64 tests at 5 %: above the binomial 95 % bound
+    accs = [tc.cav_accuracy(r) for r in rows]
+    assert all(abs(a - 0.5) < 0.15 and abs(a0 - 0.5) < 0.15 for a, a0 in accs), accs
+    assert sum(r.p < 0.05 for r in rows) / len(rows) > 0.3  # the score test alone: what the CAV condition prevents

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 import torch.nn as nn
@@ -38,6 +38,7 @@ class AttrSettings:
     bounds: tuple[float, float] = (0.0, 1.0)
     seed: int = 0  #: seed of SmoothGrad's noise (the global RNG is forked, never disturbed)
     layer: nn.Module | None = None  #: Grad-CAM's layer (in the model the method runs on)
+    tokens: Any = None  #: a :class:`probes.layers.TokenGrid` when ``layer`` outputs transformer tokens
     oom_retries: list[int] = field(default_factory=list)  #: internal batch sizes halved on OOM
 
 
