@@ -39,7 +39,7 @@ def report_method(res: CheckResult, method: FoolingMethod, r: SearchResult, name
     n = len(r.targets)
     fooled = [c >= o.threshold for c in r.best]
     name, cost = method.name, method.cost
-    res.metric("fooling_rate", sum(fooled) / n, method=name)
+    res.rate("fooling_rate", sum(fooled), n, method=name)
     res.metric("median_best_confidence", _median(r.best), method=name)
     res.metric(cost, r.used, method=name)
     for lv in levels:
@@ -81,8 +81,8 @@ def report_garbage(res: CheckResult, kinds: list[GarbageKind], names: list[str],
         rows.append(row)
         table[g.kind] = {k: v for k, v in row.items() if k != "conf"} | {"n": len(g.conf), "median": _median(row["conf"])}
         res.metric("garbage_median_confidence", table[g.kind]["median"], input=g.kind)
-        for lv, key in ((0.9, "share_90"), (0.99, "share_99")):
-            res.metric("garbage_share_confident", row[key], input=g.kind, confidence=lv)
+        for lv in (0.9, 0.99):
+            res.rate("garbage_share_confident", int((g.conf >= lv).sum()), len(g.conf), input=g.kind, confidence=lv)
         i = int(g.conf.argmax())
         caps.append(f"{g.kind}\n→ {names[int(g.pred[i])]} {pct(float(g.conf[i]))}")
     # pooled over kinds, each kind weighted equally (a constant image counts as much as 32 noise images)

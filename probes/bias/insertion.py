@@ -73,10 +73,12 @@ def mcnemar_p(only_concept: int, only_control: int) -> float:
 def flip_rates(pred: torch.Tensor, ctrl_pred: torch.Tensor, base_y: torch.Tensor, k: int) -> dict:
     """Flip rate to class ``k`` among base images of other classes after pasting the concept
     (``pred``, (N,) int64) and the control (``ctrl_pred``); ``n`` such images and the exact
-    McNemar p of the paired flips. Rates are NaN when no image of another class was pasted."""
+    McNemar p of the paired flips; ``flipped``/``control_flipped`` the counts. Rates are NaN
+    when no image of another class was pasted."""
     other = base_y != k
     n = int(other.sum())
     a, b = pred[other] == k, ctrl_pred[other] == k
     fr = float(a.float().mean()) if n else float("nan")
     fc = float(b.float().mean()) if n else float("nan")
-    return {"flip": fr, "control": fc, "n": n, "p": mcnemar_p(int((a & ~b).sum()), int((b & ~a).sum()))}
+    return {"flip": fr, "control": fc, "n": n, "flipped": int(a.sum()), "control_flipped": int(b.sum()),
+            "p": mcnemar_p(int((a & ~b).sum()), int((b & ~a).sum()))}

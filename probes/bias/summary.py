@@ -88,8 +88,8 @@ def gather(res: CheckResult, names: list[str], classes: list[int], concepts: lis
         for k in classes:
             f = ev.flips[k, c] = flip_rates(preds[c], ctrl_pred, base_y, k)
             q = {"class": names[k], "concept": c}
-            res.metric("flip_rate", f["flip"], **q)
-            res.metric("flip_rate_control", f["control"], **q)
+            res.rate("flip_rate", f["flipped"], f["n"], **q)
+            res.rate("flip_rate_control", f["control_flipped"], f["n"], **q)
             res.metric("flip_p_value", f["p"], **q)
     for r in layer_recs:
         for v in r.viz:
