@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import torch
 
 from .check import Check
-from .checkpoint import Checkpoints, fingerprint
+from .checkpoint import Checkpoints, content_key, fingerprint
 from .config import AuditConfig
 from .context import Context
 from .data import AuditData, stratified_indices
@@ -43,6 +43,7 @@ class _Battery:
     reused: list[str] = field(default_factory=list)
     interrupted: bool = False
     aborted: bool = False
+    checkpoint_failed: str = ""  #: why checkpoints could not be written (once per run)
 
 
 def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditConfig | str | dict | None = None, *,
@@ -77,14 +78,17 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
     ctx.logits = _clean_logits(model, data, cfg, world)
     battery = _Battery()
     info = model.describe()
+    content = content_key(model, data) if store is not None else ""
     for name, cls in checks:
-        _run_one(ctx, name, cls, info, battery, log)
+        _run_one(ctx, name, cls, content, battery, log)
         if battery.interrupted or battery.aborted:  # what ran is kept; --resume picks up the rest
             break
     gates = _gates(battery.results, cfg)
     run = _run_metadata(cfg, model, world, names, started, time.perf_counter() - t0)
     if store is not None:
         run["resumed"] = battery.reused
+        if battery.checkpoint_failed:
+            run["checkpoint_error"] = battery.checkpoint_failed
     result = AuditResult(model=info, run=run, checks=battery.results, gates=gates,
                          data=data.describe() if data is not None else {}, interrupted=battery.interrupted)
     result.finalize_status()
@@ -135,11 +139,12 @@ def _clean_logits(model: AuditModel, data: AuditData | None, cfg: AuditConfig, w
     return logits
 
 
-def _run_one(ctx: Context, name: str, cls: type[Check], info: dict, battery: _Battery, log) -> None:
-    """Check ``name``: reused from its checkpoint, or run; its result appended to the battery."""
+def _run_one(ctx: Context, name: str, cls: type[Check], content: str, battery: _Battery, log) -> None:
+    """Check ``name``: reused from its checkpoint, or run; its result appended to the battery.
+    ``content``: :func:`audit.checkpoint.content_key` of the model and data."""
     cfg, world, store = ctx.config, ctx.world, ctx.store
     options = cfg.options_for(name)
-    fp = fingerprint(model_info=info, data=ctx.data, seed=cfg.seed, check=name, options=options, version=_version(),
+    fp = fingerprint(content=content, seed=cfg.seed, check=name, options=options, version=_version(),
                      batch_size=cfg.batch_size)
     sctx = ctx.scoped(name, declared=cls.publishes, fingerprint=fp)
     saved = store.load(name, fp) if (store is not None and ctx.resume and world.is_main) else None
@@ -176,8 +181,14 @@ def _run_one(ctx: Context, name: str, cls: type[Check], info: dict, battery: _Ba
     res.finalize_status()
     battery.results.append(res)
     if store is not None and res.error is None and world.is_main:
-        store.save(res, fp, {k: v for k, v in ctx.published.items() if k not in before})
-        store.drop_units(name)
+        if store.save(res, fp, {k: v for k, v in ctx.published.items() if k not in before}):
+            store.drop_units(name)
+        elif not battery.checkpoint_failed:
+            battery.checkpoint_failed = (f"cannot write checkpoints into {store.dir} (a file in its place, no "
+                                         "permission or no space); the audit goes on without them, so --resume "
+                                         "will rerun these checks")
+            if log:
+                log(f"warning: {battery.checkpoint_failed}")
     if log:
         log(f"check {name}: {res.status} ({res.duration_s:.1f} s){' - ' + res.error if res.error else ''}")
 

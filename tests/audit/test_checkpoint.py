@@ -103,3 +103,80 @@ def test_a_killed_process_resumes(model_files, pattern_folder, labels_file, tmp_
     assert main(args[3:] + ["--resume"]) == ExitCode.OK
     d = json.loads((out / "results.json").read_text())
     assert d["run"]["resumed"] == ["clean"] and [c["name"] for c in d["checks"]] == ["clean", "fooling"]
+
+
+def _resumed(out):
+    return json.loads((out / "results.json").read_text())["run"]["resumed"]
+
+
+def test_resume_never_reuses_numbers_of_other_pixels_or_load_options(model_files, pattern_folder, labels_file,
+                                                                     tmp_path):
+    """The fingerprint covers the pixels as loaded and every load option: images changed in
+    place, or another --mean/--std, rerun the check (the old accuracy is never reported)."""
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(pattern_folder, data)
+    out = tmp_path / "o"
+    common = ["run", str(model_files / "dyn.pt2"), "--data", str(data), "--labels", str(labels_file),
+              "--checks", "clean", "-q", "--out", str(out)]
+    main(common)
+    assert main(common + ["--resume"]) in (ExitCode.OK, ExitCode.GATE_FAILED) and _resumed(out) == ["clean"]
+    before = _metrics(out, "clean")[0]
+    for f in sorted(data.rglob("*.png")):  # the same files, other pixels
+        im = Image.open(f)
+        Image.new(im.mode, im.size, (0,) * len(im.getbands())).save(f)
+    main(common + ["--resume"])
+    assert _resumed(out) == [] and _metrics(out, "clean")[0] != before
+    main(common + ["--resume"])
+    assert _resumed(out) == ["clean"]
+    main(common + ["--resume", "--mean", "0.5", "--std", "0.25"])
+    assert _resumed(out) == []
+
+
+@pytest.mark.parametrize("content", ["null", "[]", "{}", '{"fingerprint": 3}', "not json {"])
+def test_a_checkpoint_of_the_wrong_shape_is_recomputed(model_files, pattern_folder, labels_file, tmp_path, content):
+    out = tmp_path / "o"
+    common = ["run", str(model_files / "dyn.pt2"), "--data", str(pattern_folder), "--labels", str(labels_file),
+              "--checks", "clean", "--samples", "12", "-q", "--out", str(out)]
+    main(common)
+    (out / DIRNAME / "clean.json").write_text(content)
+    assert main(common + ["--resume"]) in (ExitCode.OK, ExitCode.GATE_FAILED)
+    assert _resumed(out) == [] and (out / "report.html").is_file()
+
+
+def test_an_edited_checkpoint_is_recomputed(model_files, pattern_folder, labels_file, tmp_path):
+    """A checkpoint whose values were edited (its content hash no longer matches) is not
+    reused: the reported accuracy is the model's, not the edited one."""
+    out = tmp_path / "o"
+    common = ["run", str(model_files / "dyn.pt2"), "--data", str(pattern_folder), "--labels", str(labels_file),
+              "--checks", "clean", "--samples", "12", "-q", "--out", str(out)]
+    main(common)
+    p = out / DIRNAME / "clean.json"
+    saved = json.loads(p.read_text())
+    row = next(m for m in saved["result"]["metrics"] if m["name"] == "accuracy" and not m.get("qualifiers"))
+    truth, row["value"] = row["value"], 0.123
+    p.write_text(json.dumps(saved))
+    main(common + ["--resume"])
+    assert _resumed(out) == []
+    assert next(m for m in _metrics(out, "clean")[0] if m["name"] == "accuracy" and not m.get("qualifiers"))["value"] == truth
+
+
+@pytest.mark.parametrize("blocker", ["file", "dir"])
+def test_an_unwritable_checkpoint_folder_is_not_fatal(model_files, pattern_folder, labels_file, tmp_path, blocker):
+    """A file where the checkpoint folder goes, or a folder where a checkpoint file goes: the
+    battery still runs and writes every output; resume simply reruns."""
+    out = tmp_path / "o"
+    out.mkdir()
+    if blocker == "file":
+        (out / DIRNAME).write_text("in the way")
+    else:
+        (out / DIRNAME / "clean.json").mkdir(parents=True)
+    common = ["run", str(model_files / "dyn.pt2"), "--data", str(pattern_folder), "--labels", str(labels_file),
+              "--checks", "clean", "--samples", "12", "-q", "--out", str(out)]
+    assert main(common) in (ExitCode.OK, ExitCode.GATE_FAILED)
+    d = json.loads((out / "results.json").read_text())
+    assert (out / "report.html").is_file() and "cannot write checkpoints" in d["run"]["checkpoint_error"]
+    assert main(common + ["--resume"]) in (ExitCode.OK, ExitCode.GATE_FAILED) and _resumed(out) == []

@@ -209,7 +209,7 @@ def test_batch_size_is_part_of_the_fingerprint():
     batch size are never reused under another."""
     from audit.checkpoint import fingerprint
 
-    kw = dict(model_info={"sha256": "x"}, data=None, seed=0, check="adversarial", options={}, version="1")
+    kw = dict(content="x", seed=0, check="adversarial", options={}, version="1")
     assert fingerprint(**kw, batch_size=8) != fingerprint(**kw, batch_size=6)
     assert fingerprint(**kw, batch_size=8) == fingerprint(**kw, batch_size=8)
 
