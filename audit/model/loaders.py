@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
+from .graphscan import side_effect_ops
 from ..errors import ModelLoadError, UsageError
 from .detect import detect_format
 from .messages import error_line
@@ -80,12 +81,26 @@ def _from_state_dict(obj: Any, req: LoadRequest, fmt: str) -> Loaded:
 
 
 # ----------------------------------------------------------------------------- TorchScript
+def _refuse_side_effects(req: LoadRequest, program, kind: str) -> None:
+    """:class:`ModelLoadError` when ``program``'s graph calls operators that touch files, the
+    network or the process (:mod:`audit.model.graphscan`) and ``trust`` is not set."""
+    if req.trust:
+        return
+    bad = side_effect_ops(program)
+    if bad:
+        raise ModelLoadError(f"{req.path} is a {kind} whose graph calls {', '.join(bad[:3])}"
+                             f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}; it was not run. Re-run with "
+                             "--trust only if you trust its source")
+
+
 def load_torchscript(req: LoadRequest) -> Loaded:
-    """A ``torch.jit.save`` archive. Raises :class:`ModelLoadError` when it fails to load."""
+    """A ``torch.jit.save`` archive. Raises :class:`ModelLoadError` when it fails to load or,
+    without ``trust``, its graph calls operators with side effects (file, network, process)."""
     try:
         net = torch.jit.load(str(req.path), map_location="cpu")
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"{req.path} is a TorchScript archive that fails to load ({error_line(e)})") from None
+    _refuse_side_effects(req, net, "TorchScript archive")
     return Loaded(net, "torchscript")
 
 
@@ -148,8 +163,10 @@ def _unpack_export(ep) -> tuple[nn.Module, int | None, tuple[int, int, int] | No
 def load_export(req: LoadRequest) -> Loaded:
     """A ``torch.export`` archive (``.pt2``); its static input shape fills the spec (source
     ``export``). Raises :class:`ModelLoadError` when it fails to load or, without
-    ``trust``, holds pickled objects that need code."""
-    net, fixed, shape = _unpack_export(_load_exported_program(req.path, req.trust))
+    ``trust``, holds pickled objects that need code or calls operators with side effects."""
+    ep = _load_exported_program(req.path, req.trust)
+    _refuse_side_effects(req, ep, "torch.export archive")
+    net, fixed, shape = _unpack_export(ep)
     req.spec.set("input_shape", shape, "export")
     return Loaded(net, "export", fixed_batch=fixed)
 

@@ -222,3 +222,45 @@ def test_export_archive_with_pickled_code_is_refused_without_trust(model_files, 
         load_model(evil, device="cpu")
     assert not marker.exists()
     assert load_model(model_files / "dyn.pt2", device="cpu").num_classes == 4  # a clean archive still loads
+
+
+class _MapsAFile(torch.nn.Module):
+    """Computes like a classifier, and on the side maps a file writable (``shared=True``)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 4)
+        self.path = path
+
+    def forward(self, x):
+        t = torch.from_file(self.path, True, 4)
+        return self.fc(x.mean((2, 3))) + t.sum() * 0
+
+
+def test_torchscript_that_touches_files_is_refused_without_trust(tmp_path):
+    """A graph format runs no pickled code, but its graph can call aten::from_file: refused
+    before it runs (the file is never mapped), with the operator named; --trust loads it."""
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"\0" * 16)
+    p = tmp_path / "maps.pt"
+    torch.jit.script(_MapsAFile(str(victim))).save(str(p))
+    with pytest.raises(ModelLoadError, match=r"calls aten::from_file .*--trust"):
+        load_model(p, input_size="3x8x8", num_classes=4)
+    m = load_model(p, input_size="3x8x8", num_classes=4, trust=True)
+    assert m.logits(torch.rand(2, 3, 8, 8)).shape == (2, 4)
+
+
+def test_export_graph_with_side_effect_ops_is_caught(tiny_net):
+    """The same rule on a torch.export program: an operator that maps files, or one of an
+    unknown library (here debugprims::load_tensor, which reads a file), is named; a plain
+    network has none."""
+    from audit.model.graphscan import side_effect_ops
+
+    ep = torch.export.export(tiny_net, (torch.rand(2, 3, 16, 16),))
+    assert side_effect_ops(ep) == []
+    node = next(n for n in ep.graph.nodes if n.op == "call_function")
+    node.target = torch.ops.aten.from_file.default
+    assert side_effect_ops(ep)[0].startswith("aten::from_file")
+    node.target = torch.ops.debugprims.load_tensor.default
+    assert side_effect_ops(ep)[0].startswith("debugprims::load_tensor (an operator outside")
+    assert side_effect_ops(torch.jit.script(tiny_net)) == []
