@@ -10,17 +10,27 @@ assert result.passed, result.summary()
 """
 from .version import __version__  # noqa: E402
 
-from .config import AuditConfig  # noqa: E402
-from .data import AuditData, load_data  # noqa: E402
-from .errors import AuditError, ExitCode, UsageError  # noqa: E402
-from .model import AuditModel, ModelSpec, load_model  # noqa: E402
-from .check import Check, Unit  # noqa: E402
-from .context import Context  # noqa: E402
-from .records import record  # noqa: E402
-from .registry import register_check, registered_checks  # noqa: E402
-from .results import AuditResult, CheckResult  # noqa: E402
-from .runner import run_audit  # noqa: E402
+# The public names are imported on first use (PEP 562), so that ``audit.cli`` starts without
+# importing torch: a Ctrl-C while the CLI starts up is then its one-line "interrupted" (exit 2)
+# rather than a traceback from inside an import.
+_LAZY = {"AuditConfig": ".config", "AuditData": ".data", "load_data": ".data", "AuditError": ".errors",
+         "ExitCode": ".errors", "UsageError": ".errors", "AuditModel": ".model", "ModelSpec": ".model",
+         "load_model": ".model", "Check": ".check", "Unit": ".check", "Context": ".context", "record": ".records",
+         "register_check": ".registry", "registered_checks": ".registry", "AuditResult": ".results",
+         "CheckResult": ".results", "run_audit": ".runner"}
 
-__all__ = ["AuditConfig", "AuditData", "AuditError", "AuditModel", "AuditResult", "Check", "CheckResult", "Context",
-           "ExitCode", "ModelSpec", "Unit", "UsageError", "load_data", "load_model", "record", "register_check",
-           "registered_checks", "run_audit", "__version__"]
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'audit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

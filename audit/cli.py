@@ -143,9 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (how CI cancels a job, and ``timeout``) ends the run as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    try:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
+    except (ImportError, ValueError, OSError):  # pragma: no cover - no signals here
+        pass
     try:
         parser = build_parser()
         try:
@@ -155,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return ExitCode.USAGE_ERROR
+        from .outputs import signals_held
+
+        with signals_held():  # a Ctrl-C inside torch's C-extension import can crash the interpreter: held
+            import torch  # noqa: F401 - until the import is done, then it is the one-line "interrupted"
         return int({"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "list": _cmd_list,
                     "diff": _cmd_diff, "init": _cmd_init}[args.command](args))
     except KeyboardInterrupt:
@@ -228,7 +245,7 @@ def _cmd_run(args) -> int:
         opts = {k: dict(v) for k, v in cfg.check_options.items()}
         opts.setdefault("bias", {})["concepts"] = str(args.concepts)
         cfg = cfg.replace(check_options=opts)
-    _ensure_out(Path(args.out))
+    _ensure_out(Path(args.out), lock=world.is_main)
     if args.model is None and not args.weights:
         raise UsageError("give a model file: audit run MODEL --data DIR (or --weights NAME for torchvision weights)")
     model = load_model(args.model, arch=args.arch, num_classes=args.num_classes, weights=args.weights,
@@ -246,14 +263,19 @@ def _cmd_run(args) -> int:
                           tolerance=args.tolerance, resume=args.resume, world=world)
 
 
-def _ensure_out(out: Path) -> None:
-    """Fail before the battery runs when the output folder cannot be written."""
+def _ensure_out(out: Path, *, lock: bool = False) -> None:
+    """Fail before the battery runs when the output folder cannot be written or (``lock``)
+    another audit is writing into it (:func:`audit.outputs.lock_out`)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
     if not os.access(out, os.W_OK):
         raise UsageError(f"cannot write to the output folder {out}: permission denied")
+    if lock:
+        from .outputs import lock_out
+
+        lock_out(out)
 
 
 def _load_result(path: str):
@@ -335,7 +357,7 @@ def _cmd_demo(args) -> int:
     world = _world(cfg)
     log = _logger(args.quiet or not world.is_main)
     out = Path(args.out)
-    _ensure_out(out)
+    _ensure_out(out, lock=world.is_main)
     model, data, cfg = load_demo(out, cfg, samples_per_class=args.samples_per_class, log=log, world=world)
     return _run_and_write(model, data, cfg, out, log, quiet=args.quiet, resume=args.resume, world=world)
 

@@ -392,17 +392,12 @@ class AuditResult:
         return res
 
     def save(self, out: str | os.PathLike = "audit-out") -> Path:
-        """Write artifacts, results.json, metrics.csv, report.html, junit.xml, summary.md."""
-        from reports import write_all
+        """Write artifacts, results.json, metrics.csv, report.html, junit.xml, summary.md into
+        ``out``, all together (:func:`audit.outputs.save_outputs`: a crash or interruption while
+        writing leaves the previous outputs whole). Raises :class:`audit.outputs.OutputError`."""
+        from .outputs import save_outputs
 
-        from .artifacts import write_artifacts
-
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_artifacts([a for c in self.checks for a in c.artifacts], out)
-        self.base_dir = str(out)
-        write_all(self, out)
-        return out
+        return save_outputs(self, out)
 
 
 def _json_default(o: Any) -> Any:
