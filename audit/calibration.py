@@ -37,7 +37,10 @@ def _bin_index(conf: np.ndarray, bins: int) -> np.ndarray:
 
 def expected_calibration_error(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> tuple[float, list[dict]]:
     """The ECE (a float in [0, 1]) and the per-bin table (``lo``, ``hi``, ``n``, ``accuracy``,
-    ``confidence``) of the non-empty bins."""
+    ``confidence``) of the non-empty bins. Raises ValueError for fewer than one bin (no bin
+    would report an ECE of 0)."""
+    if int(bins) != bins or bins < 1:
+        raise ValueError(f"ECE needs a whole number of bins >= 1, got {bins!r}")
     edges = torch.linspace(0, 1, bins + 1)
     ece, table = 0.0, []
     n = len(conf)

@@ -97,6 +97,12 @@ class Check:
         publishes with ``ctx.publish``."""
         raise NotImplementedError
 
+    @classmethod
+    def preflight(cls, options: Any, input_shape: Sequence[int] | None) -> None:
+        """Check ``options`` against the input shape (C, H, W) once it is known, before any
+        check runs; raises :class:`~audit.errors.ConfigError` (exit 4) for a value the shape
+        rules out. Default: nothing to check."""
+
     # -- what the base owns -------------------------------------------------------
     def run(self, ctx: "Context") -> "CheckResult":
         """units -> compute (sharded, checkpointed, with progress) -> summarize."""

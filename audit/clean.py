@@ -50,7 +50,7 @@ class CleanCheck(Check):
 
     @dataclass
     class Options:
-        ece_bins: int = opt(15, min=1, doc="equal-width confidence bins of the ECE")
+        ece_bins: int = opt(15, min=1, max=10_000, doc="equal-width confidence bins of the ECE")
         ece_warn: float = opt(0.1, min=0, max=1, doc="an ECE whose 95% interval lies above this raises "
                                                      "clean.miscalibrated")
         weak_class_ratio: float = opt(0.5, min=0, max=1, doc="a class below this fraction of overall accuracy is weak")

@@ -7,9 +7,16 @@ and flags a **regression** where a metric with a known direction got worse by mo
 the samples whose per-sample outcome flipped: every boolean column of every check's
 per-sample table (:class:`~audit.results.SampleTable`, e.g. ``clean.correct``,
 ``adversarial.robust[norm=linf,epsilon=0.031]``) is compared id by id.
+
+A value that is not a number (a string in a hand-edited or foreign results.json) is never
+compared: its row's status is ``not_a_number``. A NaN or a missing value (``null``, as a NaN
+is saved) where the other side has a number counts as a change: a directed metric that lost its
+value is a regression (it can no longer be shown to meet anything), one that gained it an
+improvement.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .results import AuditResult, GateResult, Metric
@@ -56,13 +63,19 @@ def compare(base: AuditResult, new: AuditResult, *, tolerance: float = 0.01) -> 
     for key in sorted(set(bm) | set(nm), key=_label):
         b, n = bm.get(key), nm.get(key)
         d = direction(key[1])
-        delta = None if (b is None or n is None) else n - b
+        delta = None if (b is None or n is None or not (_is_number(b) and _is_number(n))) else n - b
         status = "same"
         if key not in bm:
             status = "new"
         elif key not in nm:
             status = "missing"
-        elif delta is not None and d != "neutral":
+        elif not (_is_number(b) or b is None) or not (_is_number(n) or n is None):
+            status = "not_a_number"
+        elif _void(b) or _void(n):  # no value (None, or NaN) on one side or both
+            delta = None
+            if d != "neutral" and _void(b) != _void(n):
+                status = "regressed" if _void(n) else "improved"
+        elif d != "neutral":
             worse = -delta if d == "higher" else delta
             if worse > tolerance:
                 status = "regressed"
@@ -95,6 +108,22 @@ def compare(base: AuditResult, new: AuditResult, *, tolerance: float = 0.01) -> 
             "flips": flips}
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _void(v: Any) -> bool:
+    """No value: None (a NaN once saved as JSON) or NaN."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _fmt(v: Any) -> str:
+    """A value for the table: a number to 4 digits, ``-`` for none, anything else as written."""
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if _is_number(v) else repr(v)[:20]
+
+
 def regression_gate(comparison: dict[str, Any]) -> GateResult:
     regs = comparison["regressions"]
     tol = comparison["tolerance"]
@@ -102,7 +131,7 @@ def regression_gate(comparison: dict[str, Any]) -> GateResult:
         worst = max(regs, key=lambda r: abs(r["delta"] or 0))
         return GateResult("baseline.regressions", "== 0", "fail", "fail", float(len(regs)),
                           f"{len(regs)} metric(s) worse than the baseline by more than {tol:g}; largest: "
-                          f"{worst['metric']} {worst['base']:.4g} -> {worst['new']:.4g}")
+                          f"{worst['metric']} {_fmt(worst['base'])} -> {_fmt(worst['new'])}")
     return GateResult("baseline.regressions", "== 0", "fail", "pass", 0.0,
                       f"no metric worse than the baseline by more than {tol:g}")
 
@@ -120,8 +149,7 @@ def format_comparison(comparison: dict[str, Any], *, all_rows: bool = False) -> 
     lines = [f"baseline: {comparison['base']['path']}  (tolerance {comparison['tolerance']:g})"]
     rows = comparison["rows"] if all_rows else [r for r in comparison["rows"] if r["status"] != "same"]
     for r in rows:
-        b = "-" if r["base"] is None else f"{r['base']:.4g}"
-        n = "-" if r["new"] is None else f"{r['new']:.4g}"
+        b, n = _fmt(r["base"]), _fmt(r["new"])
         d = "" if r["delta"] is None else f"{r['delta']:+.4g}"
         ci = "  95% CI " + " -> ".join(_ci(r, side) for side in ("base", "new")) if "base_ci" in r or "new_ci" in r else ""
         lines.append(f"  {r['status'].upper():<9} {r['metric']:<60} {b:>10} -> {n:<10} {d}{ci}")

@@ -43,6 +43,8 @@ _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt
 _GATE_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\.([A-Za-z_][\w]*)(?:\.([A-Za-z_][\w]*))?\s*(?:\[(.*)\])?\s*$")
 #: what a gate can test of a metric row: its value, or a rate's 95% interval bounds or sample count
 GATE_PARTS = ("value", "ci_low", "ci_high", "n")
+#: [audit] integers: inclusive range (a seed fits torch's 64-bit generator state)
+_BOUNDS = {"seed": (0, 2**63 - 1), "samples": (1, 10**9), "batch_size": (1, 10**6), "threads": (1, 4096)}
 _COND_RE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([-+0-9.eE]+|nan|inf)\s*$")
 
 
@@ -74,6 +76,11 @@ class Gate:
 
 
 def parse_gate(expr: str, spec: Any) -> Gate:
+    """The gate ``expr = spec`` of a ``[gates]`` table. Raises ConfigError (exit 4, when the
+    config is read) for a malformed expression, qualifier list, severity or condition (a
+    threshold that is not a finite-or-infinite number, NaN included)."""
+    if not isinstance(expr, str):
+        raise ConfigError(f"[gates] {expr!r}: a gate's name must be a string like \"clean.accuracy\"")
     m = _GATE_RE.match(expr)
     if not m:
         raise ConfigError(f"[gates] {expr!r} is not check.metric or check.metric[key=value,...], optionally "
@@ -83,12 +90,14 @@ def parse_gate(expr: str, spec: Any) -> Gate:
         raise ConfigError(f"[gates] {expr!r}: unknown field {row_part!r} of a metric row "
                           f"(known: {', '.join(GATE_PARTS)})")
     qualifiers: dict[str, str] = {}
-    if quals:
+    if quals is not None:
         for part in quals.split(","):
-            if "=" not in part:
+            k, eq, v = (s.strip() for s in part.partition("="))
+            if not eq or not k or not v:
                 raise ConfigError(f"[gates] {expr!r}: qualifier {part.strip()!r} is not key=value")
-            k, v = part.split("=", 1)
-            qualifiers[k.strip()] = v.strip()
+            if k in qualifiers:
+                raise ConfigError(f"[gates] {expr!r}: qualifier {k!r} is given twice")
+            qualifiers[k] = v
     severity = "fail"
     if isinstance(spec, dict):
         unknown = set(spec) - {"condition", "severity"}
@@ -100,12 +109,18 @@ def parse_gate(expr: str, spec: Any) -> Gate:
         cond = spec
     if isinstance(cond, str) and ":" in cond:  # "warn: >= 0.9"
         severity, cond = (s.strip() for s in cond.split(":", 1))
-    if severity not in ("warn", "fail"):
+    if not isinstance(severity, str) or severity not in ("warn", "fail"):
         raise ConfigError(f"[gates] {expr!r}: severity {severity!r} must be warn or fail")
     cm = _COND_RE.match(cond) if isinstance(cond, str) else None
     if not cm:
         raise ConfigError(f"[gates] {expr!r} = {cond!r}: the condition must be like \">= 0.9\" (ops: >= > <= < == !=)")
-    return Gate(expr, check, metric, qualifiers, cm.group(1), float(cm.group(2)), severity, row_part)
+    try:
+        threshold = float(cm.group(2))
+    except ValueError:
+        threshold = math.nan
+    if math.isnan(threshold):
+        raise ConfigError(f"[gates] {expr!r} = {cond!r}: the threshold must be a number like 0.9")
+    return Gate(expr, check, metric, qualifiers, cm.group(1), threshold, severity, row_part)
 
 
 @dataclass
@@ -124,12 +139,10 @@ class AuditConfig:
     source: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        for key in ("samples", "threads", "batch_size"):
+        for key, (lo, hi) in _BOUNDS.items():
             v = getattr(self, key)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi):
+                raise ConfigError(f"{key} must be an integer from {lo} to {hi:,}, got {v!r}")
         if self.checks is not None:
             if not isinstance(self.checks, list) or not all(isinstance(c, str) for c in self.checks):
                 raise ConfigError(f"checks must be a list of check names, got {self.checks!r}")
@@ -202,14 +215,19 @@ class AuditConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AuditConfig":
+        """The config of a TOML file; raises ConfigError (exit 4) for a missing file, invalid
+        or too deeply nested TOML, or any invalid value, before anything runs."""
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
             d = tomllib.loads(p.read_text(encoding="utf-8"))
+            return cls.from_dict(d, source=str(p))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
-        return cls.from_dict(d, source=str(p))
+        except RecursionError:
+            raise ConfigError(f"config file {p} nests arrays or tables too deeply to read; "
+                              "flatten it (an audit config needs two levels)") from None
 
     @classmethod
     def coerce(cls, config: "AuditConfig | str | os.PathLike | dict | None") -> "AuditConfig":

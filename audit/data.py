@@ -260,10 +260,10 @@ def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
 
     if p.suffix.lower() == ".npz":
         try:
-            z = np.load(p, allow_pickle=False)
+            with np.load(p, allow_pickle=False) as z:  # never pickles: object arrays are refused
+                d = {k: z[k] for k in z.files}
         except (ValueError, OSError) as e:
-            raise DataError(f"{p} is not a readable .npz file ({e})") from None
-        d = {k: z[k] for k in z.files}
+            raise DataError(f"{p} is not a readable .npz file of numeric arrays ({first_line(e, 160)})") from None
     else:
         try:
             with warnings.catch_warnings():
@@ -275,7 +275,14 @@ def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     if not isinstance(d, dict) or "x" not in d or "y" not in d:
         raise DataError(f"{p} must hold a dict with 'x' (N, C, H, W in [0, 1]) and 'y' (N labels)")
     x = torch.as_tensor(np.asarray(d["x"]) if not isinstance(d["x"], torch.Tensor) else d["x"])
-    y = torch.as_tensor(np.asarray(d["y"]) if not isinstance(d["y"], torch.Tensor) else d["y"]).long().flatten()
+    y = torch.as_tensor(np.asarray(d["y"]) if not isinstance(d["y"], torch.Tensor) else d["y"]).flatten()
+    if y.is_floating_point() or y.is_complex():
+        bad = ~torch.isfinite(y) | (y != y.round()) if y.is_floating_point() else torch.ones_like(y, dtype=torch.bool)
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise DataError(f"{p}: y holds {y.dtype} labels, {y[i].item()!r} at index {i} is not a class index; "
+                            "store y as integers 0..K-1")
+    y = y.long()
     if x.ndim not in (3, 4) or x.shape[0] == 0:
         raise DataError(f"{p}: x has shape {list(x.shape)}, expected (N, C, H, W) with N > 0")
     return x, y, d

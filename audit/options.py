@@ -11,6 +11,11 @@ constraints go in the field's metadata through :func:`opt`::
         space: Literal["pixel", "feature"] = "pixel"
         epsilons: dict[str, list[float]] = opt(dict, doc="per norm; missing norms get defaults")
 
+A number with no ``max`` of its own is bounded by :data:`NUMBER_MAX` (10**6: no step,
+query, sample or bin count, and no size, is sensibly larger), so a typo such as ``10**12``
+steps is refused at config read instead of running for ever. An ``int`` option takes only
+integers (``2.5`` steps is refused, never truncated).
+
 A wrong value is a :class:`~audit.errors.ConfigError` (exit 4) of one line that names the
 option and what it accepts, e.g. ``[checks.bias] space = 'bogus': expected one of 'pixel',
 'feature'``. Cross-field rules go in the dataclass's ``__post_init__``, raising ConfigError.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import sys
 import types
 import typing
@@ -26,7 +32,10 @@ from typing import Any, Literal, Union
 
 from .errors import ConfigError
 
-__all__ = ["opt", "parse_options", "describe_type", "option_types"]
+__all__ = ["opt", "parse_options", "describe_type", "option_types", "NUMBER_MAX"]
+
+#: the bound of a numeric option that sets no ``max`` (see the module docstring)
+NUMBER_MAX = 10**6
 
 
 def opt(default: Any = dataclasses.MISSING, *, min: float | None = None, max: float | None = None,
@@ -113,25 +122,32 @@ def _numbers(val: Any):
             yield from _numbers(v)
 
 
+def _fmt(bound: float) -> str:
+    return f"{bound:,}" if float(bound).is_integer() else f"{bound:g}"
+
+
 def check_value(check: str, f: dataclasses.Field, tp: Any, val: Any) -> Any:
-    """``val`` validated for field ``f`` (ints widened to floats where a float is expected);
-    raises ConfigError naming the option and what it accepts."""
-    where = f"[checks.{check}] {f.name} = {val!r}"
+    """``val`` validated for field ``f`` (ints widened to floats where a float is expected)
+    against its type and bounds (:data:`NUMBER_MAX` when it sets no ``max``); raises
+    ConfigError naming the option and what it accepts."""
+    where = f"[checks.{check}] {f.name} = {reprlib.repr(val)}"
     if not _conforms(tp, val):
         raise ConfigError(f"{where}: expected {describe_type(tp)}")
     lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    hi = NUMBER_MAX if hi is None else hi
     for v in _numbers(val):
-        if lo is not None and v < lo:
-            raise ConfigError(f"{where}: must be >= {lo:g}")
-        if hi is not None and v > hi:
-            raise ConfigError(f"{where}: must be <= {hi:g}")
+        if (lo is not None and v < lo) or v > hi:
+            span = f"from {_fmt(lo)} to {_fmt(hi)}" if lo is not None else f"at most {_fmt(hi)}"
+            raise ConfigError(f"{where}: must be {span}")
     if tp is float and isinstance(val, int):
         return float(val)
     return val
 
 
 def parse_options(check: str, options_cls: type, table: dict[str, Any] | None) -> Any:
-    """Build ``options_cls`` from a config table, validating every key and value."""
+    """Build ``options_cls`` from a config table, validating every key and value; raises
+    :class:`~audit.errors.ConfigError` naming the first bad one (a value nested too deeply
+    to check included)."""
     table = dict(table or {})
     fields = {f.name: f for f in dataclasses.fields(options_cls)}
     hints = option_types(options_cls)
@@ -140,7 +156,11 @@ def parse_options(check: str, options_cls: type, table: dict[str, Any] | None) -
             known = ", ".join(fields) or "none"
             raise ConfigError(f"[checks.{check}]: unknown key {key!r} (known: {known})")
     for key, val in list(table.items()):
-        table[key] = check_value(check, fields[key], hints.get(key, Any), val)
+        try:
+            table[key] = check_value(check, fields[key], hints.get(key, Any), val)
+        except RecursionError:
+            raise ConfigError(f"[checks.{check}] {key}: the value is nested too deeply; "
+                              f"expected {describe_type(hints.get(key, Any))}") from None
     try:
         return options_cls(**table)
     except ConfigError:

@@ -63,13 +63,16 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
     ranks and every rank returns the same result.
 
     Raises :class:`~audit.errors.UsageError` (exit 4) when the data does not fit the model or
-    a selected check needs data that was not given."""
+    a selected check needs data that was not given, and ConfigError (exit 4) for an option the
+    input shape rules out (:meth:`audit.check.Check.preflight`), before any check runs."""
     cfg = AuditConfig.coerce(config)
     world = world if world is not None else World()
     log = log if world.is_main else None
     names = battery_order(cfg.selected_checks())
     checks = [(n, get_check(n)) for n in names]
     data = _prepare(model, data, cfg, checks)
+    for name, cls in checks:  # options the input shape rules out: exit 4 before anything runs
+        cls.preflight(cfg.options_for(name), model.spec.input_shape)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     store = Checkpoints(checkpoint) if checkpoint is not None else None

@@ -43,6 +43,7 @@ from .engine import Engine, UnitRecord
 from .figures import add_images
 from .options import AdversarialOptions
 from .plan import Plan, Sanity, prepare
+from .threat import epsilon_grid
 from .summary import (diagnostic_findings, masking_findings, merge, norm_metrics, published_examples, sample_table, sanity_findings,
                       summary_part, unit_findings)
 
@@ -87,6 +88,13 @@ class AdversarialCheck(Check):
         self._sanity: Sanity | None = None
         self._started = 0.0
         self._setup_s = 0.0
+
+    @classmethod
+    def preflight(cls, options: AdversarialOptions, input_shape) -> None:
+        """Every given ε within the input range of ``input_shape`` (ConfigError otherwise)."""
+        if input_shape:
+            for norm in options.norms:
+                epsilon_grid(norm, options.epsilons.get(norm), tuple(input_shape))
 
     def units(self, ctx) -> list[Unit]:
         """The plan (:func:`.plan.prepare`), then one unit per ``batch_size`` evaluated samples."""

@@ -2,7 +2,9 @@
 
 Types and bounds are validated when the config is read (:mod:`audit.options`); the rules
 that involve several values (known attack and norm names, ε lists) are in ``__post_init__``.
-An L2 ε beyond √(C·H·W) is only known once the input shape is (:func:`.threat.epsilon_grid`).
+Every ε is at most :data:`L2_MAX` when the config is read (L∞ at most 1); an L2 ε beyond
+√(C·H·W) is refused once the input shape is known, before any check runs
+(:meth:`.check.AdversarialCheck.preflight`, :func:`.threat.epsilon_grid`).
 """
 from __future__ import annotations
 
@@ -22,12 +24,15 @@ from .threat import NORMS, Norm
 __all__ = ["AdversarialOptions"]
 
 _WHERE = "[checks.adversarial]"
+#: the largest L2 ε accepted at config read: √(3·4096·4096) ≈ 7095 covers a 4096×4096 RGB image
+L2_MAX = 7_100
 
 
 @dataclass
 class AdversarialOptions:
     norms: list[Norm] = opt(lambda: ["linf", "l2"], doc="threat models: linf, l2 (in [0, 1] pixel space)")
-    epsilons: dict[str, list[float]] = opt(dict, doc="{linf = [...], l2 = [...]}; a norm left out gets the default grid")
+    epsilons: dict[str, list[float]] = opt(dict, max=L2_MAX, doc="{linf = [...], l2 = [...]}; a norm left out "
+                                                                     "gets the default grid (linf <= 1, l2 <= √(C·H·W))")
     budget: Literal["fast", "standard", "thorough"] = opt(
         "standard", doc='attack settings: "standard" AutoAttack-grade (Croce & Hein 2020), "fast" for CI on CPU, '
                         '"thorough" more restarts and queries; the options below left unset take the budget\'s value')

@@ -103,12 +103,18 @@ def parse_floats(text: str | Sequence[float] | None, what: str) -> tuple[float, 
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
-    """Class names from a UTF-8 text file, one a line; blank lines are ignored. Raises
-    :class:`UsageError` when the file is missing, empty, or names a class twice."""
+    """Class names from a UTF-8 text file (a byte-order mark is dropped), one a line; blank
+    lines are ignored. Raises :class:`UsageError` when the file is missing, not UTF-8 (e.g.
+    Latin-1), empty, or names a class twice."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"labels file {p} does not exist")
-    names = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"labels file {p} is not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                         "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    names = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not names:
         raise UsageError(f"labels file {p} is empty; it needs one class name a line")
     if len(set(names)) != len(names):

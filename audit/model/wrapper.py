@@ -6,6 +6,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..batching import is_oom
 from ..errors import UsageError
 from .messages import error_line
 from .spec import ModelSpec
@@ -13,6 +14,7 @@ from .spec import ModelSpec
 #: seed of the random inputs :meth:`AuditModel.finalize` probes the model with (fixed, so
 #: that loading a model is deterministic whatever the run's ``--seed``)
 PROBE_SEED = 1234
+_PROBE_N = 4  #: images of the probe forward pass
 #: tolerance for "rows sum to 1" (probabilities) and "rows logsumexp to 0" (log-probabilities)
 _PROB_ATOL = 1e-3
 _DICT_KEYS = ("logits", "out", "output", "scores")
@@ -166,12 +168,11 @@ class AuditModel(nn.Module):
             self.adaptations.append(text)
 
     def forward(self, x: torch.Tensor, *, net: Any = None) -> torch.Tensor:
-        """``x`` (N, C, H, W) in [0, 1] on :attr:`device` -> float32 logits (N, num_classes).
+        """``x`` (N, C, H, W) in [0, 1] on :attr:`device` -> float32 logits (N, num_classes);
+        raises :class:`UsageError` when the network's output is not one row per image (:func:`_rows`).
         ``net``: a stand-in for the network with the same function (e.g. ``torch.compile``'s
         copy, :mod:`audit.model.layout`); the wrapper's own steps are unchanged."""
-        out = self._to_tensor(self._raw(x, net))
-        if out.ndim != 2:
-            out = out.reshape(out.shape[0], -1)
+        out = _rows(self._to_tensor(self._raw(x, net)), x.shape[0])
         if self.output_kind == "probabilities":
             return ProbabilityLog.apply(out)  # in the output's own dtype: no float32 underflow added
         return out.float()
@@ -179,8 +180,23 @@ class AuditModel(nn.Module):
     @torch.no_grad()
     def logits(self, x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
         """Batched inference without gradients: ``x`` (N, C, H, W) in [0, 1] on any device ->
-        float32 logits (N, num_classes) on the CPU (an empty (0, num_classes) tensor for N = 0)."""
-        outs = [self(x[i:i + batch_size].to(self.device)).cpu() for i in range(0, x.shape[0], batch_size)]
+        float32 logits (N, num_classes) on the CPU (an empty (0, num_classes) tensor for N = 0).
+        Raises :class:`UsageError` naming the batch size and ``--batch-size`` when the model
+        fails on a batch of another size than the 4 images it was probed with (a model traced
+        or exported for one batch size); an out-of-memory error propagates as it is."""
+        outs = []
+        for i in range(0, x.shape[0], batch_size):
+            chunk = x[i:i + batch_size].to(self.device)
+            try:
+                outs.append(self(chunk).cpu())
+            except UsageError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the user's model failing on this batch size
+                if is_oom(e) or len(chunk) == _PROBE_N:
+                    raise
+                raise UsageError(f"the model fails on a batch of {len(chunk)} images (it ran on a batch of "
+                                 f"{_PROBE_N}): {error_line(e)}; if it takes only some batch sizes, pass "
+                                 "--batch-size 1 (or the size it was traced or exported for)") from None
         return torch.cat(outs) if outs else torch.empty(0, self.num_classes)
 
     # ------------------------------------------------------------------ finalization
@@ -211,7 +227,7 @@ class AuditModel(nn.Module):
     def _probe(self) -> torch.Tensor:
         """The raw outputs, (4, width) float32, on 4 seeded random inputs in [0, 1]."""
         g = torch.Generator().manual_seed(PROBE_SEED)
-        x = torch.rand(4, *self.spec.input_shape, generator=g).to(self.device)
+        x = torch.rand(_PROBE_N, *self.spec.input_shape, generator=g).to(self.device)
         try:
             with torch.no_grad():
                 raw = self._to_tensor(self._raw(x))
@@ -220,9 +236,7 @@ class AuditModel(nn.Module):
         except Exception as e:  # noqa: BLE001 - any failure of the user's model on a well-formed input
             raise UsageError(f"the model fails on an input of shape {list(x.shape)}: {error_line(e)}; "
                              "check --input-size / the data's size") from None
-        if raw.ndim != 2:
-            raw = raw.reshape(raw.shape[0], -1)
-        raw = raw.float()
+        raw = _rows(raw, x.shape[0]).float()
         if not torch.isfinite(raw).all():
             raise UsageError("the model outputs NaN or infinite values on random inputs in [0, 1]; "
                              "check its weights and the --mean/--std normalization")
@@ -260,3 +274,18 @@ class AuditModel(nn.Module):
                 "std": list(self.spec.std) if self.spec.std else None,
                 "bounds": list(self.spec.bounds), "output_kind": self.output_kind,
                 "adaptations": list(self.adaptations), "spec_sources": dict(self.spec.sources)}
+
+
+def _rows(out: torch.Tensor, n: int) -> torch.Tensor:
+    """The network's output for a batch of ``n`` as (n, K): (n, K) as it is, (n,) as one
+    column, (n, K, 1, ...) with its trailing singleton dimensions dropped. Anything else
+    ((1, K) for a batch of n, (K, n), (n, 5, 2)) is a one-line :class:`UsageError` naming the
+    shape expected and the one got; it is never flattened into a different class count."""
+    if out.ndim >= 1 and out.shape[0] == n:
+        if out.ndim == 1:
+            return out.reshape(n, 1)
+        if out.ndim == 2 or all(d == 1 for d in out.shape[2:]):
+            return out.reshape(n, out.shape[1])
+    shape = "x".join(map(str, out.shape)) or "a scalar"
+    raise UsageError(f"the model's output for a batch of {n} images is {shape}, expected (N, K) = ({n}, number of "
+                     "classes): one row of class scores per image; return logits of shape (batch, classes)")

@@ -1,5 +1,6 @@
 """audit diff / --baseline, audit init, audit.testing."""
 import json
+import math
 
 import pytest
 import torch
@@ -63,3 +64,33 @@ def test_assert_audit_lists_every_unmet_gate(two_runs):
         assert_audit(res, {"clean.accuracy": ">= 1.5", "clean.nll": "<= -1", "clean.accuracy[class=*]": "warn: >= 2"})
     msg = str(e.value)
     assert "2 audit gate(s) unmet" in msg and "clean.nll" in msg and "required >= 1.5" in msg
+
+
+def _result(**values):
+    from audit.results import CheckResult, Metric
+
+    c = CheckResult("clean")
+    c.metrics = [Metric(k, v) for k, v in values.items()]
+    return AuditResult(model={"path": "m.pt"}, run={}, checks=[c])
+
+
+def test_diff_skips_a_string_metric_and_counts_a_new_nan_as_a_regression(tmp_path, capsys):
+    """A string value is reported as not a number (never compared, never exit 3); a NaN where
+    the baseline had a number is a regression of a directed metric."""
+    from audit.compare import compare, format_comparison
+
+    base = _result(accuracy=0.9, nll="0.3", expected_calibration_error=0.05)
+    new = _result(accuracy=math.nan, nll=0.4, expected_calibration_error=0.05)
+    comp = compare(base, new)
+    status = {r["metric"]: r["status"] for r in comp["rows"]}
+    assert status == {"clean.accuracy": "regressed", "clean.nll": "not_a_number",
+                      "clean.expected_calibration_error": "same"}
+    assert "NOT_A_NUMBER" in format_comparison(comp) and "'0.3'" in format_comparison(comp)
+    assert compare(new, base)["improvements"][0]["metric"] == "clean.accuracy"
+    # through the CLI: exit 1 (the NaN regression), one table, no traceback
+    base.save(tmp_path / "b")
+    new.save(tmp_path / "n")
+    capsys.readouterr()
+    assert main(["diff", str(tmp_path / "b"), str(tmp_path / "n")]) == ExitCode.GATE_FAILED
+    out, err = capsys.readouterr()
+    assert "REGRESSED" in out and "Traceback" not in err

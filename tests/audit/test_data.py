@@ -121,3 +121,32 @@ def test_class_folders_are_checked_against_a_model_of_unknown_input_size(model_f
     shutil.copytree(pattern_folder / "checker", tmp_path / "d" / "c")
     with pytest.raises(DataError, match="2 class folders but the model has 4 outputs"):
         load_data(tmp_path / "d", model=m)
+
+
+# ---------------------------------------------------------------- hostile labels and tensor files
+def test_npz_float_labels_are_refused_not_truncated(tmp_path):
+    x = np.random.rand(4, 1, 2, 2).astype(np.float32)
+    np.savez(tmp_path / "f.npz", x=x, y=np.array([0.0, 1.0, 1.5, 0.0]))
+    with pytest.raises(DataError, match=r"1\.5 at index 2 is not a class index; store y as integers") as e:
+        load_data(tmp_path / "f.npz", input_shape=(1, 2, 2), num_classes=2)
+    assert e.value.exit_code == 4
+    np.savez(tmp_path / "w.npz", x=x, y=np.array([0.0, 1.0, 1.0, 0.0]))  # whole numbers are labels
+    assert load_data(tmp_path / "w.npz", input_shape=(1, 2, 2), num_classes=2).y.tolist() == [0, 1, 1, 0]
+
+
+def test_npz_object_array_is_refused_without_unpickling(tmp_path):
+    np.savez(tmp_path / "o.npz", x=np.random.rand(2, 1, 2, 2), y=np.array([0, {"a": 1}], dtype=object))
+    with pytest.raises(DataError, match=r"o\.npz is not a readable \.npz file of numeric arrays") as e:
+        load_data(tmp_path / "o.npz", input_shape=(1, 2, 2), num_classes=2)
+    assert "\n" not in str(e.value)
+
+
+def test_labels_file_bom_is_dropped_and_latin1_is_named(tmp_path):
+    from audit.errors import UsageError
+    from audit.model.spec import read_labels
+
+    (tmp_path / "bom.txt").write_bytes("\ufeffcat\ndog\n".encode("utf-8"))
+    assert read_labels(tmp_path / "bom.txt") == ["cat", "dog"]
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9\ndog\n".encode("latin-1"))
+    with pytest.raises(UsageError, match=r"latin1.txt is not UTF-8 \(byte 0xe9 at offset 3\); save it as UTF-8"):
+        read_labels(tmp_path / "latin1.txt")

@@ -264,3 +264,54 @@ def test_export_graph_with_side_effect_ops_is_caught(tiny_net):
     node.target = torch.ops.debugprims.load_tensor.default
     assert side_effect_ops(ep)[0].startswith("debugprims::load_tensor (an operator outside")
     assert side_effect_ops(torch.jit.script(tiny_net)) == []
+
+
+# ---------------------------------------------------------------- output shapes, batch sizes
+class _Shaped(torch.nn.Module):
+    """Returns a tensor of the shape ``shape(n)`` for a batch of n."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x):
+        return torch.zeros(self.shape(x.shape[0])) + 0 * x.sum()
+
+
+@pytest.mark.parametrize("shape,got", [
+    (lambda n: (1, 10), "1x10"),
+    (lambda n: (10, n), "10x4"),
+    (lambda n: (n, 5, 2), "4x5x2"),
+])
+def test_output_not_one_row_per_image_is_one_line(shape, got):
+    from audit.model import AuditModel, ModelSpec
+
+    with pytest.raises(UsageError, match=rf"output for a batch of 4 images is {got}, expected \(N, K\) = \(4, ") as e:
+        AuditModel(_Shaped(shape), ModelSpec(input_shape=(1, 2, 2))).finalize()
+    assert "\n" not in str(e.value) and e.value.exit_code == 4
+    # (N, K, 1, 1) is still K classes
+    m = AuditModel(_Shaped(lambda n: (n, 3, 1, 1)), ModelSpec(input_shape=(1, 2, 2))).finalize()
+    assert m.num_classes == 3
+
+
+class _FixedBatch(torch.nn.Module):
+    def forward(self, x):
+        return x.reshape(4, 768)[:, :4]
+
+
+def test_model_failing_on_another_batch_size_names_it_even_quiet(tmp_path, pattern_folder, labels_file, capsys):
+    from audit.cli import main
+    from audit.errors import ExitCode
+    from audit.model import AuditModel, ModelSpec
+
+    ts = torch.jit.trace(_FixedBatch(), torch.rand(4, 3, 16, 16))  # the 4 is baked into the graph
+    model = AuditModel(ts, ModelSpec(input_shape=(3, 16, 16))).finalize()
+    with pytest.raises(UsageError, match=r"fails on a batch of 6 images .*--batch-size 1"):
+        model.logits(torch.rand(6, 3, 16, 16))
+    torch.jit.save(ts, tmp_path / "fixed.pt")
+    capsys.readouterr()
+    rc = main(["run", str(tmp_path / "fixed.pt"), "--data", str(pattern_folder), "--labels", str(labels_file),
+               "--checks", "clean", "--out", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == ExitCode.USAGE_ERROR
+    assert len(err.splitlines()) == 1 and "--batch-size 1" in err and "batch of" in err, err
