@@ -77,13 +77,43 @@ def stratified_indices(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.sort(chosen).values
 
 
-def _decode_image(path: Path):
+#: the most pixels a data image may have (PIL's own default); over it the image is refused,
+#: before it is decoded, with one line naming the file (``AUDIT_MAX_IMAGE_PIXELS`` overrides)
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def _decode_image(path: Path, size: tuple[int, int] | None = None):
+    """The decoded image of ``path``. Its header is read first: an image of more than
+    :data:`MAX_IMAGE_PIXELS` pixels (a decompression bomb, or a photo far larger than any
+    model input) is a :class:`DataError` naming the file before any pixel is decoded. With a
+    target ``size`` (H, W), an image at least twice as large each way is first reduced by an
+    integer factor in its own 8-bit form (PIL's ``reduce``: a box filter; JPEGs decode at the
+    reduced size via ``draft``), so decoding a large photo never holds it as float32.
+    Raises :class:`DataError` for an unreadable file."""
     from PIL import Image, UnidentifiedImageError
 
+    limit = int(os.environ.get("AUDIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
     try:
-        with Image.open(path) as im:
+        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only; checked just below
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = pil_limit
+        with im:
+            if im.width * im.height > limit:
+                raise DataError(f"{path} is {im.width}x{im.height} pixels, over the limit of {limit:,} for one image "
+                                "(a decompression bomb or an oversized photo); downscale it, or raise "
+                                "AUDIT_MAX_IMAGE_PIXELS if it is genuine")
+            k = min(im.width // size[1], im.height // size[0]) // 2 if size else 0
+            if k >= 2 and im.mode in ("RGB", "RGBA", "L", "LA", "P", "CMYK", "YCbCr"):
+                im.draft(im.mode, (im.width // k, im.height // k))  # JPEG: decode smaller; others: no-op
+                im.load()
+                k = min(im.width // size[1], im.height // size[0]) // 2
+                return (im.reduce(k) if k >= 2 else im).copy()
             im.load()
             return im.copy()
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: {first_line(e)}; downscale it, or raise AUDIT_MAX_IMAGE_PIXELS if it is genuine") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"{path} is not a readable image ({e.__class__.__name__}); remove it or fix it") from None
 
@@ -242,7 +272,7 @@ def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize
     bar = Progress(progress).units(len(keep), "data: loading images", "image")
     for i in keep:
         f, _ = files[i]
-        im = _decode_image(f)
+        im = _decode_image(f, size if resize else None)
         if size is None:  # no model to compare with: the first image sets the size
             channels = channels or _image_channels(im)
             size = (im.height, im.width)

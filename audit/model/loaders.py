@@ -125,10 +125,16 @@ def _load_exported_program(p: Path, trust: bool):
     """``torch.export.load`` unpickles the archive's sample inputs and constants, and falls back
     to ``weights_only=False`` when that fails: without ``trust`` the fallback is forbidden,
     so a crafted archive's code never runs."""
+    import logging
+
     try:
         with _weights_only_unless(trust), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.export.load(str(p))
+            logging.disable(logging.CRITICAL)  # torch logs a failed deserialization at length: one line below
+            try:
+                return torch.export.load(str(p))
+            finally:
+                logging.disable(logging.NOTSET)
     except Exception as e:  # noqa: BLE001
         if not trust and _needs_code(str(e)):
             raise ModelLoadError(f"{p} is a torch.export archive holding pickled objects that need code to load; "

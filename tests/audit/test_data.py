@@ -150,3 +150,40 @@ def test_labels_file_bom_is_dropped_and_latin1_is_named(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("caf\u00e9\ndog\n".encode("latin-1"))
     with pytest.raises(UsageError, match=r"latin1.txt is not UTF-8 \(byte 0xe9 at offset 3\); save it as UTF-8"):
         read_labels(tmp_path / "latin1.txt")
+
+
+def test_an_oversized_image_is_refused_by_its_header_with_its_name(tmp_path, monkeypatch):
+    """A decompression bomb (a few KB of PNG claiming a huge canvas) is refused from its header,
+    before any pixel is decoded: exit 4, one line naming the file and the fix."""
+    from PIL import Image
+
+    from audit.data import load_data
+    from audit.errors import DataError
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / cls / "ok.png")
+    Image.new("RGB", (3000, 2000), (0, 0, 0)).save(tmp_path / "a" / "bomb.png")  # ~20 KB on disk
+    monkeypatch.setenv("AUDIT_MAX_IMAGE_PIXELS", "1000000")  # 6 MP over a 1 MP limit
+    with pytest.raises(DataError, match=r"bomb\.png is 3000x2000 pixels, over the limit of 1,000,000.*downscale"):
+        load_data(tmp_path, input_shape=(3, 8, 8), resize=True)
+
+
+def test_a_large_image_is_reduced_before_it_becomes_float(tmp_path):
+    """With --resize, an image many times the model's input is reduced in 8-bit first: the
+    result matches the plain float resize to within a few 8-bit levels."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from audit.data import _decode_image, _to_tensor
+
+    g = np.random.default_rng(0)
+    big = (np.kron(g.integers(0, 256, (16, 16, 3)), np.ones((64, 64, 1)))).astype(np.uint8)  # 1024 px, blocky
+    Image.fromarray(big).save(tmp_path / "big.png")
+    im = _decode_image(tmp_path / "big.png", (16, 16))
+    assert im.size[0] < 1024 // 4  # reduced before decoding to float
+    t = _to_tensor(im, 3, (16, 16), tmp_path / "big.png", False, True)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(big / 255.0).permute(2, 0, 1)[None].float(), size=(16, 16),
+                                          mode="bilinear", antialias=True)[0]
+    assert float((t - ref).abs().max()) < 4 / 255

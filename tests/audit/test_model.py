@@ -315,3 +315,31 @@ def test_model_failing_on_another_batch_size_names_it_even_quiet(tmp_path, patte
     err = capsys.readouterr().err.strip()
     assert rc == ExitCode.USAGE_ERROR
     assert len(err.splitlines()) == 1 and "--batch-size 1" in err and "batch of" in err, err
+
+
+def test_a_failing_export_load_is_one_line_without_torchs_logging(model_files, monkeypatch, capsys):
+    """torch logs a failed .pt2 deserialization at length; the user sees one line."""
+    import logging
+
+    from audit.cli import main
+    from audit.errors import ExitCode
+
+    def noisy(*a, **k):
+        for i in range(30):
+            logging.getLogger("torch._export.serde").error("deserialization detail %d", i)
+        raise RuntimeError("unsupported operator in the archive")
+
+    import sys
+
+    monkeypatch.setattr(torch.export, "load", noisy)
+    handler = logging.StreamHandler(sys.stderr)  # as torch._logging sets up when configured
+    logging.getLogger("torch").addHandler(handler)
+    try:
+        code = main(["run", str(model_files / "dyn.pt2"), "--checks", "fooling", "-q", "--out",
+                     str(model_files.parent / "o-noisy")])
+    finally:
+        logging.getLogger("torch").removeHandler(handler)
+    assert code == ExitCode.USAGE_ERROR
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "fails to load (unsupported operator" in err[0]
+    assert logging.getLogger("torch").isEnabledFor(logging.ERROR)  # logging restored afterwards
