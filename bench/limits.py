@@ -107,11 +107,11 @@ def main(argv=None) -> float:
         model = _model(d)
         for case in a.cases.split(","):
             rows.append(run_case(case, d, model, a.checks))
-    print(f"{"case":<18} {'rc':>3} {'peak MiB':>9} {'wall s':>7} {'report KiB':>10}  stderr")
+    print(f"{'case':<18} {'rc':>3} {'peak MiB':>9} {'wall s':>7} {'report KiB':>10}  stderr")
     for r in rows:
         peak = f"{r['peak_mib']:.0f}"
         rep = f"{r['report_kib']:.0f}" if r["report_kib"] is not None else "-"
-        print(f"{r["case"]:<18} {r['rc']:>3} {peak:>9} {r['wall_s']:>7.1f} {rep:>10}  {r['stderr']}")
+        print(f"{r['case']:<18} {r['rc']:>3} {peak:>9} {r['wall_s']:>7.1f} {rep:>10}  {r['stderr']}")
     worst = max(r["peak_mib"] for r in rows)
     print(f"peak_max_mib={worst:.0f} (goal: under 2048)")
     return worst
