@@ -71,7 +71,10 @@ class Checkpoints:
             return None
         res = CheckResult.from_dict(saved["result"])
         for a in res.artifacts:  # the bytes travel with the result again, as after a fresh run
-            a.data = a.read(self.out)
+            try:
+                a.data = a.read(self.out)
+            except (OSError, ValueError):  # unreadable, or a path leaving OUT (UnsafeArtifactPath): run it again
+                return None
             if a.data is None:
                 return None
         published: dict[str, Any] = {}

@@ -344,9 +344,11 @@ def _cmd_report(args) -> int:
     log = _logger(args.quiet)
     result = _load_result(args.results)
     out = Path(args.out) if args.out else Path(result.base_dir)
+    from .artifacts import check_artifact_paths, write_artifacts
+
+    check_artifact_paths([a for c in result.checks for a in c.artifacts], result.base_dir, out)  # before any write
     _ensure_out(out)
     if out.resolve() != Path(result.base_dir).resolve():
-        from .artifacts import write_artifacts
 
         write_artifacts([a for c in result.checks for a in c.artifacts], out, base=result.base_dir)
         result.base_dir = str(out)
