@@ -257,13 +257,13 @@ def _ensure_out(out: Path) -> None:
 
 
 def _load_result(path: str):
+    from .files import regular_file
     from .results import AuditResult
 
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
-    if not p.is_file():
-        raise UsageError(f"results file {p} does not exist")
+    regular_file(p, "results file")
     try:
         return AuditResult.load(p)
     except (ValueError, KeyError, TypeError, AttributeError, OSError, UnicodeDecodeError) as e:

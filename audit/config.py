@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .files import MiB, regular_file
 
 try:
     import tomllib
@@ -202,9 +203,9 @@ class AuditConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AuditConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+        """The config in TOML file ``path``. Raises :class:`ConfigError` when it is missing, not a
+        regular file (a FIFO, a device), over 16 MiB or invalid."""
+        p = regular_file(path, "config file", error=ConfigError, max_bytes=16 * MiB)
         try:
             d = tomllib.loads(p.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

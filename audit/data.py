@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, first_line
+from .files import is_regular, regular_file
 from .progress import Progress
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -165,11 +166,15 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
     With ``model`` (an :class:`~audit.model.AuditModel`), its input shape and class names
     are the reference; a mismatch is a :class:`DataError` naming both shapes and the flag
     (``resize`` / ``convert_channels``) that converts. ``samples`` takes a seeded,
-    class-stratified subset.
+    class-stratified subset. Raises :class:`DataError` (exit code 4) for anything it cannot
+    read: a missing path, a file or a folder entry that is not a regular file (a FIFO, a
+    device), a foreign file, a mismatch.
     """
     p = Path(path)
     if not p.exists():
         raise DataError(f"data path {p} does not exist")
+    if not p.is_dir():
+        regular_file(p, "data file", error=DataError)  # a FIFO or /dev/zero would never end
     listing = _list_folder(p) if p.is_dir() else None
     hint = ""
     if model is not None:
@@ -217,8 +222,11 @@ def _list_folder(p: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
     files: list[tuple[Path, int]] = []
     for ci, d in enumerate(subdirs):
         for f in sorted(d.rglob("*")):
-            if not f.is_file() or f.name.startswith(".") or f.name.lower() in IGNORED:
+            if f.is_dir() or f.name.startswith(".") or f.name.lower() in IGNORED:
                 continue
+            if not is_regular(f):  # reading a FIFO or a device would hang
+                raise DataError(f"{f} is not a regular file (a FIFO, device, socket or broken link); "
+                                "remove it from the data folder")
             if f.suffix.lower() not in IMAGE_EXTS:
                 raise DataError(f"{f} is not an image ({', '.join(IMAGE_EXTS)}); remove it from the data folder")
             files.append((f, ci))
