@@ -46,7 +46,7 @@ def fingerprint(*, model_info: dict, data, seed: int, check: str, options: Any, 
                          seed, check, version, batch_size], default=str).encode())
     h.update(repr(asdict(options) if is_dataclass(options) else options).encode())
     if data is not None:
-        h.update("\n".join(data.ids).encode())
+        h.update("\n".join(data.ids).encode("utf-8", "surrogatepass"))  # an API id may hold a file name's bytes
         h.update(data.y.numpy().tobytes())
     return h.hexdigest()
 

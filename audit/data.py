@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, first_line
-from .files import is_regular, regular_file
+from .files import is_regular, regular_file, shown
 from .progress import Progress
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -238,7 +238,7 @@ def _list_folder(p: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
 def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize, convert, samples, seed, progress,
                  hint: str) -> AuditData:
     subdirs, files = listing
-    folder_names = [d.name for d in subdirs]
+    folder_names = [shown(d.name) for d in subdirs]
     index, adopt = _match_classes(folder_names, list(class_names) if class_names else None, num_classes)
     names = list(class_names) if class_names else (adopt or [str(i) for i in range(max(num_classes or 0, max(index) + 1))])
     y_all = torch.tensor([index[ci] for _, ci in files], dtype=torch.long)
@@ -257,10 +257,10 @@ def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize
             notes.append(f"input size {channels}x{size[0]}x{size[1]} inferred from {f.name}")
             hint = " (taken from the first image)"
         tensors.append(_to_tensor(im, channels, size, f, convert, resize, hint))
-        ids.append(str(f.relative_to(p)))
+        ids.append(shown(f.relative_to(p)))  # a name that is not UTF-8 shows its bytes escaped
         bar.update(1)
     x = torch.stack(tensors)
-    return AuditData(x, y_all[list(keep)], names, ids, str(p), notes)
+    return AuditData(x, y_all[list(keep)], names, ids, shown(p), notes)
 
 
 def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -324,7 +324,7 @@ def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, co
     n = len(names) if names else (num_classes or int(y.max()) + 1)
     if y.min() < 0 or y.max() >= n:
         raise DataError(f"{p}: labels range {int(y.min())}..{int(y.max())} outside the model's {n} classes")
-    return AuditData(x.contiguous(), y, names or [str(i) for i in range(n)], [str(i) for i in range(len(y))], str(p), notes)
+    return AuditData(x.contiguous(), y, names or [str(i) for i in range(n)], [str(i) for i in range(len(y))], shown(p), notes)
 
 
 def convert_channels_tensor(x: torch.Tensor, c: int) -> torch.Tensor:

@@ -14,9 +14,16 @@ from pathlib import Path
 
 from .errors import UsageError
 
-__all__ = ["regular_file", "is_regular", "MiB"]
+__all__ = ["regular_file", "is_regular", "shown", "MiB"]
 
 MiB = 1 << 20
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as text that any UTF-8 writer takes: a file name whose bytes are not UTF-8
+    (``b"\\xff.png"``, which Python holds as a lone surrogate) shows them escaped
+    (``\\xff.png``). Used for sample ids, class folder names and the paths in results."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def is_regular(path: str | os.PathLike) -> bool:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelLoadError
-from ..files import regular_file
+from ..files import regular_file, shown
 from .device import resolve_device
 from .loaders import Loaded, LoadRequest, load_net
 from .spec import ModelSpec, ResolvedSpec, resolve_spec
@@ -34,7 +34,7 @@ def _model_path(path: str | os.PathLike | None) -> Path | None:
 
 def _provenance(p: Path | None, loaded: Loaded, resolved: ResolvedSpec) -> dict[str, Any]:
     """``AuditModel.info``: path, sha256, what the loader adds (arch), format, trusted_pickle, weights."""
-    info: dict[str, Any] = {"path": str(p) if p else None, "sha256": sha256_file(p) if p else None}
+    info: dict[str, Any] = {"path": shown(p) if p else None, "sha256": sha256_file(p) if p else None}
     info.update(loaded.info)
     info["format"] = loaded.fmt
     info["trusted_pickle"] = loaded.fmt == "pickle"

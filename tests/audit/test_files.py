@@ -106,3 +106,30 @@ def test_cli_one_line_exit_4(special, tmp_path, capsys, what):
     err = capsys.readouterr().err.strip()
     assert rc == ExitCode.USAGE_ERROR, err
     assert len(err.splitlines()) == 1 and "not a regular file" in err and str(p) in err, err
+
+
+def test_a_file_name_that_is_not_utf8_loads_fingerprints_and_is_shown_escaped(tmp_path):
+    """b'\\xff.png' in a class folder: the run works; the sample id shows the byte escaped."""
+    from PIL import Image
+
+    from audit.checkpoint import fingerprint
+    from audit.results import AuditResult, CheckResult, SampleTable
+
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / c / "0.png")
+    odd = os.fsencode(root / "a") + b"/\xff.png"
+    try:
+        with open(odd, "wb") as fh:
+            Image.fromarray(np.full((4, 4, 3), 9, np.uint8)).save(fh, format="PNG")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    data = load_data(root)
+    assert len(data) == 3 and "a/\\xff.png" in data.ids
+    fp = fingerprint(model_info={"sha256": "x"}, data=data, seed=0, check="clean", options={}, version="0")
+    assert len(fp) == 64
+    res = AuditResult(model={"path": "m.pt"}, run={"seed": 0},
+                      checks=[CheckResult("clean", samples=SampleTable(data.ids, {"label": data.y.tolist()}))])
+    res.save(tmp_path / "out")  # every writer takes the id
+    assert "a/\\\\xff.png" in (tmp_path / "out" / "results.json").read_text(encoding="utf-8")
