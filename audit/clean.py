@@ -139,7 +139,7 @@ class CleanCheck(Check):
         wrong = (~correct).nonzero().flatten()
         if len(wrong):
             order = wrong[conf[wrong].argsort(descending=True)][: self.options.mistakes]
-            caps = [f"{names[int(y[i])]} → {names[int(pred[i])]} {float(conf[i]):.1%}" for i in order]
+            caps = [f"{short(names[int(y[i])])} → {short(names[int(pred[i])])} {float(conf[i]):.1%}" for i in order]
             res.image("confident_mistakes.png", image_grid([data.x[i] for i in order], caps),
                       f"The {len(order)} most confidently wrong predictions (true → predicted, confidence)")
 

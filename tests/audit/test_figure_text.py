@@ -2,7 +2,6 @@
 to gigapixels. Names stay whole in the results."""
 import struct
 
-import numpy as np
 import pytest
 import torch
 
@@ -66,3 +65,11 @@ def test_a_tiny_audit_with_dollar_class_names(model_files, pattern_data, checks)
         assert c.error is None, c.error
         assert all(a.data for a in c.artifacts)
     assert '"$5 bill"' in res.to_json()  # names stay whole in the results
+
+
+def test_every_figure_prints_names_through_short():
+    from probes.class_viz.figures import channel_caption, class_caption
+
+    long = "L" * 10_000
+    for cap in (class_caption(long, 0, 1, [[long, 0.9], [long, 0.1]]), channel_caption(long, 3, 0.5, long, 0.2)):
+        assert max(len(ln) for ln in cap.splitlines()) < 2 * 40 + 20, cap[:200]
