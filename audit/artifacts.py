@@ -3,8 +3,9 @@
 Used by :meth:`audit.results.AuditResult.save`, by the per-check checkpoints and by
 ``audit report --out`` (which copies a saved result's artifacts to a new folder). An
 artifact's ``path`` comes from a ``results.json`` that may have been made elsewhere, so it
-is checked before anything is read or written: a path that is absolute or climbs out of
-``out`` (a ``..`` part) is refused with one line that names it.
+is checked before anything is read or written: a path that is absolute, climbs out of
+``out`` (a ``..`` part) or leads out of it through a symbolic link is refused with one line
+that names it.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .errors import UsageError
 if TYPE_CHECKING:  # pragma: no cover
     from .results import Artifact
 
-__all__ = ["write_artifacts", "safe_artifact_path", "UnsafeArtifactPath"]
+__all__ = ["write_artifacts", "safe_artifact_path", "check_artifact_paths", "UnsafeArtifactPath"]
 
 
 class UnsafeArtifactPath(UsageError, ValueError):
@@ -26,15 +27,31 @@ class UnsafeArtifactPath(UsageError, ValueError):
 
 def safe_artifact_path(out: str | os.PathLike, path: str) -> Path:
     """``out / path``, or :class:`UnsafeArtifactPath` when ``path`` is empty, absolute
-    (``/x``, ``C:\\x``, ``\\\\host\\x``) or has a ``..`` part (``/`` and ``\\`` both count
-    as separators, whatever the platform)."""
+    (``/x``, ``C:\\x``, ``\\\\host\\x``), has a ``..`` part (``/`` and ``\\`` both count
+    as separators, whatever the platform) or resolves outside ``out`` through a symbolic
+    link (a folder or the file itself)."""
     p = str(path)
     posix, windows = PurePosixPath(p), PureWindowsPath(p)
     if (not p.strip() or posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root
             or ".." in posix.parts or ".." in windows.parts or posix == PurePosixPath(".")):
         raise UnsafeArtifactPath(f"refusing artifact path {p!r}: it must be a relative path inside the "
                                  f"output folder {os.fspath(out)} (no absolute path, no '..')")
-    return Path(out) / p
+    dest = Path(out) / p
+    root = Path(out).resolve()
+    if not dest.resolve().is_relative_to(root):  # a symbolic link on the way leads elsewhere
+        raise UnsafeArtifactPath(f"refusing artifact path {p!r}: a symbolic link takes it out of the "
+                                 f"folder {os.fspath(out)}; remove the link")
+    return dest
+
+
+def check_artifact_paths(artifacts: Iterable["Artifact"], *folders: str | os.PathLike | None) -> None:
+    """Raise :class:`UnsafeArtifactPath` (exit code 4) for the first artifact whose path is
+    not confined to each of ``folders`` (None ones skipped): the check to run before
+    anything is read or written for a results file that may have been made elsewhere."""
+    for a in artifacts:
+        for folder in folders:
+            if folder is not None:
+                safe_artifact_path(folder, a.path)
 
 
 def write_artifacts(artifacts: Iterable["Artifact"], out: str | os.PathLike, *,

@@ -69,7 +69,7 @@ def content_key(model, data) -> str:
     if data is not None:
         _tensor_bytes(h, data.x)
         _tensor_bytes(h, data.y)
-        h.update("\n".join(data.ids).encode("utf-8", "surrogateescape"))
+        h.update("\n".join(data.ids).encode("utf-8", "surrogatepass"))
         h.update(json.dumps(data.describe(), sort_keys=True, default=str).encode())
     return h.hexdigest()
 

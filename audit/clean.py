@@ -19,7 +19,7 @@ import torch
 
 from .calibration import debiased_l2_calibration_error, ece_interval, expected_calibration_error  # noqa: F401
 from .check import Check, Unit
-from .imaging import figure_png, image_grid, new_figure
+from .imaging import figure_png, image_grid, new_figure, short
 from .options import opt
 from .records import record
 from .registry import register_check
@@ -139,7 +139,7 @@ class CleanCheck(Check):
         wrong = (~correct).nonzero().flatten()
         if len(wrong):
             order = wrong[conf[wrong].argsort(descending=True)][: self.options.mistakes]
-            caps = [f"{names[int(y[i])]} → {names[int(pred[i])]} {float(conf[i]):.1%}" for i in order]
+            caps = [f"{short(names[int(y[i])])} → {short(names[int(pred[i])])} {float(conf[i]):.1%}" for i in order]
             res.image("confident_mistakes.png", image_grid([data.x[i] for i in order], caps),
                       f"The {len(order)} most confidently wrong predictions (true → predicted, confidence)")
 
@@ -167,7 +167,7 @@ def _confusion_png(y: torch.Tensor, pred: torch.Tensor, names: list[str]) -> byt
     size = max(3.5, 0.45 * len(present) + 1.5)
     fig, ax = new_figure(size + 0.8, size)
     im = ax.imshow(cm, cmap="Blues")
-    labels = [names[c] for c in present]
+    labels = [short(names[c]) for c in present]
     ax.set_xticks(range(len(present)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(present)), labels, fontsize=8)
     ax.set_xlabel("predicted")

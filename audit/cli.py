@@ -143,22 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum, frame) -> None:
-    """SIGTERM (how CI cancels a job, and ``timeout``) ends the run as Ctrl-C does."""
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    try:
-        import signal
-        import threading
+    from .signals import sigterm_as_ctrl_c
 
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _terminate)
-    except (ImportError, ValueError, OSError):  # pragma: no cover - no signals here
-        pass
+    sigterm_as_ctrl_c()  # CI's cancel and `timeout` end a run like Ctrl-C
     try:
         parser = build_parser()
         try:
@@ -168,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return ExitCode.USAGE_ERROR
-        from .outputs import signals_held
+        from .signals import signals_held
 
         with signals_held():  # a Ctrl-C inside torch's C-extension import can crash the interpreter: held
             import torch  # noqa: F401 - until the import is done, then it is the one-line "interrupted"
@@ -279,13 +269,13 @@ def _ensure_out(out: Path, *, lock: bool = False) -> None:
 
 
 def _load_result(path: str):
+    from .files import regular_file
     from .results import AuditResult
 
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
-    if not p.is_file():
-        raise UsageError(f"results file {p} does not exist")
+    regular_file(p, "results file")
     try:
         return AuditResult.load(p)
     except (ValueError, KeyError, TypeError, AttributeError, OSError, UnicodeDecodeError) as e:
@@ -366,9 +356,11 @@ def _cmd_report(args) -> int:
     log = _logger(args.quiet)
     result = _load_result(args.results)
     out = Path(args.out) if args.out else Path(result.base_dir)
+    from .artifacts import check_artifact_paths, write_artifacts
+
+    check_artifact_paths([a for c in result.checks for a in c.artifacts], result.base_dir, out)  # before any write
     _ensure_out(out)
     if out.resolve() != Path(result.base_dir).resolve():
-        from .artifacts import write_artifacts
 
         write_artifacts([a for c in result.checks for a in c.artifacts], out, base=result.base_dir)
         result.base_dir = str(out)

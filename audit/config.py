@@ -27,10 +27,10 @@ import operator
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .files import MiB, regular_file
 
 try:
     import tomllib
@@ -215,11 +215,10 @@ class AuditConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AuditConfig":
-        """The config of a TOML file; raises ConfigError (exit 4) for a missing file, invalid
-        or too deeply nested TOML, or any invalid value, before anything runs."""
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+        """The config in TOML file ``path``. Raises :class:`ConfigError` (exit 4) when it is
+        missing, not a regular file (a FIFO, a device), over 16 MiB, invalid or too deeply nested
+        TOML, or holds any invalid value, before anything runs."""
+        p = regular_file(path, "config file", error=ConfigError, max_bytes=16 * MiB)
         try:
             d = tomllib.loads(p.read_text(encoding="utf-8"))
             return cls.from_dict(d, source=str(p))

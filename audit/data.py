@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, first_line
+from .files import is_regular, regular_file, shown
 from .progress import Progress
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -195,11 +196,15 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
     With ``model`` (an :class:`~audit.model.AuditModel`), its input shape and class names
     are the reference; a mismatch is a :class:`DataError` naming both shapes and the flag
     (``resize`` / ``convert_channels``) that converts. ``samples`` takes a seeded,
-    class-stratified subset.
+    class-stratified subset. Raises :class:`DataError` (exit code 4) for anything it cannot
+    read: a missing path, a file or a folder entry that is not a regular file (a FIFO, a
+    device), a foreign file, a mismatch.
     """
     p = Path(path)
     if not p.exists():
         raise DataError(f"data path {p} does not exist")
+    if not p.is_dir():
+        regular_file(p, "data file", error=DataError)  # a FIFO or /dev/zero would never end
     listing = _list_folder(p) if p.is_dir() else None
     hint = ""
     if model is not None:
@@ -247,8 +252,11 @@ def _list_folder(p: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
     files: list[tuple[Path, int]] = []
     for ci, d in enumerate(subdirs):
         for f in sorted(d.rglob("*")):
-            if not f.is_file() or f.name.startswith(".") or f.name.lower() in IGNORED:
+            if f.is_dir() or f.name.startswith(".") or f.name.lower() in IGNORED:
                 continue
+            if not is_regular(f):  # reading a FIFO or a device would hang
+                raise DataError(f"{f} is not a regular file (a FIFO, device, socket or broken link); "
+                                "remove it from the data folder")
             if f.suffix.lower() not in IMAGE_EXTS:
                 raise DataError(f"{f} is not an image ({', '.join(IMAGE_EXTS)}); remove it from the data folder")
             files.append((f, ci))
@@ -260,7 +268,7 @@ def _list_folder(p: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
 def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize, convert, samples, seed, progress,
                  hint: str) -> AuditData:
     subdirs, files = listing
-    folder_names = [d.name for d in subdirs]
+    folder_names = [shown(d.name) for d in subdirs]
     index, adopt = _match_classes(folder_names, list(class_names) if class_names else None, num_classes)
     names = list(class_names) if class_names else (adopt or [str(i) for i in range(max(num_classes or 0, max(index) + 1))])
     y_all = torch.tensor([index[ci] for _, ci in files], dtype=torch.long)
@@ -279,10 +287,10 @@ def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize
             notes.append(f"input size {channels}x{size[0]}x{size[1]} inferred from {f.name}")
             hint = " (taken from the first image)"
         tensors.append(_to_tensor(im, channels, size, f, convert, resize, hint))
-        ids.append(str(f.relative_to(p)))
+        ids.append(shown(f.relative_to(p)))  # a name that is not UTF-8 shows its bytes escaped
         bar.update(1)
     x = torch.stack(tensors)
-    return AuditData(x, y_all[list(keep)], names, ids, str(p), notes)
+    return AuditData(x, y_all[list(keep)], names, ids, shown(p), notes)
 
 
 def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -353,7 +361,7 @@ def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, co
     n = len(names) if names else (num_classes or int(y.max()) + 1)
     if y.min() < 0 or y.max() >= n:
         raise DataError(f"{p}: labels range {int(y.min())}..{int(y.max())} outside the model's {n} classes")
-    return AuditData(x.contiguous(), y, names or [str(i) for i in range(n)], [str(i) for i in range(len(y))], str(p), notes)
+    return AuditData(x.contiguous(), y, names or [str(i) for i in range(n)], [str(i) for i in range(len(y))], shown(p), notes)
 
 
 def convert_channels_tensor(x: torch.Tensor, c: int) -> torch.Tensor:

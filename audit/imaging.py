@@ -1,5 +1,12 @@
 """Image encoding and plotting shared by all checks: tensors to PNG bytes, captioned grids,
-matplotlib figures to PNG. One place, imported by every check (DESIGN: shared math lives once)."""
+matplotlib figures to PNG. One place, imported by every check (DESIGN: shared math lives once).
+
+Figure text comes from users (class names, concept and layer names), so :func:`figure_png`
+renders every text of a figure literally (``$`` is never math text: "$5 bill" does not
+crash matplotlib's math parser) and shortens every line to :data:`FIGURE_LINE_CHARS`
+characters (a 10 KB class name does not make a gigapixel figure); :func:`short` is the one
+shortening rule, which figures also use for names (:data:`NAME_CHARS`). Results and the
+HTML report keep names whole."""
 from __future__ import annotations
 
 import io
@@ -32,13 +39,45 @@ def png_bytes(img: torch.Tensor | np.ndarray, *, scale: int = 1) -> bytes:
     return buf.getvalue()
 
 
-def figure_png(fig, *, dpi: int = 100) -> bytes:
-    """Render a matplotlib figure to PNG bytes and close it."""
+#: a name printed in a figure (tick label, caption) is cut to this many characters
+NAME_CHARS = 40
+#: no line of figure text is longer than this (titles and captions included)
+FIGURE_LINE_CHARS = 100
+
+
+def short(text: str, limit: int = NAME_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis when longer: how a
+    name is printed in a figure."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: max(limit - 1, 1)] + "\u2026"
+
+
+def _literal_text(fig) -> None:
+    """Every text of ``fig`` literal (never math text) and no line over :data:`FIGURE_LINE_CHARS`."""
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        t.set_parse_math(False)
+        s = t.get_text()
+        if any(len(ln) > FIGURE_LINE_CHARS for ln in s.splitlines()):
+            t.set_text("\n".join(short(ln, FIGURE_LINE_CHARS) for ln in s.splitlines()))
+
+
+def figure_png(fig, *, dpi: int = 100, tight_layout: bool = False) -> bytes:
+    """Render a matplotlib figure to PNG bytes and close it. Its text is literal and its lines
+    shortened first (the module's docstring); ``tight_layout`` lays the subplots out then."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with matplotlib.rc_context({"text.parse_math": False}):  # tick labels made while drawing, too
+            _literal_text(fig)
+            if tight_layout:
+                fig.tight_layout()
+            fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return buf.getvalue()
 
 
@@ -72,5 +111,4 @@ def image_grid(images: Sequence[torch.Tensor | np.ndarray], captions: Sequence[s
             ax.set_title(captions[i], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return figure_png(fig)
+    return figure_png(fig, tight_layout=True)

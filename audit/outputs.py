@@ -13,21 +13,20 @@ refused with one line (exit code 4) instead of the two interleaving their files.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
-import signal
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import AuditError, ExitCode, UsageError
+from .signals import signals_held
 
 if TYPE_CHECKING:  # pragma: no cover
     from .results import AuditResult
 
-__all__ = ["save_outputs", "lock_out", "signals_held", "OutputError", "STAGING_PREFIX"]
+__all__ = ["save_outputs", "lock_out", "OutputError", "STAGING_PREFIX"]
 
 STAGING_PREFIX = ".audit-staging-"
 _LOCK = ".audit-lock"
@@ -39,19 +38,6 @@ class OutputError(AuditError):
     left and the previous outputs are untouched. Exit code 3."""
 
     exit_code = ExitCode.INTERNAL_ERROR
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM held back for the block (main thread, POSIX), delivered after it."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _commit(stage: Path, out: Path) -> None:

@@ -153,12 +153,12 @@ class Artifact:
         return cls(kind=d["kind"], path=d["path"], caption=d.get("caption", ""))
 
     def read(self, base: str | os.PathLike | None) -> bytes | None:
-        """The artifact's bytes: in memory, or from ``base/path`` on disk."""
-        if self.data is not None:
+        """The artifact's bytes: in memory, or from ``base/path`` on disk; raises
+        :class:`~audit.artifacts.UnsafeArtifactPath` for a path that leaves ``base``."""
+        if self.data is not None or base is None:
             return self.data
-        if base is None:
-            return None
-        p = Path(base) / self.path
+        from .artifacts import safe_artifact_path
+        p = safe_artifact_path(base, self.path)
         return p.read_bytes() if p.is_file() else None
 
 

@@ -108,6 +108,8 @@ def _artifact_view(a, base: str | os.PathLike | None) -> dict[str, Any]:
         data = a.read(base)
     except OSError as exc:
         data, view["problem"] = None, f"unreadable artifact ({exc.__class__.__name__})"
+    except ValueError:  # audit.artifacts.UnsafeArtifactPath: never read outside the results folder
+        data, view["problem"] = None, "refused artifact path (outside the results folder)"
     if data is None:
         view["problem"] = view["problem"] or "missing artifact"
         return view

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from audit.imaging import figure_png, image_grid, new_figure
+from audit.imaging import figure_png, image_grid, new_figure, short
 from audit.results import CheckResult
 
 from .engine import NormRecord
@@ -102,8 +102,8 @@ def examples_png(plan: Plan, nr: NormRecord, n: int, class_names: list[str]) -> 
         amp = 0.5 / max(float(d.abs().max()), 1e-8)
         y = int(plan.y[i])
         pa = int(probs_adv[j].argmax())
-        before = f"{class_names[y]} {float(plan.clean_probs[i, y]):.1%}"
-        after = f"{class_names[pa]} {float(probs_adv[j, pa]):.1%}"
+        before = f"{short(class_names[y])} {float(plan.clean_probs[i, y]):.1%}"
+        after = f"{short(class_names[pa])} {float(probs_adv[j, pa]):.1%}"
         imgs += [x, (0.5 + d * amp).clamp(0, 1), xa]
         caps += [before, f"{NORM_LABEL[nr.norm]} {fmt_eps(float(norm_of(d[None], nr.norm)), nr.norm)} ×{amp:.0f}",
                  f"{before} → {after}"]

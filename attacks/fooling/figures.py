@@ -7,7 +7,7 @@ import statistics
 
 import torch
 
-from audit.imaging import figure_png, image_grid, new_figure
+from audit.imaging import figure_png, image_grid, new_figure, short
 
 from .search import SearchResult
 
@@ -27,7 +27,7 @@ def gallery_png(r: SearchResult, names: list[str], label: str, shown: list[int],
     """The images ``shown`` (positions in ``r.targets``) captioned with the target, the
     predicted class and its confidence; ``label`` names the method and its cost."""
     fooled = sum(c >= threshold for c in r.best)
-    caps = [f"target {names[r.targets[i]]}\n→ {names[r.pred[i]]} {pct(r.pred_conf[i])}" for i in shown]
+    caps = [f"target {short(names[r.targets[i]])}\n→ {short(names[r.pred[i]])} {pct(r.pred_conf[i])}" for i in shown]
     cols = min(10, max(3, math.ceil(math.sqrt(1.5 * len(shown)))))
     return image_grid([r.images[i] for i in shown], caps, cols=cols,
                       title=f"Fooling images ({label}): {fooled}/{len(r.targets)} classes at ≥ {threshold:g}")

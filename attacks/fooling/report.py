@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from audit.imaging import short
 from audit.results import CheckResult
 
 from .figures import gallery_png, garbage_examples_png, garbage_plot, pct
@@ -84,7 +85,7 @@ def report_garbage(res: CheckResult, kinds: list[GarbageKind], names: list[str],
         for lv in (0.9, 0.99):
             res.rate("garbage_share_confident", int((g.conf >= lv).sum()), len(g.conf), input=g.kind, confidence=lv)
         i = int(g.conf.argmax())
-        caps.append(f"{g.kind}\n→ {names[int(g.pred[i])]} {pct(float(g.conf[i]))}")
+        caps.append(f"{g.kind}\n→ {short(names[int(g.pred[i])])} {pct(float(g.conf[i]))}")
     # pooled over kinds, each kind weighted equally (a constant image counts as much as 32 noise images)
     for lv, key in ((0.9, "share_90"), (0.99, "share_99")):
         v = sum(r[key] for r in rows) / len(rows)

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelLoadError
+from ..files import regular_file, shown
 from .device import resolve_device
 from .loaders import Loaded, LoadRequest, load_net
 from .spec import ModelSpec, ResolvedSpec, resolve_spec
@@ -17,28 +18,23 @@ from .wrapper import AuditModel
 
 
 def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks. Raises :class:`ModelLoadError`
+    when ``path`` is not a regular file (a FIFO or ``/dev/zero`` would never end)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(regular_file(path, "file", error=ModelLoadError), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
 def _model_path(path: str | os.PathLike | None) -> Path | None:
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.exists():
-        raise ModelLoadError(f"model file {p} does not exist")
-    if p.is_dir():
-        raise ModelLoadError(f"{p} is a folder; give the model file itself")
-    return p
+    """None, or ``path`` when it is a regular file: checked before anything opens or hashes it."""
+    return None if path is None else regular_file(path, "model file", error=ModelLoadError)
 
 
 def _provenance(p: Path | None, loaded: Loaded, resolved: ResolvedSpec) -> dict[str, Any]:
     """``AuditModel.info``: path, sha256, what the loader adds (arch), format, trusted_pickle, weights."""
-    info: dict[str, Any] = {"path": str(p) if p else None, "sha256": sha256_file(p) if p else None}
+    info: dict[str, Any] = {"path": shown(p) if p else None, "sha256": sha256_file(p) if p else None}
     info.update(loaded.info)
     info["format"] = loaded.fmt
     info["trusted_pickle"] = loaded.fmt == "pickle"

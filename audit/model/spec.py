@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UsageError
+from ..files import MiB, regular_file
 
 SIDECAR_KEYS = {"arch", "num_classes", "input_size", "mean", "std", "class_names", "weights",
                 "description", "training"}
@@ -104,11 +105,9 @@ def parse_floats(text: str | Sequence[float] | None, what: str) -> tuple[float, 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
     """Class names from a UTF-8 text file (a byte-order mark is dropped), one a line; blank
-    lines are ignored. Raises :class:`UsageError` when the file is missing, not UTF-8 (e.g.
-    Latin-1), empty, or names a class twice."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"labels file {p} does not exist")
+    lines are ignored. Raises :class:`UsageError` when the file is missing, not a regular file,
+    over 64 MiB, not UTF-8 (e.g. Latin-1), empty, or names a class twice."""
+    p = regular_file(path, "labels file", max_bytes=64 * MiB)
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -136,9 +135,10 @@ def find_sidecar(path: Path | None) -> Path | None:
 
 def read_sidecar(path: Path) -> dict[str, Any]:
     """The sidecar's JSON object (keys in :data:`SIDECAR_KEYS`). Raises :class:`UsageError`
-    for invalid JSON, a non-object, or an unknown key."""
+    for a path that is not a regular file (or over 16 MiB), invalid JSON, a non-object, or an
+    unknown key."""
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        d = json.loads(regular_file(path, "model sidecar", max_bytes=16 * MiB).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"model sidecar {path} is not valid JSON ({e})") from None
     if not isinstance(d, dict):

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from audit.check import Check, Unit
 from audit.errors import ConfigError
+from audit.imaging import short
 from audit.options import opt
 from audit.registry import register_check
 from audit.results import CheckResult
@@ -197,7 +198,7 @@ class AttributionCheck(Check):
 
     def _report(self, res: CheckResult, plan: Plan, methods, maps, rand: dict, faith: dict, names) -> None:
         y, target, conf = plan.y, plan.target, plan.conf
-        captions = [f"{g}: {names[int(y[i])] if int(y[i]) >= 0 else '?'} -> {names[int(target[i])]} "
+        captions = [f"{g}: {short(names[int(y[i])]) if int(y[i]) >= 0 else '?'} -> {short(names[int(target[i])])} "
                     f"({float(conf[i]):.2f})" for i, g in enumerate(plan.groups)]
         note = ""
         if plan.layer_name and any(m.name == "grad_cam" for m in methods):

@@ -136,8 +136,7 @@ def curves_png(curves: dict[str, tuple[list[float], list[float]]]) -> bytes:
         ax.set_ylabel("probability of the explained class")
         ax.set_ylim(-0.02, 1.02)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    return figure_png(fig)
+    return figure_png(fig, tight_layout=True)
 
 
 def table_png(rows: Sequence[tuple], random_auc: tuple[float, float] | None) -> bytes:

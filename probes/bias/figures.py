@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from audit.imaging import figure_png, image_grid, new_figure, to_uint8_hwc
+from audit.imaging import figure_png, image_grid, new_figure, short, to_uint8_hwc
 from audit.results import CheckResult
 
 from .summary import Evidence, fmt_p
@@ -46,7 +46,7 @@ def _leans(res: CheckResult, ev: Evidence, names, concepts, viz) -> None:
                 continue
             ex = concepts[c][:max(1, 6 - len(mine))]
             ims = [*mine, *ex]
-            caps = [f"model's picture of {names[k]!r}"] * len(mine) + [f"{c!r} example"] * len(ex)
+            caps = [f"model's picture of {short(names[k])!r}"] * len(mine) + [f"{short(c)!r} example"] * len(ex)
             res.image(f"leans_{safe_name(names[k])}_{safe_name(c)}.png",
                       image_grid(ims, caps, cols=len(ims), cell=2.6),
                       f"Left: what the model draws when asked for {names[k]!r} (class_viz, activation "
@@ -85,7 +85,7 @@ def tcav_png(names, classes, concepts: list[str], layers, ev: Evidence, viz) -> 
     gs = fig.add_gridspec(rows, 3, width_ratios=[1.35, 3.0, 3.0], wspace=0.5, hspace=0.45)
     vcls = torch.as_tensor(viz.classes) if viz is not None else None
     for r, k in enumerate(shown):
-        _picture(fig.add_subplot(gs[r, 0]), names[k], viz, vcls, k)
+        _picture(fig.add_subplot(gs[r, 0]), short(names[k]), viz, vcls, k)
         _bars(fig.add_subplot(gs[r, 1]), ev, k, concepts, layers, first=r == 0, last=r == rows - 1)
         _leans_text(fig.add_subplot(gs[r, 2]), ev, k, concepts)
     return figure_png(fig)
@@ -119,9 +119,9 @@ def _bars(ax, ev: Evidence, k, concepts, layers, *, first: bool, last: bool) -> 
         ax.text(min(t.mean + t.std + 0.02, 1.0), i, f"{mark} p={fmt_p(t.p)}", va="center", fontsize=6)
     ax.set_xlim(0, 1.25)
     ax.set_yticks(range(len(bars)))
-    ax.set_yticklabels([ln if len(concepts) == 1 else f"{c} @ {ln}" for c, ln in bars], fontsize=6)
+    ax.set_yticklabels([short(ln) if len(concepts) == 1 else f"{short(c)} @ {short(ln)}" for c, ln in bars], fontsize=6)
     if first:
-        ax.set_title("TCAV score" + (f" for {concepts[0]!r}" if len(concepts) == 1 else "") + " per layer", fontsize=7)
+        ax.set_title("TCAV score" + (f" for {short(concepts[0])!r}" if len(concepts) == 1 else "") + " per layer", fontsize=7)
     ax.axvline(0.5, color="lightgrey", lw=0.5, ls="--")
     ax.tick_params(axis="x", labelsize=6)
     if last:
@@ -132,17 +132,18 @@ def _leans_text(ax, ev: Evidence, k, concepts) -> None:
     ax.axis("off")
     lines = []
     for c, ln, t, f in ev.leans.get(k, []):
-        lines.append(f"LEANS ON {c}: TCAV {t.mean:.2f} (p {fmt_p(t.p)})" if t is not None else
-                     f"LEANS ON {c}: counterfactual only (TCAV not tested)")
-        lines.append(f"  pasting {c} flips {f['flip']:.0%} of others (random {f['control']:.0%})")
+        s = short(c)
+        lines.append(f"LEANS ON {s}: TCAV {t.mean:.2f} (p {fmt_p(t.p)})" if t is not None else
+                     f"LEANS ON {s}: counterfactual only (TCAV not tested)")
+        lines.append(f"  pasting {s} flips {f['flip']:.0%} of others (random {f['control']:.0%})")
         vs = ev.viz.get((k, c, ln))
         if vs is not None:
-            lines.append(f"  picture along {c}: cos {vs[0]:.2f}")
-            lines.append(f"  (other pictures {vs[1]:.2f}, {c} examples {vs[2]:.2f})")
+            lines.append(f"  picture along {s}: cos {vs[0]:.2f}")
+            lines.append(f"  (other pictures {vs[1]:.2f}, {s} examples {vs[2]:.2f})")
     if not lines:
         best = max(concepts, key=lambda c: ev.flips[k, c]["flip"]) if concepts else None
         lines.append("no concept dependence" if ev.tcav else "no flip effect (TCAV not tested)")
         if best is not None:
-            lines.append(f"  flip by {best}: {ev.flips[k, best]['flip']:.0%} (random {ev.flips[k, best]['control']:.0%})")
+            lines.append(f"  flip by {short(best)}: {ev.flips[k, best]['flip']:.0%} (random {ev.flips[k, best]['control']:.0%})")
     ax.text(0.02, 0.5, "\n".join(lines), va="center", fontsize=7, color="#b00020" if k in ev.leans else "black",
             family="monospace")

@@ -5,16 +5,16 @@ import math
 
 import torch
 
-from audit.imaging import image_grid
+from audit.imaging import image_grid, short
 
 __all__ = ["class_caption", "gallery_png", "channel_caption", "channels_png"]
 
 
 def class_caption(name: str, seed: int, seeds: int, top3: list[list]) -> str:
     """``class (#seed): top NAME P`` over the runners-up; ``top3``: [[name, p], ...]."""
-    head = name if seeds == 1 else f"{name} #{seed}"
-    rest = " · ".join(f"{a} {p:.2f}" for a, p in top3[1:])
-    return f"{head}: top {top3[0][0]} {top3[0][1]:.2f}" + (f"\n{rest}" if rest else "")
+    head = short(name) if seeds == 1 else f"{short(name)} #{seed}"
+    rest = " · ".join(f"{short(a)} {p:.2f}" for a, p in top3[1:])
+    return f"{head}: top {short(top3[0][0])} {top3[0][1]:.2f}" + (f"\n{rest}" if rest else "")
 
 
 def gallery_png(pictures: torch.Tensor, captions: list[str], *, seeds: int, image_hw: tuple[int, int]) -> bytes:
@@ -27,7 +27,7 @@ def gallery_png(pictures: torch.Tensor, captions: list[str], *, seeds: int, imag
 
 
 def channel_caption(layer: str, channel: int, activation: float, seen_as: str, p: float) -> str:
-    return f"{layer}:{channel} (act {activation:.2g})\nseen as {seen_as} {p:.2f}"
+    return f"{short(layer)}:{channel} (act {activation:.2g})\nseen as {short(seen_as)} {p:.2f}"
 
 
 def channels_png(pictures: torch.Tensor, captions: list[str], layer: str) -> bytes:

@@ -65,3 +65,51 @@ def test_report_never_writes_outside_out(tmp_path, capsys, path):
     assert len(err.splitlines()) == 1 and err.startswith("audit: error: ") and repr(path) in err, err
     assert not (tmp_path / "deep" / "x.png").exists()  # out/../x.png
     assert sorted(p.name for p in out.rglob("*")) == []  # nothing written at all
+
+
+def _received(tmp_path, *paths: str):
+    src = tmp_path / "received"
+    (src / "artifacts" / "clean").mkdir(parents=True, exist_ok=True)
+    (src / "artifacts" / "clean" / "ok.png").write_bytes(b"ok")
+    (src / "results.json").write_text(_result("artifacts/clean/ok.png", *paths).to_json())
+    return src
+
+
+def test_report_refuses_climbing_and_absolute_paths_in_one_line(tmp_path, capsys):
+    """The issue's case: ``../../evil.txt`` and an absolute path in a received results.json."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    out = tmp_path / "a" / "b" / "DIR"
+    for path in ("../../evil.txt", str(victim)):
+        src = _received(tmp_path, path)
+        before = sorted(p for p in tmp_path.rglob("*"))
+        for argv in (["report", str(src / "results.json"), "--out", str(out), "-q"],
+                     ["report", str(src), "-q"]):  # re-rendered in place: nothing read from outside either
+            rc = main(argv)
+            err = capsys.readouterr().err.strip()
+            assert rc == ExitCode.USAGE_ERROR, err
+            assert len(err.splitlines()) == 1 and repr(path) in err and "Traceback" not in err, err
+            assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+        assert victim.read_text() == "mine" and not (tmp_path / "a" / "evil.txt").exists()
+
+
+def test_symlink_leading_out_of_the_folder_is_refused(tmp_path, capsys):
+    """A folder of OUT (or of the received results) that is a symbolic link to elsewhere."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    (out / "artifacts").mkdir(parents=True)
+    (out / "artifacts" / "clean").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UnsafeArtifactPath, match="symbolic link"):
+        write_artifacts([Artifact("image", "artifacts/clean/x.png", "", b"evil")], out)
+    assert list(elsewhere.iterdir()) == []
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG\r\n\x1a\nsecret")
+    src = _received(tmp_path, "artifacts/clean/leak.png")
+    (src / "artifacts" / "clean" / "leak.png").symlink_to(secret)  # reading it would copy a file from outside
+    rc = main(["report", str(src / "results.json"), "--out", str(tmp_path / "o2"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == ExitCode.USAGE_ERROR and len(err.splitlines()) == 1 and "leak.png" in err, err
+    assert not (tmp_path / "o2" / "artifacts" / "clean" / "leak.png").exists()
+    with pytest.raises(UnsafeArtifactPath):
+        Artifact("image", "artifacts/clean/leak.png").read(src)
