@@ -20,15 +20,15 @@ batch or on chance (:func:`settle_mode`).
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..errors import ModelLoadError
 from .messages import error_line
 
-if TYPE_CHECKING:
-    from .wrapper import AuditModel
+#: ``model`` below is an :class:`audit.model.wrapper.AuditModel` (not imported: it imports this module)
+AuditModel = Any
 
 _HALF = (torch.float16, torch.bfloat16)
 _SEED = 4321  #: the seed of the mode probe's inputs and of the network's random draws
@@ -49,7 +49,7 @@ def weight_dtype(net: Any) -> torch.dtype | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def _runs(model: "AuditModel") -> bool:
+def _runs(model: AuditModel) -> bool:
     x = torch.rand(2, *model.spec.input_shape, generator=torch.Generator().manual_seed(_SEED)).to(model.device)
     try:
         with torch.no_grad():
@@ -59,7 +59,7 @@ def _runs(model: "AuditModel") -> bool:
         return False
 
 
-def settle_precision(model: "AuditModel") -> None:
+def settle_precision(model: AuditModel) -> None:
     """Make a network whose weights are not float32 computable: on the CPU a float16/bfloat16
     network becomes a float32 copy when that copy runs; otherwise inputs are cast to the
     weights' dtype (``model.in_dtype``). Records ``weights_dtype`` and a note in the info."""
@@ -85,7 +85,7 @@ def settle_precision(model: "AuditModel") -> None:
     model._note(f"{name} weights: inputs are cast to {name}, logits returned as float32")
 
 
-def dtype_hint(model: "AuditModel") -> str:
+def dtype_hint(model: AuditModel) -> str:
     """For a probe failure: a clause naming a non-float32 dtype and the fix, or ''."""
     name = model.info.get("weights_dtype")
     if not name:
@@ -95,13 +95,11 @@ def dtype_hint(model: "AuditModel") -> str:
 
 
 # ----------------------------------------------------------------------------- batch and chance
-def _rows_of(model: "AuditModel", x: torch.Tensor, seed: int) -> torch.Tensor:
-    from .wrapper import _rows
-
+def _rows_of(model: AuditModel, x: torch.Tensor, seed: int) -> torch.Tensor:
     devices = [model.device] if model.device.type == "cuda" else []
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return _rows(model._to_tensor(model._raw(x)), x.shape[0]).float()
+        return model.raw_rows(x).float()
 
 
 def _differ(a: torch.Tensor, b: torch.Tensor, dt: torch.dtype | None) -> bool:
@@ -110,7 +108,7 @@ def _differ(a: torch.Tensor, b: torch.Tensor, dt: torch.dtype | None) -> bool:
     return not torch.isfinite(a - b).all() or float((a - b).abs().max()) > rel * max(scale, 1.0)
 
 
-def probe_mode(model: "AuditModel") -> tuple[bool, bool]:
+def probe_mode(model: AuditModel) -> tuple[bool, bool]:
     """(batch-dependent, stochastic): image ``a``'s output in a batch of four copies of it vs
     in ``[a, dark, bright, b]`` under the same seed (the same Dropout masks), and the mixed
     batch under two seeds."""
@@ -126,7 +124,7 @@ def probe_mode(model: "AuditModel") -> tuple[bool, bool]:
     return _differ(o_same[0], o_mixed[0], model.in_dtype), _differ(o_mixed, o_again, model.in_dtype)
 
 
-def settle_mode(model: "AuditModel") -> None:
+def settle_mode(model: AuditModel) -> None:
     """Refuse a batch-dependent network (:class:`ModelLoadError`, exit 4, naming the fix);
     flag a stochastic one (``model.stochastic``, ``info["stochastic"]``, a note)."""
     try:

@@ -138,6 +138,10 @@ class AuditModel(nn.Module):
             outs.append(self._to_tensor(net(chunk))[:n])
         return torch.cat(outs)
 
+    def raw_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's own output on ``x`` in pixel space as (N, K), before any output adaptation."""
+        return _rows(self._to_tensor(self._raw(x)), x.shape[0])
+
     def _to_tensor(self, out: Any) -> torch.Tensor:
         """The logits tensor in a network's output (a tensor, a tuple's first element, a dict's
         ``logits``/``out``/``output``/``scores`` or only tensor, or ``.logits``); raises
