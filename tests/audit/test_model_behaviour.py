@@ -187,3 +187,22 @@ def test_prefixed_weights_of_another_network_name_the_prefix_and_the_fix(tmp_pat
     with pytest.raises(ModelLoadError, match=r"its keys all start with 'encoder\.'.*--arch it was trained with") as e:
         load_model(path, arch="tinynet", input_size="3x16x16", device="cpu")
     assert "\n" not in str(e.value)
+
+
+class _Counter(nn.Module):
+    """Random by a call counter, not torch's generator: flagged, never refused as batch-dependent."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.k = TinyNet(), 0
+
+    def forward(self, x):
+        self.k += 1
+        return self.inner(x) + 0.5 * (self.k % 3)
+
+
+def test_randomness_outside_torchs_seed_is_flagged_not_refused(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save(_Counter(), path)
+    info = load_model(path, trust=True, input_size="3x16x16", device="cpu").describe()
+    assert info["stochastic"] is True
