@@ -120,8 +120,9 @@ def prepare(o: AdversarialOptions, ctx: "Context") -> tuple[Plan, Sanity]:
     plan = Plan(x=x, y=y, lab=lab, correct=correct, attacked=correct & (lab != y) if targeted else correct.clone(),
                 clean_probs=clean_logits.softmax(1), ids=[data.ids[i] for i in idx.tolist()], targeted=targeted, eps=eps)
     sanity = _sanity(model, x, y, correct, clean_logits, ctx.config.batch_size)
-    eot = decide_eot(o.eot_samples, sanity.stochastic, f"largest logit change {sanity.logit_change:.2g} of the "
-                                                        f"logit scale, {sanity.flips} predictions changed")
+    stochastic = sanity.stochastic or getattr(model, "stochastic", False)  # the load-time probe's flag too
+    eot = decide_eot(o.eot_samples, stochastic, f"largest logit change {sanity.logit_change:.2g} of the "
+                                                f"logit scale, {sanity.flips} predictions changed")
     plan = replace(plan, eot=eot)
     if eot.enabled:  # ε = 0 under EOT: correct on every draw
         ok = correct_on_draws(model, x, y, eot.samples, batch_size=ctx.config.batch_size)

@@ -43,8 +43,17 @@ def _provenance(p: Path | None, loaded: Loaded, resolved: ResolvedSpec) -> dict[
     return info
 
 
+def _in_train_mode(net: Any, fmt: str) -> bool:
+    """Whether a pickled module or TorchScript (or any submodule) is in train mode as loaded
+    (an export's module always says so: its mode is in its graph, found by the probe)."""
+    if fmt not in ("pickle", "torchscript") or not hasattr(net, "modules"):  # a state_dict build is fresh
+        return False
+    return any(getattr(m, "training", False) for m in net.modules())
+
+
 def _freeze(net: Any) -> None:
-    """Eval mode (exported programs keep the mode they were exported in) and no parameter gradients."""
+    """Eval mode (exported programs keep the mode they were exported in; a traced TorchScript
+    keeps the mode it was traced in: the probe in ``finalize`` tells) and no parameter gradients."""
     if isinstance(net, nn.Module) and not isinstance(net, torch.fx.GraphModule):
         net.eval()
     elif hasattr(net, "eval"):
@@ -59,6 +68,12 @@ def _freeze(net: Any) -> None:
 def _wrap(loaded: Loaded, spec: ModelSpec, info: dict[str, Any], dev: torch.device) -> AuditModel:
     model = AuditModel(loaded.net, spec, info=info, fixed_batch=loaded.fixed_batch).to(dev)
     model.training = False  # the wrapper itself is in eval mode too (the net's mode was set by _freeze)
+    for note in loaded.notes:
+        model._note(note)
+    if info.get("saved_in_train_mode"):
+        model._note("the model was saved in train mode; eval() was applied (BatchNorm uses its running statistics"
+                    + (" unless a trace or export fixed the mode: then it is refused)" if loaded.fmt in
+                       ("torchscript", "export") else ", Dropout is off)"))
     if spec.input_shape is not None:
         model.finalize()
     return model
@@ -92,5 +107,7 @@ def load_model(path: str | os.PathLike | None = None, *, arch: str | None = None
     loaded = load_net(LoadRequest(p, resolved.spec, arch=resolved.arch, weights=resolved.weights,
                                   tv_weights=resolved.tv_weights, trust=trust))
     info = _provenance(p, loaded, resolved)
+    if _in_train_mode(loaded.net, loaded.fmt):
+        info["saved_in_train_mode"] = True
     _freeze(loaded.net)
     return _wrap(loaded, resolved.spec, info, dev)

@@ -61,6 +61,7 @@ class Loaded:
     fmt: str
     fixed_batch: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  #: adaptations the loader made (model info ``adaptations``)
 
 
 Loader = Callable[[LoadRequest], Loaded]
@@ -76,8 +77,14 @@ def _from_state_dict(obj: Any, req: LoadRequest, fmt: str) -> Loaded:
     sd = as_state_dict(obj)
     if sd is None:
         raise ModelLoadError(f"{req.where} holds a {type(obj).__name__}, neither a model nor a state_dict of tensors")
-    net = build_from_state_dict(sd, arch=req.arch, spec=req.spec, where=req.where)
-    return Loaded(net, fmt, info={"arch": req.arch})
+    notes: list[str] = []
+    net = build_from_state_dict(sd, arch=req.arch, spec=req.spec, where=req.where, notes=notes)
+    info: dict[str, Any] = {"arch": req.arch}
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values() if v.is_floating_point()} - {"float32"})
+    if dtypes:
+        info["weights_dtype"] = ", ".join(dtypes)
+        notes.append(f"{' and '.join(dtypes)} weights loaded into a float32 --arch {req.arch} network")
+    return Loaded(net, fmt, info=info, notes=notes)
 
 
 # ----------------------------------------------------------------------------- TorchScript

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from ..batching import is_oom
 from ..errors import UsageError
+from .behaviour import dtype_hint, settle_mode, settle_precision
 from .messages import error_line
 from .spec import ModelSpec
 
@@ -80,6 +81,8 @@ class AuditModel(nn.Module):
         self.adaptations: list[str] = []
         self.fixed_batch = fixed_batch
         self.output_kind = "logits"  # or "probabilities", "log_probabilities"
+        self.in_dtype: torch.dtype | None = None  # the network's input dtype when not float32 (behaviour.py)
+        self.stochastic = False  # two identical calls differ (behaviour.settle_mode)
         self.ready = False
         self._set_norm()
 
@@ -122,6 +125,8 @@ class AuditModel(nn.Module):
         copies of its last image, the padding cut off)."""
         net = self.net if net is None else net
         z = (x - self.mean) / self.std
+        if self.in_dtype is not None:
+            z = z.to(self.in_dtype)
         if self.fixed_batch is None or z.shape[0] == self.fixed_batch:
             return net(z)
         outs, b = [], self.fixed_batch
@@ -132,6 +137,10 @@ class AuditModel(nn.Module):
                 chunk = torch.cat([chunk, chunk[-1:].expand(b - n, *chunk.shape[1:])])
             outs.append(self._to_tensor(net(chunk))[:n])
         return torch.cat(outs)
+
+    def raw_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's own output on ``x`` in pixel space as (N, K), before any output adaptation."""
+        return _rows(self._to_tensor(self._raw(x)), x.shape[0])
 
     def _to_tensor(self, out: Any) -> torch.Tensor:
         """The logits tensor in a network's output (a tensor, a tuple's first element, a dict's
@@ -204,16 +213,19 @@ class AuditModel(nn.Module):
                  class_names: list[str] | None = None) -> "AuditModel":
         """Fix the input shape (C, H, W) if still unknown (recorded as ``source``), then probe
         one forward pass on 4 random images: output width (-> ``num_classes``), probability
-        or log-probability outputs (-> ``output_kind``), NaN. ``class_names`` (e.g. the data's
-        folders) are taken when the spec has none and their number fits. Called by
+        or log-probability outputs (-> ``output_kind``), NaN; the weights' dtype and batch
+        dependence / randomness are settled before and after (:mod:`.behaviour`).
+        ``class_names`` (e.g. the data's folders) are taken when the spec has none and their number fits. Called by
         ``load_model`` when the shape is known, else by the runner once the data is loaded.
         Returns ``self``. Raises :class:`UsageError` when the shape is unknown, the model
-        fails on the probe or outputs NaN/inf, or the class names or count do not fit."""
+        fails on the probe or outputs NaN/inf, its outputs depend on the batch, or the class
+        names or count do not fit."""
         if input_shape is not None:
             self.spec.set("input_shape", tuple(input_shape), source)
         if self.spec.input_shape is None:
             raise UsageError("the model's input size is unknown: pass --input-size CxHxW or give data to infer it from")
         self._set_norm()
+        settle_precision(self)
         raw = self._probe()
         width = raw.shape[1]
         self._check_width(width)
@@ -221,6 +233,7 @@ class AuditModel(nn.Module):
         if class_names is not None and self.spec.class_names is None and len(class_names) == width:
             self.spec.set("class_names", list(class_names), "data")
         self._detect_output_kind(raw)
+        settle_mode(self)
         self.ready = True
         return self
 
@@ -234,8 +247,8 @@ class AuditModel(nn.Module):
         except UsageError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure of the user's model on a well-formed input
-            raise UsageError(f"the model fails on an input of shape {list(x.shape)}: {error_line(e)}; "
-                             "check --input-size / the data's size") from None
+            raise UsageError(f"the model fails on an input of shape {list(x.shape)}: {error_line(e)}"
+                             + (dtype_hint(self) or "; check --input-size / the data's size")) from None
         raw = _rows(raw, x.shape[0]).float()
         if not torch.isfinite(raw).all():
             raise UsageError("the model outputs NaN or infinite values on random inputs in [0, 1]; "
