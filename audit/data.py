@@ -202,7 +202,8 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
         class_names = class_names or model.spec.class_names
         num_classes = num_classes or model.spec.num_classes
     if listing is not None:
-        src = (model.spec.sources.get("class_names") if model is not None else None) or "given"
+        src = {"flag": "--labels", "sidecar": "sidecar file", "weights": "--weights"}.get(
+            model.spec.sources.get("class_names", "") if model is not None else "", "given")
         data = _load_folder(p, listing, input_shape, class_names, num_classes, resize, convert_channels, samples,
                             seed, progress, hint, class_order, model, src)
     else:
