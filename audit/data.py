@@ -210,8 +210,9 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
         data = _load_tensor_file(p, input_shape, class_names, num_classes, resize, convert_channels)
         if samples is not None:
             data = data.subset(stratified_indices(data.y, samples, seed))
+    renamed = any(k.isdigit() and int(k) != v for k, v in data.class_map.items())  # ImageFolder's order of numbers
     if model is not None and model.spec.class_names is None and len(data.class_names) == model.spec.num_classes \
-            and not all(n.isdigit() for n in data.class_names):
+            and (renamed or not all(n.isdigit() for n in data.class_names)):
         model.spec.set("class_names", list(data.class_names), "data")
     data.notes[:0] = early
     if samples is not None:

@@ -70,12 +70,15 @@ def test_refusals_name_a_fix(folders, n, order, fix):
 
 @pytest.mark.parametrize("trained", ["sorted", "numeric"])
 def test_auto_picks_the_convention_the_model_predicts(tmp_path, net12, trained):
-    data = load_data(_folder(tmp_path, trained), model=load_model(net12, device="cpu"))
+    model = load_model(net12, device="cpu")
+    data = load_data(_folder(tmp_path, trained), model=model)
     assert data.class_map["10"] == (2 if trained == "sorted" else 10)
     assert "--class-order" in data.notes[-1] and "100.0%" in data.notes[-1]
     assert data.describe()["class_map"] == data.class_map
     if trained == "sorted":  # the model's outputs are ImageFolder's classes: named by their folders
-        assert data.class_names[2] == "10"
+        assert data.class_names[2] == "10" and model.class_names[2] == "10"
+    else:
+        assert model.spec.class_names is None
 
 
 @pytest.mark.parametrize("order,expect", [("sorted", 2), ("numeric", 10)])
