@@ -28,13 +28,11 @@ def _positive_int(text: str) -> int:
 
 
 def _tolerance(text: str) -> float:
-    import math
-
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v) or v < 0:
+    if v != v or v in (float("inf"), float("-inf")) or v < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
     return v
 
@@ -65,6 +63,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resize", action="store_true", help="resize images to the model's input size")
     g.add_argument("--convert-channels", action="store_true", help="convert images to the model's channel count")
     g.add_argument("--samples", type=_positive_int, help="use a seeded, class-stratified subset of N samples")
+    g.add_argument("--class-order", choices=("auto", "sorted", "numeric"), default="auto", help="class folders named "
+                   "by number: sorted as strings (ImageFolder), the number itself, or auto (what the model predicts)")
     g.add_argument("--concepts", help="concept folders for the bias check: one folder of example images per concept, "
                    "random* folders as counter-examples (same as [checks.bias] concepts)")
 
@@ -246,7 +246,7 @@ def _cmd_run(args) -> int:
     data = None
     if args.data:
         data = load_data(args.data, model=model, resize=args.resize, convert_channels=args.convert_channels,
-                         samples=cfg.samples, seed=cfg.seed, progress=not args.quiet)
+                         samples=cfg.samples, seed=cfg.seed, progress=not args.quiet, class_order=args.class_order)
         log(f"data {args.data}: {len(data)} images, {len(data.class_names)} classes")
     baseline = _load_result(args.baseline) if args.baseline else None
     return _run_and_write(model, data, cfg, Path(args.out), log, quiet=args.quiet, baseline=baseline,

@@ -13,9 +13,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .classmap import choose_by_predictions, match_classes
 from .errors import DataError, first_line
 from .files import is_regular, regular_file, shown
+from .layouts import convert_channels_tensor, finalize_from_data, find_split, to_nchw
 from .progress import Progress
+
+__all__ = ["AuditData", "load_data", "stratified_indices", "convert_channels_tensor"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
@@ -31,6 +35,7 @@ class AuditData:
     ids: list[str]
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    class_map: dict[str, int] = field(default_factory=dict)  # class folder name -> model index
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -42,12 +47,13 @@ class AuditData:
     def subset(self, idx: Sequence[int] | torch.Tensor) -> "AuditData":
         idx = torch.as_tensor(idx, dtype=torch.long)
         return AuditData(self.x[idx], self.y[idx], self.class_names, [self.ids[i] for i in idx.tolist()],
-                         self.source, list(self.notes))
+                         self.source, list(self.notes), dict(self.class_map))
 
     def describe(self) -> dict[str, Any]:
         counts = torch.bincount(self.y, minlength=len(self.class_names)).tolist() if len(self) else []
-        return {"source": self.source, "n": len(self), "input_shape": list(self.input_shape),
-                "per_class": dict(zip(self.class_names, counts)), "notes": list(self.notes)}
+        d = {"source": self.source, "n": len(self), "input_shape": list(self.input_shape),
+             "per_class": dict(zip(self.class_names, counts)), "notes": list(self.notes)}
+        return {**d, "class_map": dict(self.class_map)} if self.class_map else d
 
 
 def stratified_indices(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -122,7 +128,10 @@ def _decode_image(path: Path, size: tuple[int, int] | None = None):
 GRAY_MODES = ("L", "LA", "1", "I", "F") + tuple(m for m in ("I;16", "I;16B", "I;16L", "I;16N"))
 
 
-def _image_channels(im) -> int:
+def _image_channels(im, want: int | None = None) -> int:
+    """1 (gray) or 3 (RGB; alpha dropped), or 4 when the model takes 4 and the image has alpha."""
+    if want == 4 and (im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)):
+        return 4
     return 1 if im.mode in GRAY_MODES else 3
 
 
@@ -138,7 +147,7 @@ def _gray_float(im) -> np.ndarray:
 
 def _to_tensor(im, channels: int | None, size: tuple[int, int] | None, path: Path, convert: bool,
                resize: bool, hint: str = "") -> torch.Tensor:
-    c = _image_channels(im)
+    c = _image_channels(im, channels)
     if channels is not None and c != channels and not convert:
         raise DataError(f"{path} has {c} channel(s) but the model takes {channels}{hint}; "
                         f"pass --convert-channels to convert the images to {channels}")
@@ -148,7 +157,7 @@ def _to_tensor(im, channels: int | None, size: tuple[int, int] | None, path: Pat
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
         t = torch.from_numpy(_gray_float(im).copy())[None]  # keep the full bit depth
     else:
-        im = im.convert("L" if c == 1 else "RGB")  # alpha is dropped (composited on black)
+        im = im.convert({1: "L", 3: "RGB", 4: "RGBA"}[c])  # alpha is dropped for a 1- or 3-channel model
         arr = np.asarray(im, dtype=np.float32) / 255.0
         t = torch.from_numpy((arr[:, :, None] if arr.ndim == 2 else arr).copy()).permute(2, 0, 1)
     if channels is not None and c != channels:
@@ -159,74 +168,58 @@ def _to_tensor(im, channels: int | None, size: tuple[int, int] | None, path: Pat
     return t.contiguous()
 
 
-def _match_classes(folder_names: list[str], model_names: list[str] | None, num_classes: int | None) -> tuple[list[int], list[str] | None]:
-    """Map folder names to model output indices. Returns (index per folder, class names to
-    adopt for the model when it has none)."""
-    if model_names is not None:
-        idx = {n: i for i, n in enumerate(model_names)}
-        missing = [f for f in folder_names if f not in idx]
-        if missing:
-            if all(f.isdigit() for f in folder_names):
-                out = [int(f) for f in folder_names]
-                if max(out) >= len(model_names):
-                    raise DataError(f"data class folder {max(out)} is out of range for a model with {len(model_names)} classes")
-                return out, None
-            raise DataError(f"data class folder {missing[0]!r} is not one of the model's class names "
-                            f"({', '.join(model_names[:6])}{', ...' if len(model_names) > 6 else ''}); "
-                            "rename the folders or pass --labels FILE with the model's class names")
-        return [idx[f] for f in folder_names], None
-    if all(f.isdigit() for f in folder_names):
-        out = [int(f) for f in folder_names]
-        if num_classes is not None and max(out) >= num_classes:
-            raise DataError(f"data class folder {max(out)} is out of range for a model with {num_classes} classes")
-        return out, None
-    if num_classes is not None and len(folder_names) != num_classes:
-        raise DataError(f"the data has {len(folder_names)} class folders but the model has {num_classes} outputs, "
-                        "and no class names to match them by; pass --labels FILE (one model class name a line)")
-    return list(range(len(folder_names))), list(folder_names)
-
-
 def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int] | None = None,
               class_names: Sequence[str] | None = None, num_classes: int | None = None,
               resize: bool = False, convert_channels: bool = False, samples: int | None = None,
-              seed: int = 0, progress: bool = False) -> AuditData:
-    """Load an ImageFolder directory (one subfolder per class) or a ``.pt``/``.npz`` tensor
-    file holding ``x`` (N, C, H, W) in [0, 1] (uint8 0..255 is scaled) and ``y``.
+              seed: int = 0, progress: bool = False, class_order: str = "auto") -> AuditData:
+    """Load an ImageFolder directory (one subfolder per class; a folder of split folders
+    ``train/``, ``val/``, ... loads its ``val/``, :func:`~audit.layouts.find_split`) or a
+    ``.pt``/``.npz`` tensor file holding ``x`` (N, C, H, W), or channels-last (N, H, W, C), or
+    (N, H, W) gray, in [0, 1] (uint8 0..255 is scaled) and ``y``.
 
     With ``model`` (an :class:`~audit.model.AuditModel`), its input shape and class names
     are the reference; a mismatch is a :class:`DataError` naming both shapes and the flag
     (``resize`` / ``convert_channels``) that converts. ``samples`` takes a seeded,
-    class-stratified subset. Raises :class:`DataError` (exit code 4) for anything it cannot
-    read: a missing path, a file or a folder entry that is not a regular file (a FIFO, a
-    device), a foreign file, a mismatch.
+    class-stratified subset. ``class_order`` (auto, sorted, numeric): how class folders named
+    by number map to outputs (:mod:`audit.classmap`); the map is ``class_map``. Raises
+    :class:`DataError` (exit code 4) for anything it cannot read: a missing path, a file or a
+    folder entry that is not a regular file (a FIFO, a device), a foreign file, a mismatch.
     """
     p = Path(path)
     if not p.exists():
         raise DataError(f"data path {p} does not exist")
-    if not p.is_dir():
+    early: list[str] = []
+    if p.is_dir():
+        p, split_note = find_split(p)
+        early += [split_note] if split_note else []
+    else:
         regular_file(p, "data file", error=DataError)  # a FIFO or /dev/zero would never end
     listing = _list_folder(p) if p.is_dir() else None
     hint = ""
     if model is not None:
-        if not model.ready:  # the model's input size comes from the data: fix it now, so that the
-            # data is checked against the model's real output count and class names
-            shape = _first_image_shape(listing[1][0][0]) if listing else _tensor_file_shape(p)
-            model.finalize(shape, "data")
+        if not model.ready:  # the model's input size comes from the data (its channel count from a
+            # probe when they differ): fix it now, so that the data is checked against the model
+            probed = finalize_from_data(model, _first_image_shape(listing[1][0][0]) if listing else _tensor_file_shape(p))
+            early += [probed] if probed else []
         if model.spec.sources.get("input_shape") == "data":
             hint = " (the model's input size was taken from the first image; pass --input-size CxHxW to set it)"
         input_shape = input_shape or model.spec.input_shape
         class_names = class_names or model.spec.class_names
         num_classes = num_classes or model.spec.num_classes
     if listing is not None:
+        src = {"flag": "--labels", "sidecar": "sidecar file", "weights": "--weights"}.get(
+            model.spec.sources.get("class_names", "") if model is not None else "", "given")
         data = _load_folder(p, listing, input_shape, class_names, num_classes, resize, convert_channels, samples,
-                            seed, progress, hint)
+                            seed, progress, hint, class_order, model, src)
     else:
         data = _load_tensor_file(p, input_shape, class_names, num_classes, resize, convert_channels)
         if samples is not None:
             data = data.subset(stratified_indices(data.y, samples, seed))
+    renamed = any(k.isdigit() and int(k) != v for k, v in data.class_map.items())  # ImageFolder's order of numbers
     if model is not None and model.spec.class_names is None and len(data.class_names) == model.spec.num_classes \
-            and not all(n.isdigit() for n in data.class_names):
+            and (renamed or not all(n.isdigit() for n in data.class_names)):
         model.spec.set("class_names", list(data.class_names), "data")
+    data.notes[:0] = early
     if samples is not None:
         data.notes.append(f"class-stratified subset of {len(data)} samples (seed {seed})")
     return data
@@ -238,8 +231,8 @@ def _first_image_shape(path: Path) -> tuple[int, int, int]:
 
 
 def _tensor_file_shape(p: Path) -> tuple[int, int, int]:
-    x = _read_tensor_file(p)[0]
-    return tuple(int(v) for v in (x.shape[1:] if x.ndim == 4 else (1, *x.shape[1:])))  # type: ignore[return-value]
+    x, y, _ = _read_tensor_file(p)
+    return tuple(int(v) for v in to_nchw(x, len(y), None, p)[0].shape[1:])  # type: ignore[return-value]
 
 
 def _list_folder(p: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
@@ -266,11 +259,12 @@ def _list_folder(p: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
 
 
 def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize, convert, samples, seed, progress,
-                 hint: str) -> AuditData:
+                 hint: str, order: str = "auto", model=None, names_src: str = "given") -> AuditData:
     subdirs, files = listing
     folder_names = [shown(d.name) for d in subdirs]
-    index, adopt = _match_classes(folder_names, list(class_names) if class_names else None, num_classes)
-    names = list(class_names) if class_names else (adopt or [str(i) for i in range(max(num_classes or 0, max(index) + 1))])
+    cm = match_classes(folder_names, list(class_names) if class_names else None, num_classes, order,
+                       f"the model's class names ({names_src})")
+    index = cm.index
     y_all = torch.tensor([index[ci] for _, ci in files], dtype=torch.long)
     keep = stratified_indices(y_all, samples, seed).tolist() if samples is not None else range(len(files))
     notes: list[str] = []
@@ -290,7 +284,16 @@ def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize
         ids.append(shown(f.relative_to(p)))  # a name that is not UTF-8 shows its bytes escaped
         bar.update(1)
     x = torch.stack(tensors)
-    return AuditData(x, y_all[list(keep)], names, ids, shown(p), notes)
+    folder_idx = torch.tensor([files[i][1] for i in keep], dtype=torch.long)
+    if cm.other is not None and model is not None and model.ready:
+        cm, note = choose_by_predictions(model, x, folder_idx, cm, folder_names)
+        notes.append(note)
+    else:
+        notes.append(f"class folders -> outputs: {cm.how}" + ("; ImageFolder's sorted-string order differs (no model "
+                     "to check against): --class-order sorted forces it" if cm.other is not None else ""))
+    n_out = max(num_classes or 0, max(cm.index) + 1)
+    names = list(class_names) if class_names else (cm.names or [str(i) for i in range(n_out)])
+    return AuditData(x, torch.tensor(cm.index)[folder_idx], names, ids, shown(p), notes, cm.as_dict(folder_names))
 
 
 def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -321,17 +324,14 @@ def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
             raise DataError(f"{p}: y holds {y.dtype} labels, {y[i].item()!r} at index {i} is not a class index; "
                             "store y as integers 0..K-1")
     y = y.long()
-    if x.ndim not in (3, 4) or x.shape[0] == 0:
+    if x.ndim == 0 or x.shape[0] == 0:
         raise DataError(f"{p}: x has shape {list(x.shape)}, expected (N, C, H, W) with N > 0")
     return x, y, d
 
 
 def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, convert) -> AuditData:
     x, y, d = _read_tensor_file(p)
-    if x.ndim == 3:
-        x = x.unsqueeze(1)
-    if x.ndim != 4:
-        raise DataError(f"{p}: x has shape {list(x.shape)}, expected (N, C, H, W)")
+    x, layout = to_nchw(x, len(y), int(input_shape[0]) if input_shape is not None else None, p)
     if x.shape[0] == 0:
         raise DataError(f"{p} holds no samples")
     if x.shape[0] != y.shape[0]:
@@ -341,11 +341,11 @@ def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, co
     x = x.float()
     if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
         raise DataError(f"{p}: x must be finite and in [0, 1] (found {float(x.min()):.3g}..{float(x.max()):.3g})")
-    notes = []
+    notes = [layout] if layout else []
     if input_shape is not None:
         c, h, w = (int(v) for v in input_shape)
         if x.shape[1] != c:
-            if not convert:
+            if not convert and x.shape[1] in (1, 3, 4) and c in (1, 3, 4):
                 raise DataError(f"{p}: images have {x.shape[1]} channel(s) but the model takes {c}; "
                                 f"pass --convert-channels to convert them")
             x = convert_channels_tensor(x, c)
@@ -362,15 +362,3 @@ def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, co
     if y.min() < 0 or y.max() >= n:
         raise DataError(f"{p}: labels range {int(y.min())}..{int(y.max())} outside the model's {n} classes")
     return AuditData(x.contiguous(), y, names or [str(i) for i in range(n)], [str(i) for i in range(len(y))], shown(p), notes)
-
-
-def convert_channels_tensor(x: torch.Tensor, c: int) -> torch.Tensor:
-    """Gray -> RGB by repetition; RGB -> gray by ITU-R 601 luma."""
-    if x.shape[1] == c:
-        return x
-    if c == 3 and x.shape[1] == 1:
-        return x.repeat(1, 3, 1, 1)
-    if c == 1 and x.shape[1] == 3:
-        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        return (x * w).sum(1, keepdim=True)
-    raise DataError(f"cannot convert {x.shape[1]} channels to {c}")

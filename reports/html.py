@@ -225,6 +225,12 @@ def build_context(result: "AuditResult", base_dir: str | os.PathLike | None = No
     run_rows += [(str(k), fmt_value(v)) for k, v in run.items()]
 
     n_images = sum(len(c["images"]) for c in checks)
+    data = dict(result.data or {})
+    data_rows = [(label, fmt_value(data[key])) for key, label in (("source", "Source"), ("n", "Images"),
+                                                                   ("input_shape", "Input shape")) if key in data]
+    if data.get("class_map"):  # class folder -> model output: how the labels were read
+        data_rows.append(("Class map (folder → output)", ", ".join(f"{k} → {v}" for k, v in data["class_map"].items())))
+    data_rows += [("Note", str(n)) for n in data.get("notes") or []]
     baseline = None
     if result.baseline:
         b = result.baseline
@@ -258,6 +264,7 @@ def build_context(result: "AuditResult", base_dir: str | os.PathLike | None = No
         "class_names": [str(n) for n in class_names],
         "collapse_classes": len(class_names) > COLLAPSE_CLASSES,
         "run_rows": run_rows,
+        "data_rows": data_rows,
         "total_duration": fmt_duration(total),
         "n_images": n_images,
     }

@@ -70,6 +70,14 @@ def render_markdown(result: "AuditResult") -> str:
         extra.append(f"seed {_text(run['seed'])}")
     if extra:
         lines.append("- Run: " + ", ".join(extra))
+    data = result.data or {}
+    if data.get("source"):
+        lines.append(f"- Data: {_code(data['source'], table=False)}, {_text(data.get('n'))} images")
+    if data.get("class_map"):
+        cmap = list(data["class_map"].items())
+        more = f", ... ({len(cmap)} folders)" if len(cmap) > 24 else ""
+        lines.append("- Class map (folder → output): " + ", ".join(f"{_text(k)} → {v}" for k, v in cmap[:24]) + more)
+    lines += [f"- Data note: {_text(n)}" for n in data.get("notes") or []]
     if result.interrupted:
         lines.append("- **The run was interrupted: results are incomplete.**")
     lines.append("")

@@ -152,3 +152,45 @@ def save_compiled(obj, path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         (torch.jit.save if isinstance(obj, torch.jit.ScriptModule) else torch.export.save)(obj, path)
+
+
+class IntensityNet(nn.Module):
+    """Reads an image's mean intensity as its class, no training needed: output ``j`` scores
+    how close the mean (over ``channels`` channels, a fixed 1x1 convolution, so another
+    channel count fails) is to ``(j + 0.5) / num_classes``."""
+
+    def __init__(self, num_classes: int = 12, channels: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 1, 1, bias=False)
+        nn.init.constant_(self.conv.weight, 1.0 / channels)
+        self.register_buffer("centers", (torch.arange(num_classes) + 0.5) / num_classes)
+
+    def forward(self, x):
+        m = self.conv(x).mean((1, 2, 3))
+        return -1000.0 * (m[:, None] - self.centers[None]) ** 2
+
+
+def intensity_image(index: int, num_classes: int, mode: str = "RGB", size: int = 8):
+    """A flat PIL image that :class:`IntensityNet` reads as class ``index`` (RGBA: opaque)."""
+    from PIL import Image
+
+    v = int(round(255 * (index + 0.5) / num_classes))
+    fill = {"L": v, "RGB": (v, v, v), "RGBA": (v, v, v, 255), "LA": (v, 255)}[mode]
+    return Image.new(mode, (size, size), fill)
+
+
+def intensity_folder(root, folder_to_index: dict, num_classes: int, *, mode: str = "RGB", per_class: int = 2):
+    """Class folders of :func:`intensity_image` images: folder name -> the output it really is."""
+    for name, idx in folder_to_index.items():
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            intensity_image(idx, num_classes, mode).save(d / f"{i}.png")
+    return root
+
+
+def save_intensity_net(path, *, num_classes: int = 12, channels: int = 3, size: int = 8):
+    """:class:`IntensityNet` saved as TorchScript (its input size is not in the file)."""
+    save_compiled(compile_as(IntensityNet(num_classes, channels).eval(), "torchscript",
+                             torch.rand(2, channels, size, size)), path)
+    return path
