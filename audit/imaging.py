@@ -55,7 +55,14 @@ def short(text: str, limit: int = NAME_CHARS) -> str:
 def _literal_text(fig) -> None:
     """Every text of ``fig`` literal (never math text) and no line over :data:`FIGURE_LINE_CHARS`."""
     from matplotlib.text import Text
+    from matplotlib.ticker import LogFormatter, LogFormatterMathtext
 
+    for ax in fig.axes:  # log axes label their ticks in math text ($10^{0}$): plain numbers instead
+        for axis in (ax.xaxis, ax.yaxis):
+            if isinstance(axis.get_major_formatter(), LogFormatterMathtext):
+                axis.set_major_formatter(LogFormatter(labelOnlyBase=True))
+            if isinstance(axis.get_minor_formatter(), LogFormatterMathtext):
+                axis.set_minor_formatter(LogFormatter(labelOnlyBase=True))
     for t in fig.findobj(Text):
         t.set_parse_math(False)
         s = t.get_text()

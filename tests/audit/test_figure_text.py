@@ -73,3 +73,18 @@ def test_every_figure_prints_names_through_short():
     long = "L" * 10_000
     for cap in (class_caption(long, 0, 1, [[long, 0.9], [long, 0.1]]), channel_caption(long, 3, 0.5, long, 0.2)):
         assert max(len(ln) for ln in cap.splitlines()) < 2 * 40 + 20, cap[:200]
+
+
+def test_log_axes_keep_readable_tick_labels():
+    """Figure text is literal, so matplotlib's math-text tick labels of log and symlog axes
+    ($\\mathdefault{10^{0}}$) are replaced by plain numbers rather than printed raw."""
+    from audit.imaging import figure_png, new_figure
+
+    for scale in ("log", "symlog"):
+        fig, ax = new_figure()
+        ax.plot([1, 10, 100], [1, 2, 3])
+        ax.set_xscale(scale)
+        assert figure_png(fig)[:4] == b"\x89PNG"
+        fmt = ax.xaxis.get_major_formatter()
+        labels = [fmt(v, i) for i, v in enumerate((1.0, 10.0, 100.0))]
+        assert labels and not any("$" in s or "mathdefault" in s for s in labels), labels
