@@ -162,8 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with signals_held():  # a Ctrl-C inside torch's C-extension import can crash the interpreter: held
             import torch  # noqa: F401 - until the import is done, then it is the one-line "interrupted"
-        return int({"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "list": _cmd_list,
-                    "diff": _cmd_diff, "init": _cmd_init}[args.command](args))
+        try:
+            return int({"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "list": _cmd_list,
+                        "diff": _cmd_diff, "init": _cmd_init}[args.command](args))
+        finally:
+            from .outputs import release_locks
+
+            release_locks()  # the output folder is free again once the command ends
     except KeyboardInterrupt:
         print(f"{_me()}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

@@ -26,7 +26,7 @@ from .signals import signals_held
 if TYPE_CHECKING:  # pragma: no cover
     from .results import AuditResult
 
-__all__ = ["save_outputs", "lock_out", "OutputError", "STAGING_PREFIX"]
+__all__ = ["save_outputs", "lock_out", "release_locks", "OutputError", "STAGING_PREFIX"]
 
 STAGING_PREFIX = ".audit-staging-"
 _LOCK = ".audit-lock"
@@ -87,10 +87,21 @@ def save_outputs(result: "AuditResult", out: str | os.PathLike) -> Path:
     return out
 
 
+def release_locks() -> None:
+    """Let go of every folder :func:`lock_out` holds (the CLI calls it when a command ends)."""
+    while _held:
+        _, fd = _held.popitem()
+        try:
+            os.close(fd)  # closing the descriptor releases its flock
+        except OSError:
+            pass
+
+
 def lock_out(out: str | os.PathLike) -> None:
-    """Hold ``out/.audit-lock`` (an exclusive ``flock``) for the rest of the process, so that a
-    second audit writing into the same folder is refused (:class:`UsageError`, one line naming
-    the holder's pid) rather than interleaving with this one. No-op without ``fcntl``."""
+    """Hold ``out/.audit-lock`` (an exclusive ``flock``) until :func:`release_locks` (or the
+    process ends), so that a second audit writing into the same folder is refused
+    (:class:`UsageError`, one line naming the holder's pid) rather than interleaving with this
+    one. No-op without ``fcntl``."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX

@@ -83,7 +83,10 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
     info = model.describe()
     content = content_key(model, data) if store is not None else ""
     for name, cls in checks:
-        _run_one(ctx, name, cls, content, battery, log)
+        try:
+            _run_one(ctx, name, cls, content, battery, log)
+        except KeyboardInterrupt:  # between checks (a checkpoint being saved): what finished is kept
+            battery.interrupted = True
         if battery.interrupted or battery.aborted:  # what ran is kept; --resume picks up the rest
             break
     gates = _gates(battery.results, cfg)

@@ -89,6 +89,12 @@ def test_a_second_audit_into_the_same_folder_is_refused(tmp_path):
         holder.wait()
     lock_out(out)  # free again (and now held by this process, which may take it again)
     lock_out(out)
+    from audit.outputs import release_locks
+
+    release_locks()  # as the CLI does when a command ends: another process may take it now
+    taker = subprocess.run([sys.executable, "-c", f"from audit.outputs import lock_out; lock_out({str(out)!r})"],
+                           capture_output=True, text=True)
+    assert taker.returncode == 0, taker.stderr
 
 
 def _cli(args, **kw):
