@@ -196,7 +196,9 @@ def capture(net: nn.Module, names: list[str] | tuple[str, ...], *, retain_grad: 
 
     def make(name):
         def hook(_m, _inp, out):
-            t = out[0] if isinstance(out, (tuple, list)) else out
+            t = output_tensor(out)
+            if t is None:  # not a tensor output: the layer is reported as not hooked (never fired)
+                return
             if retain_grad and t.requires_grad:
                 t.retain_grad()
             store[name] = t

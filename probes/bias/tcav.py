@@ -232,7 +232,7 @@ class TcavRow:
 
     @property
     def null_mean(self) -> float:
-        return sum(self.null) / len(self.null) if self.null else float("nan")
+        return _mean(self.null)
 
 
 def _mean(v: list[float]) -> float:
