@@ -104,13 +104,20 @@ def _cli(args, **kw):
 
 
 def test_an_interrupted_start_up_is_one_line_and_exit_2(tmp_path):
-    """Ctrl-C while the CLI is still importing torch and loading: exit 2, one line, no traceback."""
-    proc = _cli(["run", "nothing.pt", "--out", str(tmp_path / "o")])
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == ExitCode.INTERRUPTED, err
-    assert "Traceback" not in err and err.strip().splitlines() == ["audit: interrupted"]
+    """Ctrl-C while the CLI is still importing torch and loading: exit 2, one line, no traceback.
+    Start-up may end before the signal on a fast machine (exit 4: the model file is missing),
+    so the signal comes earlier on each try until one lands in start-up."""
+    interrupted = 0
+    for delay in (0.3, 0.15, 0.05, 0.02):
+        proc = _cli(["run", "nothing.pt", "--out", str(tmp_path / "o")])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert "Traceback" not in err and proc.returncode in (ExitCode.INTERRUPTED, ExitCode.USAGE_ERROR), err
+        if proc.returncode == ExitCode.INTERRUPTED:
+            assert err.strip().splitlines() == ["audit: interrupted"]
+            interrupted += 1
+    assert interrupted, "start-up always ended before the signal"
 
 
 @pytest.mark.slow
