@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from .config import AuditConfig
 
 
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -82,7 +81,6 @@ def _logger(quiet: bool):
 
 def _config_from_args(args) -> "AuditConfig":
     from .config import AuditConfig
-
 
 
     cfg = AuditConfig.load(args.config) if getattr(args, "config", None) else AuditConfig()
