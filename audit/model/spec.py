@@ -29,7 +29,11 @@ class ModelSpec:
     ``input_shape``: (C, H, W) of one image, C in 1, 3, 4; ``num_classes``: width of the
     logits; ``class_names``: one name per output; ``mean`` / ``std``: per-channel (or one
     shared) normalization the network expects, applied to pixels in ``bounds``; ``bounds``:
-    the pixel range the audit works in, (0.0, 1.0). ``sources`` says where each field came
+    the pixel range the audit works in, (0.0, 1.0). Evaluation preprocessing the model was
+    made for: ``resize_mode`` (``stretch`` to the input size, or ``shorter-crop``: resize the
+    shorter side to H / ``crop_pct`` then center-crop H x W), ``crop_pct`` in (0, 1], and
+    ``interpolation`` (``bilinear``, ``bicubic``, ``nearest``, ``lanczos``, ``box``, ``hamming``).
+    ``sources`` says where each field came
     from (``flag``, ``sidecar``, ``weights``, ``weights file``, ``export``, ``output``, ``data``).
     """
 
@@ -39,6 +43,9 @@ class ModelSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     bounds: tuple[float, float] = (0.0, 1.0)
+    resize_mode: str | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
     def set(self, name: str, value: Any, source: str) -> None:
