@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import DataError, UsageError
+
+if TYPE_CHECKING:  # torch and torchvision are imported when an image is resized (the CLI parser imports this)
+    import torch
 
 __all__ = ["MODES", "INTERPOLATIONS", "DEFAULT_CROP_PCT", "Preprocess", "resolve_preprocess"]
 
@@ -101,7 +103,8 @@ class Preprocess:
 
     def note(self, size: tuple[int, int], resized: int, total: int) -> str:
         """The data note: what was applied, where it came from, to how many images."""
-        return f"preprocessing: {self.describe(size)}, from {self.origin}; applied to {resized} of {total} images"
+        rest = f" (the others were already {int(size[0])}x{int(size[1])})" if resized < total else ""
+        return f"preprocessing: {self.describe(size)}, from {self.origin}; applied to {resized} of {total} images{rest}"
 
 
 def _check(mode, crop_pct, interpolation, model: bool = False) -> None:
@@ -142,12 +145,12 @@ def resolve_preprocess(spec=None, *, resize: bool = False, resize_mode: str | No
     pct = crop_pct if crop_pct is not None else (s_pct if s_pct is not None else DEFAULT_CROP_PCT)
     interp = interpolation or s_interp or "bilinear"
     _check(mode, pct, interp, model=True)  # the flags were checked above: what is left is the model's
-    parts = []
-    if any(v is not None for v in (s_mode, s_pct, s_interp)):
-        src = getattr(spec, "sources", {}).get("resize_mode") or getattr(spec, "sources", {}).get("interpolation")
-        parts.append(f"the model ({src})" if src else "the model")
-    parts += flags
+    sources = getattr(spec, "sources", {})
+    declared = any(v is not None for v in (s_mode, s_pct, s_interp))
+    src = sources.get("resize_mode") or sources.get("crop_pct") or sources.get("interpolation")
+    model = f"the model ({src})" if src else "the model"
+    origin = " and ".join(flags) + (f", the rest from {model}" if declared else "") if flags else (
+        model if declared else "--resize (the model declares no preprocessing: the default stretch)")
     if mode == "shorter-crop" and crop_pct is None and s_pct is None:
-        parts.append(f"the default crop_pct {DEFAULT_CROP_PCT}")
-    origin = " and ".join(parts) if parts else "--resize (the model declares no preprocessing; the default stretch)"
+        origin += f"; crop_pct is the default {DEFAULT_CROP_PCT}"
     return Preprocess(mode, float(pct) if mode == "shorter-crop" else 1.0, interp, origin)
