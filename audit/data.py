@@ -223,7 +223,7 @@ def _load_listing(form: Listing, input_shape, class_names, num_classes, prep, co
     x, notes = read_images(items, input_shape, convert, prep, progress, hint, form.where)
     n_out = max(num_classes or 0, max(y) + 1, len(names or []))
     names = list(class_names) if class_names else (names or [str(i) for i in range(n_out)])
-    return AuditData(x, y_all[keep], names, [sid for sid, _ in items], form.where, form.notes + [f"labels read as {how}"]
+    return AuditData(x, y_all[keep], names, [sid for sid, _ in items], form.source, form.notes + [f"labels read as {how}"]
                      + notes, {str(k): int(v) for k, v in class_map.items()})
 
 

@@ -45,13 +45,14 @@ class Listing:
     source being a :class:`~pathlib.Path` or a function returning the image file's bytes;
     ``labels``: each item's raw label (an index or a class name); ``label_names``: the names of
     a ``ClassLabel`` that the indices refer to (None: see :func:`map_labels`); ``where``: what
-    error messages name (the labels file, the dataset)."""
+    error messages name (the labels file, the dataset); ``source``: the data's name in results."""
 
     items: list[tuple[str, Source]]
     labels: list[Any]
     where: str
     label_names: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    source: str = ""  # the data's name in results (``data.source``)
 
     def assign(self, model_names: Sequence[str] | None, num_classes: int | None,
                names_source: str = "the model's class names") -> tuple[list[int], list[str] | None, dict, str]:
@@ -213,7 +214,10 @@ def list_labelled(base: Path, table: Path) -> Listing:
         notes.append(f"{len(loose)} image(s) in {shown(base)} are not in {shown(table)} and are left out "
                      f"(e.g. {shown(loose[0].name)})")
     ids = [shown(f.relative_to(base)) if f.is_relative_to(base) else shown(f) for f in files]
-    return Listing(list(zip(ids, files)), [lab for _, lab, _ in rows], f"labels file {table}", notes=notes)
+    source = shown(table) if table.parent == base and table.suffix.lower() in (".csv", ".tsv") else \
+        f"{shown(base)} (labels: {shown(table)})"
+    return Listing(list(zip(ids, files)), [lab for _, lab, _ in rows], f"labels file {table}", notes=notes,
+                   source=source)
 
 
 def labels_file_for(p: Path, labels_file: str | None) -> tuple[Path, Path] | None:

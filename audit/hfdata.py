@@ -167,4 +167,4 @@ def list_hf(p: Path) -> Listing:
                  + (" (a ClassLabel)" if names else ""))
     col = table.column(img)
     items = [(f"row {i}", _source(col, i, base, where)) for i in range(table.num_rows)]
-    return Listing(items, raw, where, names, notes)
+    return Listing(items, raw, where, names, notes, source=where)
