@@ -95,7 +95,8 @@ def _table(p: Path):
         splits = {f: _split_of(f, p if p.is_dir() else p.parent) for f in files}
         if p.is_dir() and any(splits.values()):
             found = sorted({s for s in splits.values() if s}, key=lambda s: (EVAL_SPLITS + TRAIN_SPLITS).index(s))
-            split, note = _pick_split(found, p, "pass --data with that split's .parquet file(s)")
+            one = next(f for f in files if splits[f] == found[0])
+            split, note = _pick_split(found, p, f"pass --data {shown(one)} (one of its files)")
             files, notes = [f for f in files if splits[f] == split], [note]
         table = pyarrow.concat_tables([pq.read_table(f) for f in files])
         notes.append(f"{len(files)} Parquet file(s) read" + (f" ({shown(files[0].name)}, ...)" if len(files) > 1 else ""))
@@ -136,8 +137,9 @@ def _source(col, i: int, base: Path, where: str):
                 try:
                     return f.read_bytes()
                 except OSError as e:
-                    raise DataError(f"{where} row {i}: image file {f} cannot be read ({e.strerror}); embed the "
-                                    "images (ds.cast_column('image', datasets.Image()) before saving)") from None
+                    raise DataError(f"{where} row {i}: the dataset refers to the image file {f}, which cannot be "
+                                    f"read ({e.strerror}); put it back, or save the dataset with Dataset.save_to_disk, "
+                                    "which embeds the images") from None
         if isinstance(v, (bytes, bytearray)):
             return bytes(v)
         raise DataError(f"{where} row {i}: the image is empty; remove the row")

@@ -203,6 +203,29 @@ def test_parquet_files_and_folders(tmp_path):
     assert any("the validation split is evaluated" in n for n in data.notes)
     _hf(LABELS, label_feature=False).to_parquet(str(tmp_path / "names.parquet"))  # string labels: class names
     _check(load_data(tmp_path / "names.parquet", model=_model()), _model())
+    train = tmp_path / "trainonly"
+    train.mkdir()
+    _hf([0, 1]).to_parquet(str(train / "train-00000-of-00001.parquet"))
+    with pytest.raises(DataError, match=r"holds only the split\(s\) train .*; pass --data .*train-00000-of-00001"
+                                        r"\.parquet \(one of its files\) to audit on it"):
+        load_data(train, model=_model())
+    assert len(load_data(train / "train-00000-of-00001.parquet", model=_model())) == 2
+
+
+def test_images_stored_as_paths_are_read_from_their_files(tmp_path):
+    """Dataset.to_parquet keeps an Image feature built from files as paths: they are read
+    from the files; a missing one is one line naming save_to_disk, which embeds them."""
+    datasets = pytest.importorskip("datasets")
+    for i, c in enumerate(LABELS):
+        _image(c, i).save(tmp_path / f"{i}.png")
+    ds = datasets.Dataset.from_dict({"image": [str(tmp_path / f"{i}.png") for i in range(6)], "label": LABELS})
+    ds = ds.cast_column("image", datasets.Image()).cast_column("label", datasets.ClassLabel(names=NAMES))
+    ds.to_parquet(str(tmp_path / "paths.parquet"))
+    _check(load_data(tmp_path / "paths.parquet", model=_model()), _model())
+    (tmp_path / "3.png").unlink()
+    with pytest.raises(DataError, match=r"paths.parquet row 3: the dataset refers to the image file .*3.png, which "
+                                        r"cannot be read .*save the dataset with Dataset.save_to_disk"):
+        load_data(tmp_path / "paths.parquet", model=_model())
 
 
 def test_bad_hugging_face_data_is_one_line_with_the_fix(tmp_path, monkeypatch):
