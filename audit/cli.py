@@ -125,7 +125,9 @@ def _cmd_run(args) -> int:
     data = None
     if args.data:
         data = load_data(args.data, model=model, resize=args.resize, convert_channels=args.convert_channels,
-                         samples=cfg.samples, seed=cfg.seed, progress=not args.quiet, class_order=args.class_order)
+                         samples=cfg.samples, seed=cfg.seed, progress=not args.quiet, class_order=args.class_order,
+                         labels_file=args.data_labels, resize_mode=args.resize_mode, crop_pct=args.crop_pct,
+                         interpolation=args.interpolation)
         log(f"data {args.data}: {len(data)} images, {len(data.class_names)} classes")
     baseline = _load_result(args.baseline) if args.baseline else None
     return _run_and_write(model, data, cfg, Path(args.out), log, quiet=args.quiet, baseline=baseline,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .errors import UsageError
+from .preprocess import INTERPOLATIONS, MODES
 from .version import __version__
 
 
@@ -25,6 +26,16 @@ def _tolerance(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if v != v or v in (float("inf"), float("-inf")) or v < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a fraction in (0, 1], e.g. 0.875")
     return v
 
 
@@ -50,8 +61,19 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="ImageFolder directory (one subfolder per class) or a .pt/.npz with x and y")
-    g.add_argument("--resize", action="store_true", help="resize images to the model's input size")
+    g.add_argument("--data", help="ImageFolder directory (one subfolder per class), a .pt/.npz with x and y, a folder "
+                   "of images with --data-labels, a .csv of paths and labels, or a Hugging Face dataset (a "
+                   "save_to_disk folder, .parquet)")
+    g.add_argument("--data-labels", metavar="FILE", help="labels of the images in --data DIR: a CSV (filename,label) "
+                   "or `path label` lines (ImageNet val style); labels are class indices or class names")
+    g.add_argument("--resize", action="store_true", help="resize images to the model's input size (how: the model's "
+                   "own preprocessing when it declares one, else stretched; the options below override)")
+    g.add_argument("--resize-mode", choices=MODES, help="stretch to the input size, or resize "
+                   "the shorter side to size/crop-pct and center-crop (default: the model's, else stretch)")
+    g.add_argument("--crop-pct", type=_fraction, help="shorter-crop: the crop's share of the resized side, "
+                   "e.g. 0.875 (224 of 256; default: the model's, else 0.875)")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS,
+                   help="resize interpolation (default: the model's, else bilinear)")
     g.add_argument("--convert-channels", action="store_true", help="convert images to the model's channel count")
     g.add_argument("--samples", type=_positive_int, help="use a seeded, class-stratified subset of N samples")
     g.add_argument("--class-order", choices=("auto", "sorted", "numeric"), default="auto", help="class folders named "

@@ -1,4 +1,6 @@
-"""Loading evaluation data: an ImageFolder-style directory or a tensor file.
+"""Loading evaluation data: an ImageFolder-style directory, a tensor file, or images listed
+with labels (:mod:`audit.dataforms`: a labels file or CSV; :mod:`audit.hfdata`: Hugging Face
+datasets). Images of another size than the model's are fitted by :mod:`audit.preprocess`.
 
 Every check receives :class:`AuditData`: ``x`` float32 (N, C, H, W) in [0, 1] on the CPU,
 ``y`` int64 labels indexed like the model's outputs, and the class names.
@@ -14,14 +16,16 @@ import numpy as np
 import torch
 
 from .classmap import choose_by_predictions, match_classes
+from .dataforms import IMAGE_EXTS, Listing, labels_file_for, list_labelled
 from .errors import DataError, first_line
 from .files import is_regular, regular_file, shown
+from .hfdata import is_hf_data, list_hf
+from .images import first_image_shape, read_images
 from .layouts import convert_channels_tensor, finalize_from_data, find_split, to_nchw
-from .progress import Progress
+from .preprocess import Preprocess, resolve_preprocess
 
 __all__ = ["AuditData", "load_data", "stratified_indices", "convert_channels_tensor"]
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
 
 
@@ -84,102 +88,25 @@ def stratified_indices(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.sort(chosen).values
 
 
-#: the most pixels a data image may have (PIL's own default); over it the image is refused,
-#: before it is decoded, with one line naming the file (``AUDIT_MAX_IMAGE_PIXELS`` overrides)
-MAX_IMAGE_PIXELS = 89_478_485
-
-
-def _decode_image(path: Path, size: tuple[int, int] | None = None):
-    """The decoded image of ``path``. Its header is read first: an image of more than
-    :data:`MAX_IMAGE_PIXELS` pixels (a decompression bomb, or a photo far larger than any
-    model input) is a :class:`DataError` naming the file before any pixel is decoded. With a
-    target ``size`` (H, W), an image at least twice as large each way is first reduced by an
-    integer factor in its own 8-bit form (PIL's ``reduce``: a box filter; JPEGs decode at the
-    reduced size via ``draft``), so decoding a large photo never holds it as float32.
-    Raises :class:`DataError` for an unreadable file."""
-    from PIL import Image, UnidentifiedImageError
-
-    limit = int(os.environ.get("AUDIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
-    try:
-        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only; checked just below
-        try:
-            im = Image.open(path)
-        finally:
-            Image.MAX_IMAGE_PIXELS = pil_limit
-        with im:
-            if im.width * im.height > limit:
-                raise DataError(f"{path} is {im.width}x{im.height} pixels, over the limit of {limit:,} for one image "
-                                "(a decompression bomb or an oversized photo); downscale it, or raise "
-                                "AUDIT_MAX_IMAGE_PIXELS if it is genuine")
-            k = min(im.width // size[1], im.height // size[0]) // 2 if size else 0
-            if k >= 2 and im.mode in ("RGB", "RGBA", "L", "LA", "P", "CMYK", "YCbCr"):
-                im.draft(im.mode, (im.width // k, im.height // k))  # JPEG: decode smaller; others: no-op
-                im.load()
-                k = min(im.width // size[1], im.height // size[0]) // 2
-                return (im.reduce(k) if k >= 2 else im).copy()
-            im.load()
-            return im.copy()
-    except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: {first_line(e)}; downscale it, or raise AUDIT_MAX_IMAGE_PIXELS if it is genuine") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"{path} is not a readable image ({e.__class__.__name__}); remove it or fix it") from None
-
-
-GRAY_MODES = ("L", "LA", "1", "I", "F") + tuple(m for m in ("I;16", "I;16B", "I;16L", "I;16N"))
-
-
-def _image_channels(im, want: int | None = None) -> int:
-    """1 (gray) or 3 (RGB; alpha dropped), or 4 when the model takes 4 and the image has alpha."""
-    if want == 4 and (im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)):
-        return 4
-    return 1 if im.mode in GRAY_MODES else 3
-
-
-def _gray_float(im) -> np.ndarray:
-    """A high-bit-depth gray image (16-bit, int32 or float) scaled to [0, 1]."""
-    a = np.asarray(im, dtype=np.float32)
-    if im.mode.startswith("I;16") or (im.mode == "I" and a.max() > 255):
-        return a / 65535.0
-    if im.mode == "F" and a.max() <= 1.0:
-        return np.clip(a, 0, 1)
-    return np.clip(a / 255.0, 0, 1)
-
-
-def _to_tensor(im, channels: int | None, size: tuple[int, int] | None, path: Path, convert: bool,
-               resize: bool, hint: str = "") -> torch.Tensor:
-    c = _image_channels(im, channels)
-    if channels is not None and c != channels and not convert:
-        raise DataError(f"{path} has {c} channel(s) but the model takes {channels}{hint}; "
-                        f"pass --convert-channels to convert the images to {channels}")
-    if size is not None and (im.height, im.width) != tuple(size) and not resize:
-        raise DataError(f"{path} is {im.height}x{im.width} but the model takes {size[0]}x{size[1]}{hint}; "
-                        "pass --resize to resize the images to the model's input size")
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        t = torch.from_numpy(_gray_float(im).copy())[None]  # keep the full bit depth
-    else:
-        im = im.convert({1: "L", 3: "RGB", 4: "RGBA"}[c])  # alpha is dropped for a 1- or 3-channel model
-        arr = np.asarray(im, dtype=np.float32) / 255.0
-        t = torch.from_numpy((arr[:, :, None] if arr.ndim == 2 else arr).copy()).permute(2, 0, 1)
-    if channels is not None and c != channels:
-        t = convert_channels_tensor(t[None], channels)[0]
-    if size is not None and tuple(t.shape[1:]) != tuple(size):
-        t = torch.nn.functional.interpolate(t[None], size=tuple(size), mode="bilinear", align_corners=False,
-                                            antialias=True)[0].clamp(0, 1)
-    return t.contiguous()
-
-
 def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int] | None = None,
               class_names: Sequence[str] | None = None, num_classes: int | None = None,
               resize: bool = False, convert_channels: bool = False, samples: int | None = None,
-              seed: int = 0, progress: bool = False, class_order: str = "auto") -> AuditData:
+              seed: int = 0, progress: bool = False, class_order: str = "auto", labels_file=None,
+              resize_mode: str | None = None, crop_pct: float | None = None,
+              interpolation: str | None = None) -> AuditData:
     """Load an ImageFolder directory (one subfolder per class; a folder of split folders
-    ``train/``, ``val/``, ... loads its ``val/``, :func:`~audit.layouts.find_split`) or a
+    ``train/``, ``val/``, ... loads its ``val/``, :func:`~audit.layouts.find_split`), a
     ``.pt``/``.npz`` tensor file holding ``x`` (N, C, H, W), or channels-last (N, H, W, C), or
-    (N, H, W) gray, in [0, 1] (uint8 0..255 is scaled) and ``y``.
+    (N, H, W) gray, in [0, 1] (uint8 0..255 is scaled) and ``y``, a folder of images with
+    ``labels_file`` or a ``.csv`` of paths and labels (:mod:`audit.dataforms`), or a Hugging
+    Face dataset folder or Parquet file(s) (:mod:`audit.hfdata`).
 
     With ``model`` (an :class:`~audit.model.AuditModel`), its input shape and class names
     are the reference; a mismatch is a :class:`DataError` naming both shapes and the flag
-    (``resize`` / ``convert_channels``) that converts. ``samples`` takes a seeded,
+    (``resize`` / ``convert_channels``) that converts. An image of another size is fitted by
+    :func:`~audit.preprocess.resolve_preprocess` (``resize_mode``, ``crop_pct``,
+    ``interpolation`` over the model's own preprocessing, applied without ``resize`` when the
+    model declares one; a data note says what was done). ``samples`` takes a seeded,
     class-stratified subset. ``class_order`` (auto, sorted, numeric): how class folders named
     by number map to outputs (:mod:`audit.classmap`); the map is ``class_map``. Raises
     :class:`DataError` (exit code 4) for anything it cannot read: a missing path, a file or a
@@ -189,30 +116,38 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
     if not p.exists():
         raise DataError(f"data path {p} does not exist")
     early: list[str] = []
-    if p.is_dir():
+    labelled = labels_file_for(p, labels_file)
+    form = list_labelled(*labelled) if labelled else (list_hf(p) if is_hf_data(p) else None)
+    if p.is_dir() and form is None:
         p, split_note = find_split(p)
         early += [split_note] if split_note else []
-    else:
+    elif form is None:
         regular_file(p, "data file", error=DataError)  # a FIFO or /dev/zero would never end
-    listing = _list_folder(p) if p.is_dir() else None
+    listing = _list_folder(p) if p.is_dir() and form is None else None
     hint = ""
     if model is not None:
         if not model.ready:  # the model's input size comes from the data (its channel count from a
             # probe when they differ): fix it now, so that the data is checked against the model
-            probed = finalize_from_data(model, _first_image_shape(listing[1][0][0]) if listing else _tensor_file_shape(p))
+            first = listing[1][0][0] if listing else (form.items[0][1] if form else None)
+            probed = finalize_from_data(model, first_image_shape(first) if first else _tensor_file_shape(p))
             early += [probed] if probed else []
         if model.spec.sources.get("input_shape") == "data":
             hint = " (the model's input size was taken from the first image; pass --input-size CxHxW to set it)"
         input_shape = input_shape or model.spec.input_shape
         class_names = class_names or model.spec.class_names
         num_classes = num_classes or model.spec.num_classes
+    prep = resolve_preprocess(model.spec if model is not None else None, resize=resize, resize_mode=resize_mode,
+                              crop_pct=crop_pct, interpolation=interpolation)
+    src = {"flag": "--labels", "sidecar": "sidecar file", "weights": "--weights"}.get(
+        model.spec.sources.get("class_names", "") if model is not None else "", "given")
     if listing is not None:
-        src = {"flag": "--labels", "sidecar": "sidecar file", "weights": "--weights"}.get(
-            model.spec.sources.get("class_names", "") if model is not None else "", "given")
-        data = _load_folder(p, listing, input_shape, class_names, num_classes, resize, convert_channels, samples,
+        data = _load_folder(p, listing, input_shape, class_names, num_classes, prep, convert_channels, samples,
                             seed, progress, hint, class_order, model, src)
+    elif form is not None:
+        data = _load_listing(form, input_shape, class_names, num_classes, prep, convert_channels, samples, seed,
+                             progress, hint, f"the model's class names ({src})")
     else:
-        data = _load_tensor_file(p, input_shape, class_names, num_classes, resize, convert_channels)
+        data = _load_tensor_file(p, input_shape, class_names, num_classes, prep, convert_channels)
         if samples is not None:
             data = data.subset(stratified_indices(data.y, samples, seed))
     renamed = any(k.isdigit() and int(k) != v for k, v in data.class_map.items())  # ImageFolder's order of numbers
@@ -225,11 +160,6 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
     return data
 
 
-def _first_image_shape(path: Path) -> tuple[int, int, int]:
-    im = _decode_image(path)
-    return (_image_channels(im), im.height, im.width)
-
-
 def _tensor_file_shape(p: Path) -> tuple[int, int, int]:
     x, y, _ = _read_tensor_file(p)
     return tuple(int(v) for v in to_nchw(x, len(y), None, p)[0].shape[1:])  # type: ignore[return-value]
@@ -240,7 +170,8 @@ def _list_folder(p: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
     subdirs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not subdirs:
         loose = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS]
-        hint = " (the images must sit in one subfolder per class)" if loose else ""
+        hint = (" (the images must sit in one subfolder per class, or pass --data-labels FILE listing each image's "
+                "label)") if loose else ""
         raise DataError(f"data folder {p} has no class subfolders{hint}")
     files: list[tuple[Path, int]] = []
     for ci, d in enumerate(subdirs):
@@ -258,7 +189,7 @@ def _list_folder(p: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
     return subdirs, files
 
 
-def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize, convert, samples, seed, progress,
+def _load_folder(p: Path, listing, input_shape, class_names, num_classes, prep, convert, samples, seed, progress,
                  hint: str, order: str = "auto", model=None, names_src: str = "given") -> AuditData:
     subdirs, files = listing
     folder_names = [shown(d.name) for d in subdirs]
@@ -267,23 +198,9 @@ def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize
     index = cm.index
     y_all = torch.tensor([index[ci] for _, ci in files], dtype=torch.long)
     keep = stratified_indices(y_all, samples, seed).tolist() if samples is not None else range(len(files))
-    notes: list[str] = []
-    channels = int(input_shape[0]) if input_shape else None
-    size = (int(input_shape[1]), int(input_shape[2])) if input_shape else None
-    tensors, ids = [], []
-    bar = Progress(progress).units(len(keep), "data: loading images", "image")
-    for i in keep:
-        f, _ = files[i]
-        im = _decode_image(f, size if resize else None)
-        if size is None:  # no model to compare with: the first image sets the size
-            channels = channels or _image_channels(im)
-            size = (im.height, im.width)
-            notes.append(f"input size {channels}x{size[0]}x{size[1]} inferred from {f.name}")
-            hint = " (taken from the first image)"
-        tensors.append(_to_tensor(im, channels, size, f, convert, resize, hint))
-        ids.append(shown(f.relative_to(p)))  # a name that is not UTF-8 shows its bytes escaped
-        bar.update(1)
-    x = torch.stack(tensors)
+    ids = [shown(files[i][0].relative_to(p)) for i in keep]  # a name that is not UTF-8 shows its bytes escaped
+    x, notes = read_images([(sid, files[i][0]) for sid, i in zip(ids, keep)], input_shape, convert, prep, progress,
+                            hint)
     folder_idx = torch.tensor([files[i][1] for i in keep], dtype=torch.long)
     if cm.other is not None and model is not None and model.ready:
         cm, note = choose_by_predictions(model, x, folder_idx, cm, folder_names)
@@ -294,6 +211,20 @@ def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize
     n_out = max(num_classes or 0, max(cm.index) + 1)
     names = list(class_names) if class_names else (cm.names or [str(i) for i in range(n_out)])
     return AuditData(x, torch.tensor(cm.index)[folder_idx], names, ids, shown(p), notes, cm.as_dict(folder_names))
+
+
+def _load_listing(form: Listing, input_shape, class_names, num_classes, prep, convert, samples, seed, progress,
+                  hint: str, names_src: str) -> AuditData:
+    """A labels file's, a CSV's or a Hugging Face dataset's images (:mod:`audit.dataforms`)."""
+    y, names, class_map, how = form.assign(list(class_names) if class_names else None, num_classes, names_src)
+    y_all = torch.tensor(y, dtype=torch.long)
+    keep = stratified_indices(y_all, samples, seed).tolist() if samples is not None else list(range(len(y)))
+    items = [form.items[i] for i in keep]
+    x, notes = read_images(items, input_shape, convert, prep, progress, hint, form.where)
+    n_out = max(num_classes or 0, max(y) + 1, len(names or []))
+    names = list(class_names) if class_names else (names or [str(i) for i in range(n_out)])
+    return AuditData(x, y_all[keep], names, [sid for sid, _ in items], form.source, form.notes + [f"labels read as {how}"]
+                     + notes, {str(k): int(v) for k, v in class_map.items()})
 
 
 def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -351,11 +282,13 @@ def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, co
             x = convert_channels_tensor(x, c)
             notes.append(f"converted to {c} channel(s)")
         if tuple(x.shape[2:]) != (h, w):
-            if not resize:
+            if resize is None or resize is False:
                 raise DataError(f"{p}: images are {x.shape[2]}x{x.shape[3]} but the model takes {h}x{w}; "
-                                "pass --resize to resize them")
-            x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
-            notes.append(f"resized to {h}x{w}")
+                                "pass --resize to resize them (--resize-mode shorter-crop to resize the shorter side "
+                                "and center-crop)")
+            prep = Preprocess() if resize is True else resize
+            x = prep.apply_tensor(x, (h, w), str(p))
+            notes.append(prep.note((h, w), len(x), len(x)))
     names = [str(v) for v in d["class_names"]] if "class_names" in d else None
     names = list(class_names) if class_names else names
     n = len(names) if names else (num_classes or int(y.max()) + 1)

@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..files import MiB, regular_file
 
 SIDECAR_KEYS = {"arch", "num_classes", "input_size", "mean", "std", "class_names", "weights",
-                "description", "training"}
+                "description", "training", "resize_mode", "crop_pct", "interpolation"}
 
 
 @dataclass
@@ -192,16 +192,26 @@ def apply_sidecar(spec: ModelSpec, side: dict[str, Any]) -> None:
     spec.set("std", parse_floats(side.get("std"), "sidecar std"), "sidecar")
     spec.set("class_names", side.get("class_names"), "sidecar")
     spec.set("num_classes", side.get("num_classes"), "sidecar")
+    for key in ("resize_mode", "crop_pct", "interpolation"):  # checked where they are used (audit.preprocess)
+        spec.set(key, side.get(key), "sidecar")
 
 
 def apply_weights_meta(spec: ModelSpec, tv_weights: Any) -> None:
     """Fill what is still open from torchvision weights' transforms and metadata (source
-    ``weights``): crop size (3, H, W), mean, std, and the category names unless a
-    fine-tuned head (a different ``num_classes``) has its own."""
+    ``weights``): crop size (3, H, W), mean, std, the evaluation preprocessing (``Resize`` of
+    the shorter side to ``resize_size`` then ``CenterCrop`` of ``crop_size``: ``shorter-crop``,
+    ``crop_pct = crop_size / resize_size``, its ``interpolation``), and the category names
+    unless a fine-tuned head (a different ``num_classes``) has its own."""
     tr = tv_weights.transforms()
     crop = getattr(tr, "crop_size", None)
     if crop:
         spec.set("input_shape", (3, int(crop[0]), int(crop[-1])), "weights")
+    resize = getattr(tr, "resize_size", None)
+    if crop and resize:
+        spec.set("resize_mode", "shorter-crop", "weights")
+        spec.set("crop_pct", min(1.0, int(crop[0]) / int(resize[0])), "weights")
+    interp = getattr(getattr(tr, "interpolation", None), "value", None)
+    spec.set("interpolation", interp, "weights")
     spec.set("mean", tuple(getattr(tr, "mean", ()) or ()) or None, "weights")
     spec.set("std", tuple(getattr(tr, "std", ()) or ()) or None, "weights")
     cats = tv_weights.meta.get("categories")

@@ -176,7 +176,7 @@ def test_a_large_image_is_reduced_before_it_becomes_float(tmp_path):
     import torch
     from PIL import Image
 
-    from audit.data import _decode_image, _to_tensor
+    from audit.images import decode_image as _decode_image, image_tensor as _to_tensor
 
     g = np.random.default_rng(0)
     big = (np.kron(g.integers(0, 256, (16, 16, 3)), np.ones((64, 64, 1)))).astype(np.uint8)  # 1024 px, blocky

@@ -1,0 +1,142 @@
+"""Decoding image files into float tensors for :mod:`audit.data`: the pixel limit checked on
+the header, the 8-bit reduction of large photos, gray / RGB / RGBA channels, high bit depth,
+and the fitting of other sizes (:mod:`audit.preprocess`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DataError, first_line
+from .layouts import convert_channels_tensor
+from .preprocess import Preprocess
+from .progress import Progress
+
+__all__ = ["MAX_IMAGE_PIXELS", "decode_image", "image_channels", "image_tensor", "read_images", "first_image_shape"]
+
+
+#: the most pixels a data image may have (PIL's own default); over it the image is refused,
+#: before it is decoded, with one line naming the file (``AUDIT_MAX_IMAGE_PIXELS`` overrides)
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def decode_image(path, size: tuple[int, int] | None = None, name: str | None = None):
+    """The decoded image of ``path`` (a file, or a function returning its bytes; ``name`` in
+    messages, the path by default). Its header is read first: an image of more than
+    :data:`MAX_IMAGE_PIXELS` pixels (a decompression bomb, or a photo far larger than any
+    model input) is a :class:`DataError` naming the file before any pixel is decoded. With a
+    target ``size`` (H, W), an image at least twice as large each way is first reduced by an
+    integer factor in its own 8-bit form (PIL's ``reduce``: a box filter; JPEGs decode at the
+    reduced size via ``draft``), so decoding a large photo never holds it as float32.
+    Raises :class:`DataError` for an unreadable file."""
+    from PIL import Image, UnidentifiedImageError
+
+    import io
+
+    limit = int(os.environ.get("AUDIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
+    src, path = (io.BytesIO(path()), name) if callable(path) else (path, name or path)
+    try:
+        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only; checked just below
+        try:
+            im = Image.open(src)
+        finally:
+            Image.MAX_IMAGE_PIXELS = pil_limit
+        with im:
+            if im.width * im.height > limit:
+                raise DataError(f"{path} is {im.width}x{im.height} pixels, over the limit of {limit:,} for one image "
+                                "(a decompression bomb or an oversized photo); downscale it, or raise "
+                                "AUDIT_MAX_IMAGE_PIXELS if it is genuine")
+            k = min(im.width // size[1], im.height // size[0]) // 2 if size else 0
+            if k >= 2 and im.mode in ("RGB", "RGBA", "L", "LA", "P", "CMYK", "YCbCr"):
+                im.draft(im.mode, (im.width // k, im.height // k))  # JPEG: decode smaller; others: no-op
+                im.load()
+                k = min(im.width // size[1], im.height // size[0]) // 2
+                return (im.reduce(k) if k >= 2 else im).copy()
+            im.load()
+            return im.copy()
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: {first_line(e)}; downscale it, or raise AUDIT_MAX_IMAGE_PIXELS if it is genuine") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{path} is not a readable image ({e.__class__.__name__}); remove it or fix it") from None
+
+
+GRAY_MODES = ("L", "LA", "1", "I", "F") + tuple(m for m in ("I;16", "I;16B", "I;16L", "I;16N"))
+
+
+def image_channels(im, want: int | None = None) -> int:
+    """1 (gray) or 3 (RGB; alpha dropped), or 4 when the model takes 4 and the image has alpha."""
+    if want == 4 and (im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)):
+        return 4
+    return 1 if im.mode in GRAY_MODES else 3
+
+
+def _gray_float(im) -> np.ndarray:
+    """A high-bit-depth gray image (16-bit, int32 or float) scaled to [0, 1]."""
+    a = np.asarray(im, dtype=np.float32)
+    if im.mode.startswith("I;16") or (im.mode == "I" and a.max() > 255):
+        return a / 65535.0
+    if im.mode == "F" and a.max() <= 1.0:
+        return np.clip(a, 0, 1)
+    return np.clip(a / 255.0, 0, 1)
+
+
+def image_tensor(im, channels: int | None, size: tuple[int, int] | None, path: Path, convert: bool,
+               resize: Preprocess | bool | None, hint: str = "") -> torch.Tensor:
+    """``im`` as float32 (C, H, W) in [0, 1]; an image of another size than ``size`` is fitted by
+    ``resize`` (a :class:`Preprocess`; True: the default stretch) or refused naming --resize."""
+    resize = Preprocess() if resize is True else (resize or None)
+    c = image_channels(im, channels)
+    if channels is not None and c != channels and not convert:
+        raise DataError(f"{path} has {c} channel(s) but the model takes {channels}{hint}; "
+                        f"pass --convert-channels to convert the images to {channels}")
+    if size is not None and (im.height, im.width) != tuple(size) and not resize:
+        raise DataError(f"{path} is {im.height}x{im.width} but the model takes {size[0]}x{size[1]}{hint}; "
+                        "pass --resize to resize the images to the model's input size (--resize-mode shorter-crop "
+                        "to resize the shorter side and center-crop)")
+    fit = size is not None and (im.height, im.width) != tuple(size)
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        t = torch.from_numpy(_gray_float(im).copy())[None]  # keep the full bit depth
+        t = resize.apply_tensor(t, size, str(path)) if fit else t
+    else:
+        im = im.convert({1: "L", 3: "RGB", 4: "RGBA"}[c])  # alpha is dropped for a 1- or 3-channel model
+        im = resize.apply_pil(im, size) if fit else im  # 8-bit, as the model zoos' own pipelines resize
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+        t = torch.from_numpy((arr[:, :, None] if arr.ndim == 2 else arr).copy()).permute(2, 0, 1)
+    if channels is not None and c != channels:
+        t = convert_channels_tensor(t[None], channels)[0]
+    return t.contiguous()
+
+
+def first_image_shape(src) -> tuple[int, int, int]:
+    """(C, H, W) of the image at ``src`` (a file, or a function returning its bytes)."""
+    im = decode_image(src)
+    return (image_channels(im), im.height, im.width)
+
+
+def read_images(items: list[tuple[str, Any]], input_shape, convert: bool, prep: Preprocess | None,
+                progress: bool, hint: str, where: str = "") -> tuple[torch.Tensor, list[str]]:
+    """Decode (id, source) ``items`` into one (N, C, H, W) tensor fitted to ``input_shape`` (the
+    first image sets it when None), and the notes (the size inferred, the preprocessing done)."""
+    notes: list[str] = []
+    channels = int(input_shape[0]) if input_shape else None
+    size = (int(input_shape[1]), int(input_shape[2])) if input_shape else None
+    tensors, fitted = [], 0
+    bar = Progress(progress).units(len(items), "data: loading images", "image")
+    for sid, f in items:
+        name = f if isinstance(f, Path) else f"{where} {sid}"
+        im = decode_image(f, prep.decode_size(size) if prep is not None and size else None, name)
+        if size is None:  # no model to compare with: the first image sets the size
+            channels = channels or image_channels(im)
+            size = (im.height, im.width)
+            notes.append(f"input size {channels}x{size[0]}x{size[1]} inferred from {getattr(f, 'name', sid)}")
+            hint = " (taken from the first image)"
+        fitted += (im.height, im.width) != size
+        tensors.append(image_tensor(im, channels, size, name, convert, prep, hint))
+        bar.update(1)
+    if prep is not None and size is not None and (fitted or prep.mode == "shorter-crop"):
+        notes.append(prep.note(size, fitted, len(items)))
+    return torch.stack(tensors), notes
