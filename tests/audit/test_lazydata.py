@@ -44,7 +44,7 @@ def _count_decodes(monkeypatch):
         calls.append((path, threading.current_thread().name.startswith("audit-decode")))
         return real(path, size, name)
 
-    monkeypatch.setattr(data_mod, "_decode_image", counting)
+    monkeypatch.setattr(data_mod, "decode_image", counting)
     return calls
 
 
@@ -95,3 +95,16 @@ def test_an_audit_of_a_lazy_set_gives_the_numbers_of_the_loaded_one(tiny_net, pa
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert content_key(model, load_data(pattern_folder, lazy=True)) != key
+
+
+def test_listed_images_load_lazily_too(tmp_path):
+    """A CSV of paths and labels (audit.dataforms) goes through the same decoder."""
+    from PIL import Image
+
+    rows = ["path,label"]
+    for i in range(6):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{i % 2}")
+    (tmp_path / "set.csv").write_text("\n".join(rows) + "\n")
+    eager, lazy = (load_data(tmp_path / "set.csv", lazy=v) for v in (False, True))
+    assert lazy.lazy and torch.equal(lazy.x[:], eager.x) and torch.equal(lazy.y, eager.y) and lazy.ids == eager.ids
