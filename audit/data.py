@@ -22,6 +22,7 @@ from .files import is_regular, regular_file, shown
 from .hfdata import is_hf_data, list_hf
 from .images import first_image_shape, read_images
 from .layouts import convert_channels_tensor, finalize_from_data, find_split, to_nchw
+from .lazydata import LazyImages, should_be_lazy
 from .preprocess import Preprocess, resolve_preprocess
 
 __all__ = ["AuditData", "load_data", "stratified_indices", "convert_channels_tensor"]
@@ -31,9 +32,11 @@ IGNORED = {".ds_store", "thumbs.db", "desktop.ini"}
 
 @dataclass
 class AuditData:
-    """Images in [0, 1] with labels. ``ids`` name each sample (relative paths or indices)."""
+    """Images in [0, 1] with labels. ``ids`` name each sample (relative paths or indices).
+    ``x`` is a float32 (N, C, H, W) tensor, or for a set too large for memory a
+    :class:`~audit.lazydata.LazyImages` that decodes the images it is indexed with."""
 
-    x: torch.Tensor
+    x: torch.Tensor | LazyImages
     y: torch.Tensor
     class_names: list[str]
     ids: list[str]
@@ -48,15 +51,25 @@ class AuditData:
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.x.shape[1:])  # type: ignore[return-value]
 
+    @property
+    def lazy(self) -> bool:
+        """Whether the images are decoded on demand (a set too large to hold as float32)."""
+        return isinstance(self.x, LazyImages)
+
     def subset(self, idx: Sequence[int] | torch.Tensor) -> "AuditData":
+        """The samples ``idx``; a lazy set's subset is decoded when it fits in memory
+        (:func:`~audit.lazydata.should_be_lazy`), else stays lazy."""
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return AuditData(self.x[idx], self.y[idx], self.class_names, [self.ids[i] for i in idx.tolist()],
+        x = self.x[idx] if not self.lazy or not should_be_lazy(len(idx), self.input_shape) else self.x.take(idx)
+        return AuditData(x, self.y[idx], self.class_names, [self.ids[i] for i in idx.tolist()],
                          self.source, list(self.notes), dict(self.class_map))
 
     def describe(self) -> dict[str, Any]:
         counts = torch.bincount(self.y, minlength=len(self.class_names)).tolist() if len(self) else []
         d = {"source": self.source, "n": len(self), "input_shape": list(self.input_shape),
              "per_class": dict(zip(self.class_names, counts)), "notes": list(self.notes)}
+        if self.lazy:
+            d["decoded"] = "on demand"
         return {**d, "class_map": dict(self.class_map)} if self.class_map else d
 
 
@@ -93,7 +106,7 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
               resize: bool = False, convert_channels: bool = False, samples: int | None = None,
               seed: int = 0, progress: bool = False, class_order: str = "auto", labels_file=None,
               resize_mode: str | None = None, crop_pct: float | None = None,
-              interpolation: str | None = None) -> AuditData:
+              interpolation: str | None = None, lazy: bool | None = None) -> AuditData:
     """Load an ImageFolder directory (one subfolder per class; a folder of split folders
     ``train/``, ``val/``, ... loads its ``val/``, :func:`~audit.layouts.find_split`), a
     ``.pt``/``.npz`` tensor file holding ``x`` (N, C, H, W), or channels-last (N, H, W, C), or
@@ -108,7 +121,9 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
     ``interpolation`` over the model's own preprocessing, applied without ``resize`` when the
     model declares one; a data note says what was done). ``samples`` takes a seeded,
     class-stratified subset. ``class_order`` (auto, sorted, numeric): how class folders named
-    by number map to outputs (:mod:`audit.classmap`); the map is ``class_map``. Raises
+    by number map to outputs (:mod:`audit.classmap`); the map is ``class_map``. ``lazy``:
+    decode the images on demand (:mod:`audit.lazydata`); by default when the set would take
+    more than 1 GiB as float32 (``AUDIT_LAZY_BYTES``). Raises
     :class:`DataError` (exit code 4) for anything it cannot read: a missing path, a file or a
     folder entry that is not a regular file (a FIFO, a device), a foreign file, a mismatch.
     """
@@ -142,12 +157,12 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
         model.spec.sources.get("class_names", "") if model is not None else "", "given")
     if listing is not None:
         data = _load_folder(p, listing, input_shape, class_names, num_classes, prep, convert_channels, samples,
-                            seed, progress, hint, class_order, model, src)
+                            seed, progress, hint, class_order, model, src, lazy)
     elif form is not None:
         data = _load_listing(form, input_shape, class_names, num_classes, prep, convert_channels, samples, seed,
-                             progress, hint, f"the model's class names ({src})")
+                             progress, hint, f"the model's class names ({src})", lazy)
     else:
-        data = _load_tensor_file(p, input_shape, class_names, num_classes, prep, convert_channels)
+        data = _load_tensor_file(p, input_shape, class_names, num_classes, prep, convert_channels, lazy)
         if samples is not None:
             data = data.subset(stratified_indices(data.y, samples, seed))
     renamed = any(k.isdigit() and int(k) != v for k, v in data.class_map.items())  # ImageFolder's order of numbers
@@ -190,7 +205,8 @@ def _list_folder(p: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
 
 
 def _load_folder(p: Path, listing, input_shape, class_names, num_classes, prep, convert, samples, seed, progress,
-                 hint: str, order: str = "auto", model=None, names_src: str = "given") -> AuditData:
+                 hint: str, order: str = "auto", model=None, names_src: str = "given",
+                 lazy: bool | None = None) -> AuditData:
     subdirs, files = listing
     folder_names = [shown(d.name) for d in subdirs]
     cm = match_classes(folder_names, list(class_names) if class_names else None, num_classes, order,
@@ -200,7 +216,7 @@ def _load_folder(p: Path, listing, input_shape, class_names, num_classes, prep, 
     keep = stratified_indices(y_all, samples, seed).tolist() if samples is not None else range(len(files))
     ids = [shown(files[i][0].relative_to(p)) for i in keep]  # a name that is not UTF-8 shows its bytes escaped
     x, notes = read_images([(sid, files[i][0]) for sid, i in zip(ids, keep)], input_shape, convert, prep, progress,
-                            hint)
+                            hint, lazy=lazy)
     folder_idx = torch.tensor([files[i][1] for i in keep], dtype=torch.long)
     if cm.other is not None and model is not None and model.ready:
         cm, note = choose_by_predictions(model, x, folder_idx, cm, folder_names)
@@ -214,13 +230,13 @@ def _load_folder(p: Path, listing, input_shape, class_names, num_classes, prep, 
 
 
 def _load_listing(form: Listing, input_shape, class_names, num_classes, prep, convert, samples, seed, progress,
-                  hint: str, names_src: str) -> AuditData:
+                  hint: str, names_src: str, lazy: bool | None = None) -> AuditData:
     """A labels file's, a CSV's or a Hugging Face dataset's images (:mod:`audit.dataforms`)."""
     y, names, class_map, how = form.assign(list(class_names) if class_names else None, num_classes, names_src)
     y_all = torch.tensor(y, dtype=torch.long)
     keep = stratified_indices(y_all, samples, seed).tolist() if samples is not None else list(range(len(y)))
     items = [form.items[i] for i in keep]
-    x, notes = read_images(items, input_shape, convert, prep, progress, hint, form.where)
+    x, notes = read_images(items, input_shape, convert, prep, progress, hint, form.where, lazy)
     n_out = max(num_classes or 0, max(y) + 1, len(names or []))
     names = list(class_names) if class_names else (names or [str(i) for i in range(n_out)])
     return AuditData(x, y_all[keep], names, [sid for sid, _ in items], form.source, form.notes + [f"labels read as {how}"]
@@ -260,13 +276,18 @@ def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return x, y, d
 
 
-def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, convert) -> AuditData:
+def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, convert, lazy=None) -> AuditData:
     x, y, d = _read_tensor_file(p)
     x, layout = to_nchw(x, len(y), int(input_shape[0]) if input_shape is not None else None, p)
     if x.shape[0] == 0:
         raise DataError(f"{p} holds no samples")
     if x.shape[0] != y.shape[0]:
         raise DataError(f"{p}: x has {x.shape[0]} samples but y has {y.shape[0]} labels")
+    fits = input_shape is None or tuple(x.shape[1:]) == tuple(int(v) for v in input_shape)
+    if x.dtype == torch.uint8 and fits and should_be_lazy(len(x), x.shape[1:], lazy):  # a quarter of float32's size
+        return _labelled(p, LazyImages.from_uint8(x.contiguous()), y, d, class_names, num_classes,
+                         ([layout] if layout else []) + [f"{len(y):,} images kept as uint8, scaled to [0, 1] batch "
+                                                         "by batch"])
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
     x = x.float()
@@ -289,9 +310,14 @@ def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, co
             prep = Preprocess() if resize is True else resize
             x = prep.apply_tensor(x, (h, w), str(p))
             notes.append(prep.note((h, w), len(x), len(x)))
+    return _labelled(p, x.contiguous(), y, d, class_names, num_classes, notes)
+
+
+def _labelled(p: Path, x, y, d: dict, class_names, num_classes, notes: list[str]) -> AuditData:
+    """The tensor file's AuditData: class names from the flag/model or the file, labels checked."""
     names = [str(v) for v in d["class_names"]] if "class_names" in d else None
     names = list(class_names) if class_names else names
     n = len(names) if names else (num_classes or int(y.max()) + 1)
     if y.min() < 0 or y.max() >= n:
         raise DataError(f"{p}: labels range {int(y.min())}..{int(y.max())} outside the model's {n} classes")
-    return AuditData(x.contiguous(), y, names or [str(i) for i in range(n)], [str(i) for i in range(len(y))], shown(p), notes)
+    return AuditData(x, y, names or [str(i) for i in range(n)], [str(i) for i in range(len(y))], shown(p), notes)

@@ -13,6 +13,7 @@ import torch
 
 from .errors import DataError, first_line
 from .layouts import convert_channels_tensor
+from .lazydata import LazyImages, float_bytes, should_be_lazy
 from .preprocess import Preprocess
 from .progress import Progress
 
@@ -118,25 +119,54 @@ def first_image_shape(src) -> tuple[int, int, int]:
 
 
 def read_images(items: list[tuple[str, Any]], input_shape, convert: bool, prep: Preprocess | None,
-                progress: bool, hint: str, where: str = "") -> tuple[torch.Tensor, list[str]]:
+                progress: bool, hint: str, where: str = "", lazy: bool | None = None):
     """Decode (id, source) ``items`` into one (N, C, H, W) tensor fitted to ``input_shape`` (the
-    first image sets it when None), and the notes (the size inferred, the preprocessing done)."""
+    first image sets it when None), and the notes (the size inferred, the preprocessing done).
+    A set over :func:`~audit.lazydata.should_be_lazy`'s limit (or ``lazy=True``) is returned as
+    a :class:`~audit.lazydata.LazyImages` instead: only the first image is decoded now."""
     notes: list[str] = []
     channels = int(input_shape[0]) if input_shape else None
     size = (int(input_shape[1]), int(input_shape[2])) if input_shape else None
-    tensors, fitted = [], 0
+    fitted = [0]
+
+    def name_of(f, sid):
+        return f if isinstance(f, Path) else f"{where} {sid}"
+
+    def load(sid, f, hint):
+        im = decode_image(f, prep.decode_size(size) if prep is not None and size else None, name_of(f, sid))
+        fitted[0] += (im.height, im.width) != size
+        return image_tensor(im, channels, size, name_of(f, sid), convert, prep, hint)
+
+    if size is None and items:  # no model to compare with: the first image sets the size
+        sid, f = items[0]
+        im = decode_image(f, None, name_of(f, sid))
+        channels = channels or image_channels(im)
+        size = (im.height, im.width)
+        notes.append(f"input size {channels}x{size[0]}x{size[1]} inferred from {getattr(f, 'name', sid)}")
+        hint = " (taken from the first image)"
+    if items and should_be_lazy(len(items), (channels, *size), lazy):
+        x = LazyImages(len(items), (channels, *size), lambda i: load(*items[i], hint), lambda i: _key(items[i][1]))
+        x[0]  # the first image now: a mismatch is refused at load, not in the middle of a check
+        notes.append(f"{len(items):,} images ({float_bytes(len(items), (channels, *size)) / 2**30:.1f} GiB as "
+                     "float32) decoded on demand, batch by batch")
+        if prep is not None:
+            notes.append(f"preprocessing: {prep.describe(size)}, from {prep.origin}; applied as each image is "
+                         f"decoded, to those not already {size[0]}x{size[1]}")
+        return x, notes
+    tensors = []
     bar = Progress(progress).units(len(items), "data: loading images", "image")
     for sid, f in items:
-        name = f if isinstance(f, Path) else f"{where} {sid}"
-        im = decode_image(f, prep.decode_size(size) if prep is not None and size else None, name)
-        if size is None:  # no model to compare with: the first image sets the size
-            channels = channels or image_channels(im)
-            size = (im.height, im.width)
-            notes.append(f"input size {channels}x{size[0]}x{size[1]} inferred from {getattr(f, 'name', sid)}")
-            hint = " (taken from the first image)"
-        fitted += (im.height, im.width) != size
-        tensors.append(image_tensor(im, channels, size, name, convert, prep, hint))
+        tensors.append(load(sid, f, hint))
         bar.update(1)
-    if prep is not None and size is not None and (fitted or prep.mode == "shorter-crop"):
-        notes.append(prep.note(size, fitted, len(items)))
+    if prep is not None and size is not None and (fitted[0] or prep.mode == "shorter-crop"):
+        notes.append(prep.note(size, fitted[0], len(items)))
     return torch.stack(tensors), notes
+
+
+def _key(src) -> bytes:
+    """What stands for an image's content in the resume hash: a file's path, size and
+    modification time; the encoded bytes of an image held in a dataset."""
+    if isinstance(src, Path):
+        st = src.stat()
+        return f"{src}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape")
+    return bytes(src())

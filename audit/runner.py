@@ -78,7 +78,7 @@ def run_audit(model: AuditModel, data: AuditData | None = None, config: AuditCon
     store = Checkpoints(checkpoint) if checkpoint is not None else None
     ctx = Context(model=model, data=data, config=cfg, seed=cfg.seed, world=world,
                   progress=Progress(progress and world.is_main), store=store, resume=resume)
-    ctx.logits = _clean_logits(model, data, cfg, world)
+    ctx.logits = _clean_logits(model, data, cfg, world, ctx.progress)
     battery = _Battery()
     info = model.describe()
     content = content_key(model, data) if store is not None else ""
@@ -130,14 +130,27 @@ def _prepare(model: AuditModel, data: AuditData | None, cfg: AuditConfig, checks
     return data
 
 
-def _clean_logits(model: AuditModel, data: AuditData | None, cfg: AuditConfig, world: World) -> torch.Tensor | None:
+def _clean_logits(model: AuditModel, data: AuditData | None, cfg: AuditConfig, world: World,
+                  progress: Progress | None = None) -> torch.Tensor | None:
     """The clean logits (N, K) on the CPU, once per run, in work units of ``batch_size``
-    samples split over the ranks; non-finite outputs are a UsageError."""
+    samples split over the ranks (a set decoded on demand shows its progress); non-finite
+    outputs are a UsageError."""
     if data is None:
         return None
     parts = chunks(len(data), cfg.batch_size)
-    logits = torch.cat(map_units(world, len(parts), lambda k, g: model.logits(data.x[parts[k]]),
-                                 seed=cfg.seed, tag="logits")) if parts else model.logits(data.x)
+    bar = (progress or Progress()).units(-(-len(parts) // world.size), "clean: inference", "batch") \
+        if data.lazy and world.is_main else None
+
+    def unit(k: int, g) -> torch.Tensor:
+        out = model.logits(data.x[parts[k]], batch_size=cfg.batch_size)
+        if bar is not None:
+            bar.update(1)
+        return out
+
+    logits = torch.cat(map_units(world, len(parts), unit, seed=cfg.seed, tag="logits")) if parts \
+        else torch.empty(0, model.num_classes)
+    if bar is not None:
+        bar.close()
     bad = ~torch.isfinite(logits).all(1)
     if bad.any():
         raise UsageError(f"the model outputs NaN or infinite values on {int(bad.sum())} of {len(data)} images "
