@@ -36,6 +36,7 @@ class AuditData:
     source: str = ""
     notes: list[str] = field(default_factory=list)
     class_map: dict[str, int] = field(default_factory=dict)  # class folder name -> model index
+    class_map_how: str = ""  # how the class map was chosen (the data note that says so)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -47,7 +48,7 @@ class AuditData:
     def subset(self, idx: Sequence[int] | torch.Tensor) -> "AuditData":
         idx = torch.as_tensor(idx, dtype=torch.long)
         return AuditData(self.x[idx], self.y[idx], self.class_names, [self.ids[i] for i in idx.tolist()],
-                         self.source, list(self.notes), dict(self.class_map))
+                         self.source, list(self.notes), dict(self.class_map), self.class_map_how)
 
     def describe(self) -> dict[str, Any]:
         counts = torch.bincount(self.y, minlength=len(self.class_names)).tolist() if len(self) else []
@@ -287,13 +288,15 @@ def _load_folder(p: Path, listing, input_shape, class_names, num_classes, resize
     folder_idx = torch.tensor([files[i][1] for i in keep], dtype=torch.long)
     if cm.other is not None and model is not None and model.ready:
         cm, note = choose_by_predictions(model, x, folder_idx, cm, folder_names)
-        notes.append(note)
     else:
-        notes.append(f"class folders -> outputs: {cm.how}" + ("; ImageFolder's sorted-string order differs (no model "
-                     "to check against): --class-order sorted forces it" if cm.other is not None else ""))
+        note = f"class folders -> outputs: {cm.how}" + ("; ImageFolder's sorted-string order differs (no model "
+                                                        "to check against): --class-order sorted forces it"
+                                                        if cm.other is not None else "")
+    notes.append(note)
     n_out = max(num_classes or 0, max(cm.index) + 1)
     names = list(class_names) if class_names else (cm.names or [str(i) for i in range(n_out)])
-    return AuditData(x, torch.tensor(cm.index)[folder_idx], names, ids, shown(p), notes, cm.as_dict(folder_names))
+    return AuditData(x, torch.tensor(cm.index)[folder_idx], names, ids, shown(p), notes, cm.as_dict(folder_names),
+                     note)
 
 
 def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:

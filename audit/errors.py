@@ -1,6 +1,7 @@
 """Exit codes and the error types the CLI turns into them."""
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 
@@ -35,6 +36,11 @@ class DataError(UsageError):
     """The data cannot be loaded or does not match the model."""
 
 
+class InputShapeError(UsageError):
+    """The model fails on a well-formed input of the shape it was probed with (the shape, or
+    its channel count, may be wrong: another shape may run)."""
+
+
 class ConfigError(UsageError):
     """The config file or options are invalid."""
 
@@ -51,3 +57,22 @@ def first_line(e: BaseException | str, limit: int = 400, *, with_type: bool = Fa
             return f"{name}: {line}" if line else name
         return line or name
     return line
+
+
+#: the words a fix starts with in a one-line error ("...; pass --resize to ...")
+FIX_WORDS = ("pass", "re-run", "rerun", "give", "save", "re-save", "re-export", "export", "rename", "put", "remove",
+             "fix", "use", "downscale", "store", "make", "fetch", "re-copy", "check", "name", "return", "scale", "if",
+             "otherwise", "add", "convert", "select", "edit", "delete", "free", "move", "choose", "run", "install",
+             "set", "drop", "only")
+_FIX = re.compile(r"(?:;\s+|\.\s+)(?=(?:" + "|".join(map(re.escape, FIX_WORDS)) + r")\b)", re.IGNORECASE)
+
+
+def split_fix(message: str) -> tuple[str, str]:
+    """A one-line error cut into (what is wrong, the fix it names): the fix is what follows the
+    first ``; `` or ``. `` before a word a fix starts with (:data:`FIX_WORDS`: ``pass``,
+    ``re-run``, ``save`` ...). ('message', '') when it names none. Used by ``audit inspect``
+    and by the tests that every refusal names a fix."""
+    m = _FIX.search(message)
+    if not m:
+        return message.strip(), ""
+    return message[:m.start()].strip(), message[m.end():].strip()

@@ -136,6 +136,7 @@ def settle_mode(model: AuditModel) -> None:
         raise ModelLoadError(f"the model fails on a batch mixing dark and bright images: {error_line(e)}") from None
     fmt = model.info.get("format")
     if dependent:
+        model.info["batch_dependent"] = True  # for `audit inspect`, which reports what was found before a refusal
         if fmt in ("torchscript", "export"):
             raise ModelLoadError(
                 f"the model's output for an image depends on the other images in its batch (a {fmt} saved in train "

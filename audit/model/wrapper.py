@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..batching import is_oom
-from ..errors import UsageError
+from ..errors import InputShapeError, UsageError
 from .behaviour import dtype_hint, settle_mode, settle_precision
 from .messages import error_line
 from .spec import ModelSpec
@@ -223,7 +223,7 @@ class AuditModel(nn.Module):
         if input_shape is not None:
             self.spec.set("input_shape", tuple(input_shape), source)
         if self.spec.input_shape is None:
-            raise UsageError("the model's input size is unknown: pass --input-size CxHxW or give data to infer it from")
+            raise UsageError("the model's input size is unknown; pass --input-size CxHxW or give data to infer it from")
         self._set_norm()
         settle_precision(self)
         raw = self._probe()
@@ -247,7 +247,7 @@ class AuditModel(nn.Module):
         except UsageError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure of the user's model on a well-formed input
-            raise UsageError(f"the model fails on an input of shape {list(x.shape)}: {error_line(e)}"
+            raise InputShapeError(f"the model fails on an input of shape {list(x.shape)}: {error_line(e)}"
                              + (dtype_hint(self) or "; check --input-size / the data's size")) from None
         raw = _rows(raw, x.shape[0]).float()
         if not torch.isfinite(raw).all():
