@@ -63,11 +63,13 @@ class Inspection:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields (same names, same text), ``notes``, ``problems``, ``exit_code``, and the
-        model and data blocks results.json would hold (None when they did not load)."""
+        """The fields (same names, same text), ``notes``, ``problems``, ``exit_code``, and
+        ``details``: the ``model`` and ``data`` blocks results.json would hold (None when they
+        did not load)."""
         return {**self.fields, "notes": list(self.notes), "problems": list(self.problems),
-                "exit_code": int(self.exit_code), "model": self.model.describe() if self.model is not None else None,
-                "data": self.data.describe() if self.data is not None else None}
+                "exit_code": int(self.exit_code),
+                "details": {"model": self.model.describe() if self.model is not None else None,
+                            "data": self.data.describe() if self.data is not None else None}}
 
 
 def inspect_model(path: str | os.PathLike | None = None, *, data: str | os.PathLike | None = None,
