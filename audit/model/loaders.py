@@ -76,7 +76,9 @@ def _needs_code(msg: str) -> bool:
 def _from_state_dict(obj: Any, req: LoadRequest, fmt: str) -> Loaded:
     sd = as_state_dict(obj)
     if sd is None:
-        raise ModelLoadError(f"{req.where} holds a {type(obj).__name__}, neither a model nor a state_dict of tensors")
+        raise ModelLoadError(f"{req.where} holds a {type(obj).__name__}, neither a model nor a state_dict of tensors; "
+                             "save the model's state_dict (torch.save(model.state_dict(), path)) or the model as "
+                             "TorchScript (torch.jit.save)")
     notes: list[str] = []
     net = build_from_state_dict(sd, arch=req.arch, spec=req.spec, where=req.where, notes=notes)
     info: dict[str, Any] = {"arch": req.arch}
@@ -106,7 +108,8 @@ def load_torchscript(req: LoadRequest) -> Loaded:
     try:
         net = torch.jit.load(str(req.path), map_location="cpu")
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"{req.path} is a TorchScript archive that fails to load ({error_line(e)})") from None
+        raise ModelLoadError(f"{req.path} is a TorchScript archive that fails to load ({error_line(e)}); re-save it "
+                             f"with torch {torch.__version__.split('+')[0]}, or save the state_dict and pass --arch") from None
     _refuse_side_effects(req, net, "TorchScript archive")
     return Loaded(net, "torchscript")
 
@@ -146,7 +149,8 @@ def _load_exported_program(p: Path, trust: bool):
         if not trust and _needs_code(str(e)):
             raise ModelLoadError(f"{p} is a torch.export archive holding pickled objects that need code to load; "
                                  "it was not run. Re-run with --trust only if you trust its source") from None
-        raise ModelLoadError(f"{p} is a torch.export archive that fails to load ({error_line(e)})") from None
+        raise ModelLoadError(f"{p} is a torch.export archive that fails to load ({error_line(e)}); re-export it with "
+                             f"torch {torch.__version__.split('+')[0]}, or save the state_dict and pass --arch") from None
 
 
 def _unpack_export(ep) -> tuple[nn.Module, int | None, tuple[int, int, int] | None]:
@@ -194,7 +198,8 @@ def load_safetensors(req: LoadRequest) -> Loaded:
     try:
         obj = load_file(str(req.path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise ModelLoadError(f"{req.path} is a corrupt safetensors file ({error_line(e)})") from None
+        raise ModelLoadError(f"{req.path} is a corrupt safetensors file ({error_line(e)}); re-copy or re-save it "
+                             "(safetensors.torch.save_file)") from None
     return _from_state_dict(obj, req, "safetensors")
 
 
@@ -213,7 +218,7 @@ def _load_weights_only(p: Path, trust: bool) -> Any:
         msg = str(e)
         if not _needs_code(msg):
             raise ModelLoadError(f"{p} cannot be read as a PyTorch file ({error_line(e)}); "
-                                 "it may be truncated or corrupt") from None
+                                 "it may be truncated or corrupt: re-copy or re-save the model") from None
         if not trust:
             m = re.search(r"GLOBAL ([\w\.]+)", msg)
             what = f" (it references {m.group(1)})" if m else ""
