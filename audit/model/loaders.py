@@ -69,8 +69,10 @@ Loader = Callable[[LoadRequest], Loaded]
 
 # ----------------------------------------------------------------------------- shared steps
 def _needs_code(msg: str) -> bool:
-    """Whether a weights-only unpickling failed because the pickle references code."""
-    return "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg
+    """Whether a weights-only unpickling failed because the pickle references code (a GLOBAL:
+    a class or function to import); any other failure (``Unsupported operand``, truncated
+    data) is a corrupt file, which ``--trust`` would not fix."""
+    return "Unsupported global" in msg or "GLOBAL" in msg
 
 
 def _from_state_dict(obj: Any, req: LoadRequest, fmt: str) -> Loaded:
@@ -236,6 +238,9 @@ def _load_with_code(p: Path) -> Any:
     except (AttributeError, ModuleNotFoundError, ImportError) as e:
         raise ModelLoadError(f"{p} is a pickled model whose code cannot be imported ({e}); put the module "
                              "that defines its class on PYTHONPATH") from None
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, EOFError ...: the file itself is damaged
+        raise ModelLoadError(f"{p} cannot be read as a PyTorch file ({error_line(e)}); it may be truncated or "
+                             "corrupt: re-copy or re-save the model") from None
 
 
 def _module_in(obj: Any) -> nn.Module | None:
