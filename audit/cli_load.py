@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from .data import AuditData
     from .model import AuditModel
 
-_NO_MODEL = "give a model file: audit {cmd} MODEL --data DIR (or --weights NAME for torchvision weights)"
+_NO_MODEL = "no model given; pass a model file (audit {cmd} MODEL --data DIR) or --weights NAME for torchvision weights"
 
 
 def model_options(args) -> dict[str, Any]:

@@ -50,8 +50,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  #: terminal colour codes (torch's 
 
 def first_line(e: BaseException | str, limit: int = 400, *, with_type: bool = False) -> str:
     """The first non-empty line of an exception's message (or of a string), cut to ``limit``
-    characters, terminal colour codes removed; the type's name when the message is empty. ``with_type=True`` prefixes
-    ``TypeName: ``. The one place the tool shortens an error for a one-line report."""
+    characters, terminal colour codes removed; the type's name when the message is empty.
+    ``with_type=True`` prefixes ``TypeName: ``. The one place the tool shortens an error for a one-line report."""
     text = _ANSI.sub("", str(e)).strip()
     line = text.splitlines()[0][:limit] if text else ""
     if isinstance(e, BaseException):

@@ -53,5 +53,5 @@ def regular_file(path: str | os.PathLike, what: str, *, error: type[UsageError] 
         raise error(f"{what} {p} is not a regular file (a FIFO, device or socket); give a regular file")
     if max_bytes is not None and st.st_size > max_bytes:
         raise error(f"{what} {p} has {st.st_size:,} bytes, more than the {max_bytes:,} a {what} may have; "
-                    "is it the right file?")
+                    "check that it is the right file")
     return p

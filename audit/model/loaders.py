@@ -280,7 +280,8 @@ def load_torchvision(req: LoadRequest) -> Loaded:
     architecture; nothing is downloaded. Raises :class:`UsageError` without a weights name,
     :class:`ModelLoadError` when the file is not in the cache."""
     if req.tv_weights is None:
-        raise UsageError("give a model file, or --weights NAME to load torchvision weights from the local cache")
+        raise UsageError("no model file given; pass one, or --weights NAME to load torchvision weights from the local "
+                         "cache")
     obj = torch.load(_cached_weights_file(req.tv_weights), map_location="cpu", weights_only=True)
     loaded = _from_state_dict(obj, req, "torchvision")
     loaded.info = {"path": str(req.weights), **loaded.info}

@@ -169,4 +169,4 @@ def test_unknown_input_size_is_a_problem_naming_the_fix(files, capsys):
 def test_no_model_at_all(capsys):
     assert main(["inspect"]) == ExitCode.USAGE_ERROR
     err = capsys.readouterr().err.strip()
-    assert err.startswith("audit: error: give a model file: audit inspect MODEL") and len(err.splitlines()) == 1
+    assert err.startswith("audit: error: no model given; pass a model file (audit inspect MODEL") and len(err.splitlines()) == 1

@@ -211,6 +211,37 @@ def torchvision_weights_not_cached(d, mp):
     return lambda: _load(None, weights=name), fetch
 
 
+def _rewrite(src: Path, dst: Path, member_suffix: str, data: bytes) -> Path:
+    """A copy of the zip archive ``src`` whose member ending in ``member_suffix`` holds ``data``."""
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+        for info in z.infolist():
+            out.writestr(info.filename, data if info.filename.endswith(member_suffix) else z.read(info.filename))
+    return dst
+
+
+@refusal("is a TorchScript archive that fails to load", "re-save it with torch")
+def torchscript_that_fails_to_load(d, mp):
+    _rewrite(_tiny(d), d / "m.pt", "/data.pkl", b"\x80\x02garbage")
+    return lambda: _load(d / "m.pt"), lambda: (_trace(TinyNet(), d / "m.pt"), _load(d / "m.pt", input_size="3x16x16"))
+
+
+def _export(path: Path) -> Path:
+    torch.export.save(torch.export.export(TinyNet().eval(), (torch.rand(2, 3, 16, 16),)), str(path))
+    return path
+
+
+@refusal("is a torch.export archive that fails to load", "re-export it with torch")
+def export_that_fails_to_load(d, mp):
+    _rewrite(_export(d / "ok.pt2"), d / "m.pt2", "models/model.json", b'{"graph_module": 1}')
+    return lambda: _load(d / "m.pt2"), lambda: (_export(d / "m.pt2"), _load(d / "m.pt2"))
+
+
+@refusal("no model file given", "--weights NAME")
+def no_model_file(d, mp):
+    p = _tiny(d)
+    return lambda: _load(None), lambda: _load(p, input_size="3x16x16")
+
+
 # ----------------------------------------------------------------------------- flags and spec files
 @refusal("asked for a GPU, but torch sees none", "--device cpu")
 def cuda_without_gpu(d, mp):
@@ -471,6 +502,29 @@ class BatchCentred(nn.Module):
 def batch_statistics_in_forward(d, mp):
     return (lambda: AuditModel(BatchCentred(True), ModelSpec(input_shape=(3, 4, 4))).finalize(),
             lambda: AuditModel(BatchCentred(False), ModelSpec(input_shape=(3, 4, 4))).finalize())
+
+
+class FailsOnBright(nn.Module):
+    """Runs on random images, fails on an image brighter than 0.8 on average (after the normalization)."""
+
+    def forward(self, x):
+        torch._assert(bool(x.mean((1, 2, 3)).max() < 0.8), "an image brighter than 0.8")
+        return x.mean((2, 3)).repeat(1, 2)[:, :4]
+
+
+@refusal("fails on a batch mixing dark and bright images", "--mean/--std normalization")
+def fails_on_bright_images(d, mp):
+    torch.jit.script(FailsOnBright()).save(str(d / "m.pt"))
+    return (lambda: _load(d / "m.pt", input_size="3x4x4"),
+            lambda: _load(d / "m.pt", input_size="3x4x4", mean="0.5"))
+
+
+@refusal("model sidecar .* has 16,777,217 bytes", "check that it is the right file")
+def sidecar_too_big(d, mp):
+    p = _tiny(d)
+    (d / "tiny.pt.json").write_bytes(b" " * (16 * 2**20 + 1))
+    return (lambda: _load(p),
+            lambda: ((d / "tiny.pt.json").write_text('{"input_size": "3x16x16"}'), _load(p).ready))
 
 
 # ----------------------------------------------------------------------------- data
