@@ -119,6 +119,54 @@ def _save_safetensors(path):
     save_file(TinyNet().state_dict(), str(path))
 
 
+@refusal("fails its checksum", "re-save")
+def member_checksum(d, mp):
+    src = _tiny(d)
+    with zipfile.ZipFile(src) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("data.pkl"))
+    raw = bytearray(src.read_bytes())
+    with open(src, "rb") as f:  # the member's data starts after its local header
+        f.seek(info.header_offset + 26)
+        n, m = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+    raw[info.header_offset + 30 + n + m] ^= 0xFF
+    (d / "m.pt").write_bytes(bytes(raw))
+    return lambda: _load(d / "m.pt"), lambda: (_trace(TinyNet(), d / "m.pt"), _load(d / "m.pt", input_size="3x16x16"))
+
+
+def _sample_inputs(marker: str):
+    """Unpickled from an archive: creates ``marker`` (code ran) and returns export sample inputs."""
+    Path(marker).touch()
+    return (torch.rand(2, 3, 16, 16),), {}
+
+
+class _Inputs:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_sample_inputs, (self.marker,))
+
+
+@refusal("torch.export archive holding pickled objects that need code", "--trust")
+def export_with_pickled_code(d, mp):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(_Inputs(d / "ran"), buf)
+    _rewrite(_export(d / "ok.pt2"), d / "m.pt2", "sample_inputs/model.pt", buf.getvalue())
+
+    def fixed():  # --trust: the archive's code runs (here: it creates a file), and the model loads
+        assert _load(d / "m.pt2", trust=True).num_classes == 4 and (d / "ran").exists()
+
+    def bad():
+        try:
+            _load(d / "m.pt2")
+        finally:
+            assert not (d / "ran").exists(), "the archive's code ran without --trust"
+
+    return bad, fixed
+
+
 @refusal("truncated safetensors", "re-save")
 def truncated_safetensors(d, mp):
     (d / "w.safetensors").write_bytes((1000).to_bytes(8, "little") + b'{"a": 1}')
