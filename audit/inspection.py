@@ -190,7 +190,7 @@ def _mode_line(model) -> str:
 
 
 def _output_line(model) -> str:
-    if not model.ready:
+    if not (model.ready or model.info.get("batch_dependent")):  # the batch probe comes after the output's
         return "not probed"
     kind = {"logits": "logits", "probabilities": "probabilities (rows sum to 1)",
             "log_probabilities": "log-probabilities"}[model.output_kind]

@@ -91,6 +91,8 @@ def test_train_mode_trace_with_batchnorm_is_refused_with_the_fix(files, capsys):
     assert lines["format"].startswith("TorchScript")
     assert lines["mode"].startswith("batch-dependent") and lines["mode"].endswith("refused")
     assert lines["input"] == "3x16x16 from the data"  # what was found before the refusal is still there
+    assert lines["output"] == "logits (N, 4); adaptations: the model was saved in train mode; eval() was applied " \
+        "(BatchNorm uses its running statistics unless a trace or export fixed the mode: then it is refused)"
     assert "depends on the other images in its batch" in lines["problem"]
     assert lines["fix"].startswith("re-export the model in eval mode")
     assert "--input-size" not in out.split("problem:")[1]  # the shape is not the problem
