@@ -218,7 +218,7 @@ def _load_weights_only(p: Path, trust: bool) -> Any:
             return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError ...
         msg = str(e)
-        if not _needs_code(msg):
+        if not _needs_code(msg) and ("weights_only" not in msg.lower() or _unparseable(p)):
             raise ModelLoadError(f"{p} cannot be read as a PyTorch file ({error_line(e)}); "
                                  "it may be truncated or corrupt: re-copy or re-save the model") from None
         if not trust:
@@ -228,6 +228,29 @@ def _load_weights_only(p: Path, trust: bool) -> Any:
                 f"{p} is a pickle that needs Python code to load{what}; it was not run. If you trust "
                 "its source, re-run with --trust; otherwise save it as TorchScript, torch.export or a state_dict") from None
     return _NEEDS_CODE
+
+
+def _unparseable(p: Path) -> bool:
+    """Whether the first pickle of ``p`` (of a zip archive: its ``data.pkl``) fails to parse:
+    a corrupt file, which ``--trust`` would not help. Reads opcodes only; nothing runs. (The
+    weights-only unpickler's refusal alone does not tell: it also refuses pickle protocols
+    above 2 and pickles that reference code.)"""
+    import io
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                stream: Any = io.BytesIO(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))))
+        else:
+            stream = open(p, "rb")
+        with stream:
+            for _ in pickletools.genops(stream):
+                pass
+        return False
+    except Exception:  # noqa: BLE001 - any parse failure is a damaged file
+        return True
 
 
 def _load_with_code(p: Path) -> Any:
