@@ -251,8 +251,10 @@ class AuditModel(nn.Module):
 
     def _set_fixed_batch(self, n: int) -> None:
         self.fixed_batch = n
-        self._note(f"the network runs on batches of {n} only (a batch size baked into a trace): it is fed in "
-                   f"chunks of {n}, the last one padded")
+        why = ("it fails on a single image (a batch size baked into a trace, or an export whose batch dimension "
+               f"starts above 1)" if n > 1 else "it fails on a batch of 4 (a batch size of 1 baked into a trace)")
+        self._note(f"the network runs on batches of {n}, not others: {why}; it is fed in chunks of {n}, the last "
+                   "one padded")
 
     def _probe(self) -> torch.Tensor:
         """The raw outputs, (4, width) float32, on 4 seeded random inputs in [0, 1]. A network
