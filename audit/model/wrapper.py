@@ -215,13 +215,14 @@ class AuditModel(nn.Module):
     def finalize(self, input_shape: tuple[int, int, int] | None = None, source: str = "data",
                  class_names: list[str] | None = None) -> "AuditModel":
         """Fix the input shape (C, H, W) if still unknown (recorded as ``source``), then probe
-        one forward pass on 4 random images: output width (-> ``num_classes``), probability
+        one forward pass on 4 random images (and one on the first alone: a batch size baked
+        into a trace sets ``fixed_batch``): output width (-> ``num_classes``), probability
         or log-probability outputs (-> ``output_kind``), NaN; the weights' dtype and batch
         dependence / randomness are settled before and after (:mod:`.behaviour`).
         ``class_names`` (e.g. the data's folders) are taken when the spec has none and their number fits. Called by
         ``load_model`` when the shape is known, else by the runner once the data is loaded.
         Returns ``self``. Raises :class:`UsageError` when the shape is unknown, the model
-        fails on the probe or outputs NaN/inf, its outputs depend on the batch, or the class
+        fails on the probe (:class:`~audit.errors.InputShapeError`) or outputs NaN/inf, its outputs depend on the batch, or the class
         names or count do not fit."""
         if input_shape is not None:
             self.spec.set("input_shape", tuple(input_shape), source)
