@@ -102,8 +102,11 @@ def test_train_mode_trace_with_dropout_is_flagged_stochastic(files, capsys):
     rc, out, lines = _inspect(capsys, files / "dropout.pt", "--input-size", "3x16x16")
     assert rc == ExitCode.OK, out
     assert "batch-independent; stochastic" in lines["mode"] and "saved in train mode" in lines["mode"]
-    d = inspect_model(files / "dropout.pt", input_size="3x16x16", device="cpu").to_dict()
-    assert d["details"]["model"]["stochastic"] is True
+    import audit
+
+    ins = audit.inspect_model(files / "dropout.pt", input_size="3x16x16", device="cpu")  # the API
+    assert ins.exit_code == 0 and ins.to_dict()["details"]["model"]["stochastic"] is True
+    assert ins.text().splitlines()[2] == f"mode: {lines['mode']}"
 
 
 def test_softmax_with_saturated_probabilities(files, capsys):
