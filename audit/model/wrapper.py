@@ -207,8 +207,8 @@ class AuditModel(nn.Module):
                 if is_oom(e) or len(chunk) == _PROBE_N:
                     raise
                 raise UsageError(f"the model fails on a batch of {len(chunk)} images (it ran on a batch of "
-                                 f"{_PROBE_N}): {error_line(e)}; pass --batch-size 1 (it runs on one image, as probed at load) or "
-                                 "the size it was traced or exported for") from None
+                                 f"{_PROBE_N}): {error_line(e)}; pass --batch-size 1 (it ran on one image alone at "
+                                 "load)") from None
         return torch.cat(outs) if outs else torch.empty(0, self.num_classes)
 
     # ------------------------------------------------------------------ finalization
