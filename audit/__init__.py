@@ -17,7 +17,8 @@ _LAZY = {"AuditConfig": ".config", "AuditData": ".data", "load_data": ".data", "
          "ExitCode": ".errors", "UsageError": ".errors", "AuditModel": ".model", "ModelSpec": ".model",
          "load_model": ".model", "Check": ".check", "Unit": ".check", "Context": ".context", "record": ".records",
          "register_check": ".registry", "registered_checks": ".registry", "AuditResult": ".results",
-         "CheckResult": ".results", "run_audit": ".runner"}
+         "CheckResult": ".results", "run_audit": ".runner", "inspect_model": ".inspection",
+         "Inspection": ".inspection"}
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

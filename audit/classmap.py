@@ -72,20 +72,23 @@ def match_classes(folders: list[str], model_names: list[str] | None, num_classes
     sorted_names = list(folders) if model_names is None else None
     if numeric == by_position:
         if not sorted_ok and not numeric_ok:
-            raise DataError(f"data class folder {max(numeric)} is out of range for a model with {n} classes; "
-                            "pass --labels FILE with the model's class names")
+            raise DataError(f"the data has class folders 0..{max(numeric)} but the model has {n} outputs; remove the "
+                            f"folders {n}..{max(numeric)} (classes the model does not have), or check that it is the "
+                            "model for this data")
         return ClassMap(numeric, None, "numeric (the same as sorted: folders 0..K-1)")
     if order == "sorted" or (order == "auto" and sorted_ok and not numeric_ok):
         if not sorted_ok:
+            fix = "pass --class-order numeric (folder 10 is output 10)" if numeric_ok else \
+                f"remove the folders over {n - 1} (classes the model does not have)"
             raise DataError(f"--class-order sorted maps the {len(folders)} class folders to outputs 0..{len(folders) - 1} "
-                            f"but the model has {n}: it needs one folder per class; pass --class-order numeric "
-                            "or --labels FILE")
+                            f"but the model has {n}: it needs one folder per class; {fix}")
         why = "" if order == "sorted" else f" (folder {max(numeric)} is out of range for {n} classes)"
         return ClassMap(by_position, sorted_names, f"sorted: folder names as strings, ImageFolder's order{why}")
     if not numeric_ok:
-        fix = "--class-order sorted (ImageFolder's order) or --labels FILE" if sorted_ok and order == "numeric" \
-            else "--labels FILE with the model's class names"
-        raise DataError(f"data class folder {max(numeric)} is out of range for a model with {n} classes; pass {fix}")
+        over = [f for f, v in zip(folders, numeric) if v >= n]
+        fix = "pass --class-order sorted (ImageFolder's order: each folder its position)" if sorted_ok \
+            else f"remove the folder(s) {', '.join(over[:4])} (classes the model does not have)"
+        raise DataError(f"data class folder {max(numeric)} is out of range for a model with {n} classes; {fix}")
     if order == "numeric" or not sorted_ok:
         return ClassMap(numeric, None, "numeric: the number each folder name spells")
     return ClassMap(numeric, None, "numeric: the number each folder name spells", other=by_position)

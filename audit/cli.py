@@ -37,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch  # noqa: F401 - until the import is done, then it is the one-line "interrupted"
         try:
             return int({"run": _cmd_run, "demo": _cmd_demo, "report": _cmd_report, "list": _cmd_list,
-                        "diff": _cmd_diff, "init": _cmd_init}[args.command](args))
+                        "diff": _cmd_diff, "init": _cmd_init,
+                        "inspect": _cmd_inspect}[args.command](args))
         finally:
             from .outputs import release_locks
 
@@ -102,8 +103,7 @@ def _world(cfg):
 
 
 def _cmd_run(args) -> int:
-    from .data import load_data
-    from .model import load_model
+    from .cli_load import data_from_args, model_from_args
 
     cfg = _config_from_args(args)  # config errors before any heavy work
     world = _world(cfg)
@@ -115,19 +115,11 @@ def _cmd_run(args) -> int:
         opts.setdefault("bias", {})["concepts"] = str(args.concepts)
         cfg = cfg.replace(check_options=opts)
     _ensure_out(Path(args.out), lock=world.is_main)
-    if args.model is None and not args.weights:
-        raise UsageError("give a model file: audit run MODEL --data DIR (or --weights NAME for torchvision weights)")
-    model = load_model(args.model, arch=args.arch, num_classes=args.num_classes, weights=args.weights,
-                       input_size=args.input_size, mean=args.mean, std=args.std, labels=args.labels,
-                       trust=args.trust, device=cfg.device)
+    model = model_from_args(args, cfg.device)
     log(f"model {model.info['path']}: {model.info['format']}, device {model.device}"
         + (f", input {'x'.join(map(str, model.spec.input_shape))}" if model.spec.input_shape else ""))
-    data = None
-    if args.data:
-        data = load_data(args.data, model=model, resize=args.resize, convert_channels=args.convert_channels,
-                         samples=cfg.samples, seed=cfg.seed, progress=not args.quiet, class_order=args.class_order,
-                         labels_file=args.data_labels, resize_mode=args.resize_mode, crop_pct=args.crop_pct,
-                         interpolation=args.interpolation)
+    data = data_from_args(args, model, samples=cfg.samples, seed=cfg.seed, progress=not args.quiet)
+    if data is not None:
         log(f"data {args.data}: {len(data)} images, {len(data.class_names)} classes")
     baseline = _load_result(args.baseline) if args.baseline else None
     return _run_and_write(model, data, cfg, Path(args.out), log, quiet=args.quiet, baseline=baseline,
@@ -219,6 +211,18 @@ def exit_code_for(result) -> ExitCode:
     if result.failed_gates():
         return ExitCode.GATE_FAILED
     return ExitCode.OK
+
+
+def _cmd_inspect(args) -> int:
+    import json
+
+    from .cli_load import check_model_given, data_options, model_options
+    from .inspection import inspect_model
+
+    check_model_given(args, "inspect")
+    ins = inspect_model(args.model, data=args.data, device=args.device, **data_options(args), **model_options(args))
+    print(json.dumps(ins.to_dict(), indent=2) if args.json else ins.text())
+    return ins.exit_code
 
 
 def _cmd_demo(args) -> int:

@@ -59,7 +59,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="auto (default: the GPU when there is one), cpu, cuda, cuda:N")
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
+def _data_args(p: argparse.ArgumentParser, *, battery: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", help="ImageFolder directory (one subfolder per class), a .pt/.npz with x and y, a folder "
                    "of images with --data-labels, a .csv of paths and labels, or a Hugging Face dataset (a "
@@ -75,9 +75,11 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--interpolation", choices=INTERPOLATIONS,
                    help="resize interpolation (default: the model's, else bilinear)")
     g.add_argument("--convert-channels", action="store_true", help="convert images to the model's channel count")
-    g.add_argument("--samples", type=_positive_int, help="use a seeded, class-stratified subset of N samples")
     g.add_argument("--class-order", choices=("auto", "sorted", "numeric"), default="auto", help="class folders named "
                    "by number: sorted as strings (ImageFolder), the number itself, or auto (what the model predicts)")
+    if not battery:
+        return
+    g.add_argument("--samples", type=_positive_int, help="use a seeded, class-stratified subset of N samples")
     g.add_argument("--concepts", help="concept folders for the bias check: one folder of example images per concept, "
                    "random* folders as counter-examples (same as [checks.bias] concepts)")
 
@@ -118,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(run)
     _run_args(run)
     _common(run)
+
+    ins = sub.add_parser("inspect", help="what the tool detects about a model (and its data), and from where; "
+                         "exit 4 when a problem refuses it")
+    ins.add_argument("model", nargs="?", help="model file (as for audit run)")
+    _model_args(ins)
+    _data_args(ins, battery=False)
+    ins.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    _common(ins)
 
     demo = sub.add_parser("demo", help="run the whole battery on the bundled gym demo model (the dumbbell with an arm)")
     demo.add_argument("--out", default="audit-out", help="output folder (default audit-out/)")

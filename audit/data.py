@@ -43,6 +43,7 @@ class AuditData:
     source: str = ""
     notes: list[str] = field(default_factory=list)
     class_map: dict[str, int] = field(default_factory=dict)  # class folder name -> model index
+    class_map_how: str = ""  # how the class map was chosen (the data note that says so)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -62,7 +63,7 @@ class AuditData:
         idx = torch.as_tensor(idx, dtype=torch.long)
         x = self.x[idx] if not self.lazy or not should_be_lazy(len(idx), self.input_shape) else self.x.take(idx)
         return AuditData(x, self.y[idx], self.class_names, [self.ids[i] for i in idx.tolist()],
-                         self.source, list(self.notes), dict(self.class_map))
+                         self.source, list(self.notes), dict(self.class_map), self.class_map_how)
 
     def describe(self) -> dict[str, Any]:
         counts = torch.bincount(self.y, minlength=len(self.class_names)).tolist() if len(self) else []
@@ -129,7 +130,7 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
     """
     p = Path(path)
     if not p.exists():
-        raise DataError(f"data path {p} does not exist")
+        raise DataError(f"data path {p} does not exist; check the path given to --data")
     early: list[str] = []
     labelled = labels_file_for(p, labels_file)
     form = list_labelled(*labelled) if labelled else (list_hf(p) if is_hf_data(p) else None)
@@ -187,7 +188,8 @@ def _list_folder(p: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
         loose = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS]
         hint = (" (the images must sit in one subfolder per class, or pass --data-labels FILE listing each image's "
                 "label)") if loose else ""
-        raise DataError(f"data folder {p} has no class subfolders{hint}")
+        raise DataError(f"data folder {p} has no class subfolders{hint}; put the images in one subfolder per class "
+                        f"({p}/<class>/<image>)")
     files: list[tuple[Path, int]] = []
     for ci, d in enumerate(subdirs):
         for f in sorted(d.rglob("*")):
@@ -200,7 +202,8 @@ def _list_folder(p: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
                 raise DataError(f"{f} is not an image ({', '.join(IMAGE_EXTS)}); remove it from the data folder")
             files.append((f, ci))
     if not files:
-        raise DataError(f"data folder {p} has class subfolders but no images in them")
+        raise DataError(f"data folder {p} has class subfolders but no images in them; put the images "
+                        f"({', '.join(IMAGE_EXTS)}) in them")
     return subdirs, files
 
 
@@ -220,13 +223,15 @@ def _load_folder(p: Path, listing, input_shape, class_names, num_classes, prep, 
     folder_idx = torch.tensor([files[i][1] for i in keep], dtype=torch.long)
     if cm.other is not None and model is not None and model.ready:
         cm, note = choose_by_predictions(model, x, folder_idx, cm, folder_names)
-        notes.append(note)
     else:
-        notes.append(f"class folders -> outputs: {cm.how}" + ("; ImageFolder's sorted-string order differs (no model "
-                     "to check against): --class-order sorted forces it" if cm.other is not None else ""))
+        note = f"class folders -> outputs: {cm.how}" + ("; ImageFolder's sorted-string order differs (no model "
+                                                        "to check against): --class-order sorted forces it"
+                                                        if cm.other is not None else "")
+    notes.append(note)
     n_out = max(num_classes or 0, max(cm.index) + 1)
     names = list(class_names) if class_names else (cm.names or [str(i) for i in range(n_out)])
-    return AuditData(x, torch.tensor(cm.index)[folder_idx], names, ids, shown(p), notes, cm.as_dict(folder_names))
+    return AuditData(x, torch.tensor(cm.index)[folder_idx], names, ids, shown(p), notes, cm.as_dict(folder_names),
+                     note)
 
 
 def _load_listing(form: Listing, input_shape, class_names, num_classes, prep, convert, samples, seed, progress,
@@ -251,17 +256,20 @@ def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
             with np.load(p, allow_pickle=False) as z:  # never pickles: object arrays are refused
                 d = {k: z[k] for k in z.files}
         except (ValueError, OSError) as e:
-            raise DataError(f"{p} is not a readable .npz file of numeric arrays ({first_line(e, 160)})") from None
+            raise DataError(f"{p} is not a readable .npz file of numeric arrays ({first_line(e, 160)}); save it with "
+                            "numpy.savez(path, x=images, y=labels), numeric arrays only") from None
     else:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 d = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
-            raise DataError(f"{p} is not a tensor file this tool reads (.pt with x and y, or .npz): "
-                            f"{first_line(e, 160)}") from None
+            raise DataError(f"{p} is not a tensor file this tool reads (.pt with x and y, or .npz: "
+                            f"{first_line(e, 160)}); save it with torch.save({{'x': images, 'y': labels}}, path) "
+                            "or numpy.savez(path, x=images, y=labels)") from None
     if not isinstance(d, dict) or "x" not in d or "y" not in d:
-        raise DataError(f"{p} must hold a dict with 'x' (N, C, H, W in [0, 1]) and 'y' (N labels)")
+        raise DataError(f"{p} holds no dict with 'x' and 'y'; save it as {{'x': images (N, C, H, W) in [0, 1], "
+                        "'y': N labels}} (torch.save or numpy.savez)")
     x = torch.as_tensor(np.asarray(d["x"]) if not isinstance(d["x"], torch.Tensor) else d["x"])
     y = torch.as_tensor(np.asarray(d["y"]) if not isinstance(d["y"], torch.Tensor) else d["y"]).flatten()
     if y.is_floating_point() or y.is_complex():
@@ -272,7 +280,7 @@ def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
                             "store y as integers 0..K-1")
     y = y.long()
     if x.ndim == 0 or x.shape[0] == 0:
-        raise DataError(f"{p}: x has shape {list(x.shape)}, expected (N, C, H, W) with N > 0")
+        raise DataError(f"{p}: x has shape {list(x.shape)}, no images; store x as (N, C, H, W) with N > 0")
     return x, y, d
 
 
@@ -280,9 +288,9 @@ def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, co
     x, y, d = _read_tensor_file(p)
     x, layout = to_nchw(x, len(y), int(input_shape[0]) if input_shape is not None else None, p)
     if x.shape[0] == 0:
-        raise DataError(f"{p} holds no samples")
+        raise DataError(f"{p} holds no samples; store at least one image in x")
     if x.shape[0] != y.shape[0]:
-        raise DataError(f"{p}: x has {x.shape[0]} samples but y has {y.shape[0]} labels")
+        raise DataError(f"{p}: x has {x.shape[0]} samples but y has {y.shape[0]} labels; store one label per image")
     fits = input_shape is None or tuple(x.shape[1:]) == tuple(int(v) for v in input_shape)
     if x.dtype == torch.uint8 and fits and should_be_lazy(len(x), x.shape[1:], lazy):  # a quarter of float32's size
         return _labelled(p, LazyImages.from_uint8(x.contiguous()), y, d, class_names, num_classes,
@@ -292,7 +300,8 @@ def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, co
         x = x.float() / 255.0
     x = x.float()
     if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-        raise DataError(f"{p}: x must be finite and in [0, 1] (found {float(x.min()):.3g}..{float(x.max()):.3g})")
+        raise DataError(f"{p}: x must be finite and in [0, 1] (found {float(x.min()):.3g}..{float(x.max()):.3g}); "
+                        "store x scaled to [0, 1] (or as uint8 0..255), before any normalization")
     notes = [layout] if layout else []
     if input_shape is not None:
         c, h, w = (int(v) for v in input_shape)
@@ -319,5 +328,6 @@ def _labelled(p: Path, x, y, d: dict, class_names, num_classes, notes: list[str]
     names = list(class_names) if class_names else names
     n = len(names) if names else (num_classes or int(y.max()) + 1)
     if y.min() < 0 or y.max() >= n:
-        raise DataError(f"{p}: labels range {int(y.min())}..{int(y.max())} outside the model's {n} classes")
+        raise DataError(f"{p}: labels range {int(y.min())}..{int(y.max())} outside the model's {n} classes; store y as "
+                        f"the model's output indices 0..{n - 1}")
     return AuditData(x, y, names or [str(i) for i in range(n)], [str(i) for i in range(len(y))], shown(p), notes)

@@ -44,14 +44,15 @@ def regular_file(path: str | os.PathLike, what: str, *, error: type[UsageError] 
     try:
         st = os.stat(p)
     except FileNotFoundError:
-        raise error(f"{what} {p} does not exist") from None
+        raise error(f"{what} {p} does not exist; check the path") from None
     except (OSError, ValueError) as e:
-        raise error(f"{what} {p} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+        raise error(f"{what} {p} cannot be read ({getattr(e, 'strerror', None) or e}); check the path and its "
+                    "permissions") from None
     if stat.S_ISDIR(st.st_mode):
         raise error(f"{what} {p} is a folder; give the file itself")
     if not stat.S_ISREG(st.st_mode):
         raise error(f"{what} {p} is not a regular file (a FIFO, device or socket); give a regular file")
     if max_bytes is not None and st.st_size > max_bytes:
         raise error(f"{what} {p} has {st.st_size:,} bytes, more than the {max_bytes:,} a {what} may have; "
-                    "is it the right file?")
+                    "check that it is the right file")
     return p

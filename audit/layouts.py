@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError, UsageError, first_line
+from .errors import DataError, InputShapeError, UsageError, first_line
 
 CHANNELS = (1, 3, 4)
 #: evaluation split folder names, in order of preference (case-insensitive)
@@ -100,11 +100,13 @@ def finalize_from_data(model, shape: tuple[int, int, int]) -> str | None:
     model fails on it, the other channel counts (the first convolution's first) with the same
     H x W are probed, and the one that runs is the model's (source ``probe``); the note says so.
     Raises the data shape's :class:`UsageError`, naming ``--input-size`` and
-    ``--convert-channels``, when no channel count runs."""
+    ``--convert-channels``, when no channel count runs; a refusal that is not about the input
+    shape (batch dependence, NaN outputs, a class count that does not fit) propagates as it is,
+    since no channel count would lift it."""
     try:
         model.finalize(tuple(shape), "data")
         return None
-    except UsageError as e:
+    except InputShapeError as e:  # another channel count may run; any other refusal is the model's own
         err = e
     c, h, w = (int(v) for v in shape)
     guess = _first_conv_channels(model)
@@ -112,7 +114,7 @@ def finalize_from_data(model, shape: tuple[int, int, int]) -> str | None:
         _reset_shape(model)
         try:
             model.finalize((c2, h, w), "probe")
-        except UsageError:
+        except InputShapeError:
             continue
         return f"the model takes {c2} channel(s), found by probing it (the data has {c})"
     _reset_shape(model)

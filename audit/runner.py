@@ -118,12 +118,7 @@ def _prepare(model: AuditModel, data: AuditData | None, cfg: AuditConfig, checks
                        class_names=data.class_names if data is not None else None)
     if data is None:
         return None
-    if tuple(data.input_shape) != tuple(model.spec.input_shape):
-        raise UsageError(f"the data is {_shape(data.input_shape)} but the model takes {_shape(model.spec.input_shape)}; "
-                         "pass --resize / --convert-channels")
-    if len(data) and (int(data.y.min()) < 0 or int(data.y.max()) >= model.num_classes):
-        raise UsageError(f"the data's labels run {int(data.y.min())}..{int(data.y.max())} but the model has "
-                         f"{model.num_classes} outputs; fix the class folders or labels, or pass --labels FILE")
+    check_fit(model, data)
     if cfg.samples is not None and len(data) > cfg.samples:  # the API path: data loaded whole
         data = data.subset(stratified_indices(data.y, cfg.samples, cfg.seed))
         data.notes.append(f"class-stratified subset of {len(data)} samples (seed {cfg.seed})")
@@ -252,6 +247,19 @@ def _findings_gate(results: list[CheckResult], fail_on: str) -> GateResult:
         return GateResult(expr, "== 0", "fail", "fail", float(len(hits)),
                           f"{len(hits)} finding(s) at severity >= {fail_on} (--fail-on {fail_on}), first {first}")
     return GateResult(expr, "== 0", "fail", "pass", 0.0, f"no findings at severity >= {fail_on}")
+
+
+def check_fit(model: AuditModel, data: AuditData) -> None:
+    """:class:`UsageError` when ``data`` (loaded without ``model``, e.g. through the API) does
+    not fit the finalized ``model``: another input shape, or labels outside its outputs."""
+    if tuple(data.input_shape) != tuple(model.spec.input_shape):
+        raise UsageError(f"the data is {_shape(data.input_shape)} but the model takes {_shape(model.spec.input_shape)}; "
+                         "load the data with the model (load_data(path, model=model), as audit run does) and "
+                         "resize=True / convert_channels=True (--resize / --convert-channels)")
+    if len(data) and (int(data.y.min()) < 0 or int(data.y.max()) >= model.num_classes):
+        raise UsageError(f"the data's labels run {int(data.y.min())}..{int(data.y.max())} but the model has "
+                         f"{model.num_classes} outputs; store labels 0..{model.num_classes - 1}, or load the data with "
+                         "the model (load_data(path, model=model)) to map class folders by name")
 
 
 def _shape(s) -> str:

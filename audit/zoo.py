@@ -76,6 +76,6 @@ def create_arch(name: str, *, num_classes: int) -> nn.Module:
 
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
-        raise KeyError(f"unknown --arch {name!r}; `audit list --archs` shows the known ones "
-                       f"(ours: {', '.join(sorted(_ARCHS))}; torchvision classification models)")
+        raise KeyError(f"unknown --arch {name!r}; pass a known one (`audit list --archs`: ours, "
+                       f"{', '.join(sorted(_ARCHS))}, and torchvision's classification models)")
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)

@@ -133,9 +133,12 @@ def settle_mode(model: AuditModel) -> None:
     try:
         dependent, stochastic = probe_mode(model)
     except Exception as e:  # noqa: BLE001 - the plain probe ran; a failure here is the model's
-        raise ModelLoadError(f"the model fails on a batch mixing dark and bright images: {error_line(e)}") from None
+        raise ModelLoadError(f"the model fails on a batch mixing dark and bright images ({error_line(e)}), though "
+                             "it ran on random ones; check that its forward takes any images in [0, 1] after the "
+                             "--mean/--std normalization, and save it again") from None
     fmt = model.info.get("format")
     if dependent:
+        model.info["batch_dependent"] = True  # for `audit inspect`, which reports what was found before a refusal
         if fmt in ("torchscript", "export"):
             raise ModelLoadError(
                 f"the model's output for an image depends on the other images in its batch (a {fmt} saved in train "

@@ -27,7 +27,8 @@ def _zip_kind(path: Path) -> str:
         return "torchscript"
     if "data.pkl" in rel:
         return "torch_save"
-    raise ModelLoadError(f"{path} is a zip file but not a PyTorch model (no data.pkl, code/ or export archive)")
+    raise ModelLoadError(f"{path} is a zip file but not a PyTorch model (no data.pkl, code/ or export archive); "
+                         "save the model with torch.jit.save, torch.export.save or torch.save")
 
 
 def _is_safetensors(path: Path, head: bytes, size: int) -> bool:
@@ -38,7 +39,8 @@ def _is_safetensors(path: Path, head: bytes, size: int) -> bool:
     if not (2 <= n <= 100_000_000 and head[8:9] == b"{"):
         return False
     if 8 + n > size:
-        raise ModelLoadError(f"{path} is a truncated safetensors file (header says {n} bytes, file has {size - 8})")
+        raise ModelLoadError(f"{path} is a truncated safetensors file (header says {n} bytes, file has {size - 8}); "
+                             "re-copy or re-save the model")
     return True
 
 
@@ -58,6 +60,7 @@ def detect_format(path: Path) -> str:
     if head[:1] == b"\x80" and size > 2:  # a legacy (non-zip) pickle, torch.save(_use_new_zipfile_serialization=False)
         return "torch_save"
     if size == 0:
-        raise ModelLoadError(f"{path} is empty, not a model file")
-    raise ModelLoadError(f"{path} is not a model file this tool reads (TorchScript, torch.export .pt2, "
-                         "state_dict .pt/.pth, .safetensors, or a pickled nn.Module with --trust)")
+        raise ModelLoadError(f"{path} is empty, not a model file; re-copy or re-save the model")
+    raise ModelLoadError(f"{path} is not a model file this tool reads; save the model as TorchScript "
+                         "(torch.jit.save), torch.export .pt2, a state_dict .pt/.pth or .safetensors (with --arch), "
+                         "or a pickled nn.Module (with --trust)")

@@ -27,7 +27,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(str(device))
     except RuntimeError:
-        raise UsageError(f"--device {device!r} is not auto, cpu or cuda[:N]") from None
+        raise UsageError(f"--device {device!r} is not a device this tool runs on; pass --device auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and dev.index is not None and launched():
         raise UsageError(f"--device {device}: under torchrun each process takes its own GPU (LOCAL_RANK); pass "
                          "--device cuda or auto (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
@@ -35,7 +35,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if not torch.cuda.is_available():
             raise UsageError(f"--device {device} asked for a GPU, but torch sees none; use --device cpu or auto")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible; pass --device "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1} or auto")
     elif dev.type != "cpu":
-        raise UsageError(f"--device {device!r} is not auto, cpu or cuda[:N]")
+        raise UsageError(f"--device {device!r} is not a device this tool runs on; pass --device auto, cpu, cuda or cuda:N")
     return dev

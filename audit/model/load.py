@@ -65,7 +65,7 @@ def _freeze(net: Any) -> None:
         prm.requires_grad_(False)
 
 
-def _wrap(loaded: Loaded, spec: ModelSpec, info: dict[str, Any], dev: torch.device) -> AuditModel:
+def _wrap(loaded: Loaded, spec: ModelSpec, info: dict[str, Any], dev: torch.device, finalize: bool) -> AuditModel:
     model = AuditModel(loaded.net, spec, info=info, fixed_batch=loaded.fixed_batch).to(dev)
     model.training = False  # the wrapper itself is in eval mode too (the net's mode was set by _freeze)
     for note in loaded.notes:
@@ -74,7 +74,7 @@ def _wrap(loaded: Loaded, spec: ModelSpec, info: dict[str, Any], dev: torch.devi
         model._note("the model was saved in train mode; eval() was applied (BatchNorm uses its running statistics"
                     + (" unless a trace or export fixed the mode: then it is refused)" if loaded.fmt in
                        ("torchscript", "export") else ", Dropout is off)"))
-    if spec.input_shape is not None:
+    if spec.input_shape is not None and finalize:
         model.finalize()
     return model
 
@@ -84,7 +84,7 @@ def load_model(path: str | os.PathLike | None = None, *, arch: str | None = None
                mean: str | Sequence[float] | None = None, std: str | Sequence[float] | None = None,
                labels: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
                trust: bool = False, device: str | torch.device | None = "auto",
-               sidecar: str | os.PathLike | bool | None = True) -> AuditModel:
+               sidecar: str | os.PathLike | bool | None = True, finalize: bool = True) -> AuditModel:
     """Load a trained classifier from ``path`` into an :class:`AuditModel` on ``device``.
 
     The format is detected from the file's content (TorchScript, ``torch.export``,
@@ -96,7 +96,9 @@ def load_model(path: str | os.PathLike | None = None, *, arch: str | None = None
 
     Spec precedence: explicit options > JSON sidecar > torchvision weight metadata
     (``weights=``) > the export's input signature > what the data shows (filled in by the
-    runner). When the input shape is known the model is finalized (probed once) here.
+    runner). When the input shape is known the model is finalized (probed once) here, unless
+    ``finalize=False`` (the caller then calls ``model.finalize()``: ``audit inspect`` does, to
+    report what the loader found before a refusal of the probe).
     Raises :class:`ModelLoadError` / :class:`UsageError` with one line that says what is
     wrong and what to do.
     """
@@ -110,4 +112,4 @@ def load_model(path: str | os.PathLike | None = None, *, arch: str | None = None
     if _in_train_mode(loaded.net, loaded.fmt):
         info["saved_in_train_mode"] = True
     _freeze(loaded.net)
-    return _wrap(loaded, resolved.spec, info, dev)
+    return _wrap(loaded, resolved.spec, info, dev, finalize)

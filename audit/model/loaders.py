@@ -69,14 +69,18 @@ Loader = Callable[[LoadRequest], Loaded]
 
 # ----------------------------------------------------------------------------- shared steps
 def _needs_code(msg: str) -> bool:
-    """Whether a weights-only unpickling failed because the pickle references code."""
-    return "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg
+    """Whether a weights-only unpickling failed because the pickle references code (a GLOBAL:
+    a class or function to import); any other failure (``Unsupported operand``, truncated
+    data) is a corrupt file, which ``--trust`` would not fix."""
+    return "Unsupported global" in msg or "GLOBAL" in msg
 
 
 def _from_state_dict(obj: Any, req: LoadRequest, fmt: str) -> Loaded:
     sd = as_state_dict(obj)
     if sd is None:
-        raise ModelLoadError(f"{req.where} holds a {type(obj).__name__}, neither a model nor a state_dict of tensors")
+        raise ModelLoadError(f"{req.where} holds a {type(obj).__name__}, neither a model nor a state_dict of tensors; "
+                             "save the model's state_dict (torch.save(model.state_dict(), path)) or the model as "
+                             "TorchScript (torch.jit.save)")
     notes: list[str] = []
     net = build_from_state_dict(sd, arch=req.arch, spec=req.spec, where=req.where, notes=notes)
     info: dict[str, Any] = {"arch": req.arch}
@@ -106,7 +110,8 @@ def load_torchscript(req: LoadRequest) -> Loaded:
     try:
         net = torch.jit.load(str(req.path), map_location="cpu")
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"{req.path} is a TorchScript archive that fails to load ({error_line(e)})") from None
+        raise ModelLoadError(f"{req.path} is a TorchScript archive that fails to load ({error_line(e)}); re-save it "
+                             f"with torch {torch.__version__.split('+')[0]}, or save the state_dict and pass --arch") from None
     _refuse_side_effects(req, net, "TorchScript archive")
     return Loaded(net, "torchscript")
 
@@ -146,7 +151,8 @@ def _load_exported_program(p: Path, trust: bool):
         if not trust and _needs_code(str(e)):
             raise ModelLoadError(f"{p} is a torch.export archive holding pickled objects that need code to load; "
                                  "it was not run. Re-run with --trust only if you trust its source") from None
-        raise ModelLoadError(f"{p} is a torch.export archive that fails to load ({error_line(e)})") from None
+        raise ModelLoadError(f"{p} is a torch.export archive that fails to load ({error_line(e)}); re-export it with "
+                             f"torch {torch.__version__.split('+')[0]}, or save the state_dict and pass --arch") from None
 
 
 def _unpack_export(ep) -> tuple[nn.Module, int | None, tuple[int, int, int] | None]:
@@ -194,7 +200,8 @@ def load_safetensors(req: LoadRequest) -> Loaded:
     try:
         obj = load_file(str(req.path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise ModelLoadError(f"{req.path} is a corrupt safetensors file ({error_line(e)})") from None
+        raise ModelLoadError(f"{req.path} is a corrupt safetensors file ({error_line(e)}); re-copy or re-save it "
+                             "(safetensors.torch.save_file)") from None
     return _from_state_dict(obj, req, "safetensors")
 
 
@@ -211,9 +218,9 @@ def _load_weights_only(p: Path, trust: bool) -> Any:
             return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError ...
         msg = str(e)
-        if not _needs_code(msg):
+        if not _needs_code(msg) and ("weights_only" not in msg.lower() or _unparseable(p)):
             raise ModelLoadError(f"{p} cannot be read as a PyTorch file ({error_line(e)}); "
-                                 "it may be truncated or corrupt") from None
+                                 "it may be truncated or corrupt: re-copy or re-save the model") from None
         if not trust:
             m = re.search(r"GLOBAL ([\w\.]+)", msg)
             what = f" (it references {m.group(1)})" if m else ""
@@ -221,6 +228,29 @@ def _load_weights_only(p: Path, trust: bool) -> Any:
                 f"{p} is a pickle that needs Python code to load{what}; it was not run. If you trust "
                 "its source, re-run with --trust; otherwise save it as TorchScript, torch.export or a state_dict") from None
     return _NEEDS_CODE
+
+
+def _unparseable(p: Path) -> bool:
+    """Whether the first pickle of ``p`` (of a zip archive: its ``data.pkl``) fails to parse:
+    a corrupt file, which ``--trust`` would not help. Reads opcodes only; nothing runs. (The
+    weights-only unpickler's refusal alone does not tell: it also refuses pickle protocols
+    above 2 and pickles that reference code.)"""
+    import io
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                stream: Any = io.BytesIO(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))))
+        else:
+            stream = open(p, "rb")
+        with stream:
+            for _ in pickletools.genops(stream):
+                pass
+        return False
+    except Exception:  # noqa: BLE001 - any parse failure is a damaged file
+        return True
 
 
 def _load_with_code(p: Path) -> Any:
@@ -231,6 +261,9 @@ def _load_with_code(p: Path) -> Any:
     except (AttributeError, ModuleNotFoundError, ImportError) as e:
         raise ModelLoadError(f"{p} is a pickled model whose code cannot be imported ({e}); put the module "
                              "that defines its class on PYTHONPATH") from None
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, EOFError ...: the file itself is damaged
+        raise ModelLoadError(f"{p} cannot be read as a PyTorch file ({error_line(e)}); it may be truncated or "
+                             "corrupt: re-copy or re-save the model") from None
 
 
 def _module_in(obj: Any) -> nn.Module | None:
@@ -270,7 +303,8 @@ def load_torchvision(req: LoadRequest) -> Loaded:
     architecture; nothing is downloaded. Raises :class:`UsageError` without a weights name,
     :class:`ModelLoadError` when the file is not in the cache."""
     if req.tv_weights is None:
-        raise UsageError("give a model file, or --weights NAME to load torchvision weights from the local cache")
+        raise UsageError("no model file given; pass one, or --weights NAME to load torchvision weights from the local "
+                         "cache")
     obj = torch.load(_cached_weights_file(req.tv_weights), map_location="cpu", weights_only=True)
     loaded = _from_state_dict(obj, req, "torchvision")
     loaded.info = {"path": str(req.weights), **loaded.info}

@@ -86,13 +86,13 @@ def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, int, int] |
         try:
             parts = [int(v) for v in re.split(r"[x,× ]+", str(text).strip().lower()) if v]
         except ValueError:
-            raise UsageError(f"--input-size {text!r} is not CxHxW, e.g. 3x224x224") from None
+            raise UsageError(f"--input-size {text!r} is not CxHxW; pass it as e.g. --input-size 3x224x224") from None
     if len(parts) == 1:
         parts = [3, parts[0], parts[0]]
     elif len(parts) == 2:
         parts = [3, *parts]
     if len(parts) != 3 or min(parts) < 1 or parts[0] not in (1, 3, 4):
-        raise UsageError(f"--input-size {text!r} is not CxHxW with C in 1, 3, 4, e.g. 3x224x224")
+        raise UsageError(f"--input-size {text!r} is not CxHxW with C in 1, 3, 4; pass it as e.g. --input-size 3x224x224")
     return tuple(parts)  # type: ignore[return-value]
 
 
@@ -104,9 +104,10 @@ def parse_floats(text: str | Sequence[float] | None, what: str) -> tuple[float, 
     try:
         vals = [float(v) for v in (re.split(r"[, ]+", text.strip()) if isinstance(text, str) else text) if v != ""]
     except ValueError:
-        raise UsageError(f"{what} {text!r} must be comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+        raise UsageError(f"{what} {text!r} is not a list of numbers; pass comma-separated numbers, e.g. "
+                         "0.485,0.456,0.406") from None
     if not vals or not all(math.isfinite(v) for v in vals):
-        raise UsageError(f"{what} {text!r} must be finite numbers")
+        raise UsageError(f"{what} {text!r} is not finite; pass finite numbers, e.g. 0.485,0.456,0.406")
     return tuple(vals)
 
 
@@ -122,10 +123,10 @@ def read_labels(path: str | os.PathLike) -> list[str]:
                          "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
     names = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not names:
-        raise UsageError(f"labels file {p} is empty; it needs one class name a line")
+        raise UsageError(f"labels file {p} is empty; put one class name a line in it, in output order")
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise UsageError(f"labels file {p} names class {dup!r} twice")
+        raise UsageError(f"labels file {p} names class {dup!r} twice; give each output its own name, one a line")
     return names
 
 
@@ -147,12 +148,15 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     try:
         d = json.loads(regular_file(path, "model sidecar", max_bytes=16 * MiB).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"model sidecar {path} is not valid JSON ({e})") from None
+        raise UsageError(f"model sidecar {path} is not valid JSON ({e}); fix it, or remove it (a sidecar is "
+                         "optional)") from None
     if not isinstance(d, dict):
-        raise UsageError(f"model sidecar {path} must hold a JSON object")
+        raise UsageError(f"model sidecar {path} holds a JSON {type(d).__name__}, not an object; put the keys in one "
+                         "JSON object ({\"input_size\": \"3x224x224\", ...}), or remove the file")
     unknown = sorted(set(d) - SIDECAR_KEYS)
     if unknown:
-        raise UsageError(f"model sidecar {path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(SIDECAR_KEYS))})")
+        raise UsageError(f"model sidecar {path}: unknown key {unknown[0]!r}; remove it or use a known key "
+                         f"({', '.join(sorted(SIDECAR_KEYS))})")
     return d
 
 
@@ -166,7 +170,9 @@ def torchvision_weights(name: str) -> tuple[Any, str | None]:
     try:
         w = torchvision.models.get_weight(name)
     except (ValueError, KeyError, AttributeError):
-        raise UsageError(f"--weights {name!r} is not a torchvision weights name, e.g. ResNet50_Weights.IMAGENET1K_V2") from None
+        raise UsageError(f"--weights {name!r} is not a torchvision weights name; pass one such as "
+                         "ResNet50_Weights.IMAGENET1K_V2 (torchvision.models.get_model_weights(arch) lists an "
+                         "architecture's)") from None
     arch = next((m for m in torchvision.models.list_models(module=torchvision.models)
                  if torchvision.models.get_model_weights(m) is type(w)), None)
     return w, arch

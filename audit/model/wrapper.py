@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..batching import is_oom
-from ..errors import UsageError
+from ..errors import InputShapeError, UsageError
 from .behaviour import dtype_hint, settle_mode, settle_precision
 from .messages import error_line
 from .spec import ModelSpec
@@ -93,14 +93,16 @@ class AuditModel(nn.Module):
         mean, std = self.spec.mean, self.spec.std
         for name, val, default in (("mean", mean, 0.0), ("std", std, 1.0)):
             if val is not None and c is not None and len(val) not in (1, c):
-                raise UsageError(f"--{name} has {len(val)} values but the model takes {c} channels")
+                raise UsageError(f"--{name} has {len(val)} values but the model takes {c} channels; pass one value "
+                                 f"per channel ({c}), or one for all")
             t = torch.tensor(val if val is not None else [default], dtype=torch.float32).view(1, -1, 1, 1)
             if name in self._buffers:
                 self._buffers[name] = t.to(self._buffers[name].device)
             else:
                 self.register_buffer(name, t, persistent=False)
         if std is not None and any(s <= 0 for s in std):
-            raise UsageError("--std values must be positive")
+            raise UsageError(f"--std {','.join(f'{s:g}' for s in std)}: std values must be positive; pass the "
+                             "positive per-channel std the model was trained with")
 
     @property
     def device(self) -> torch.device:
@@ -159,7 +161,8 @@ class AuditModel(nn.Module):
         if isinstance(logits, torch.Tensor):
             self._note("output object has .logits; it is taken as the logits")
             return logits
-        raise UsageError(f"the model returns {type(out).__name__}, not a logits tensor, tuple, or dict with 'logits'")
+        raise UsageError(f"the model returns {type(out).__name__}, not a logits tensor, tuple, or dict with 'logits'; "
+                         "return the logits tensor (batch, classes) from its forward and save it again")
 
     def _tensor_in_dict(self, out: dict) -> torch.Tensor | None:
         for k in _DICT_KEYS:
@@ -204,26 +207,27 @@ class AuditModel(nn.Module):
                 if is_oom(e) or len(chunk) == _PROBE_N:
                     raise
                 raise UsageError(f"the model fails on a batch of {len(chunk)} images (it ran on a batch of "
-                                 f"{_PROBE_N}): {error_line(e)}; if it takes only some batch sizes, pass "
-                                 "--batch-size 1 (or the size it was traced or exported for)") from None
+                                 f"{_PROBE_N}): {error_line(e)}; pass --batch-size 1 (it ran on one image alone at "
+                                 "load)") from None
         return torch.cat(outs) if outs else torch.empty(0, self.num_classes)
 
     # ------------------------------------------------------------------ finalization
     def finalize(self, input_shape: tuple[int, int, int] | None = None, source: str = "data",
                  class_names: list[str] | None = None) -> "AuditModel":
         """Fix the input shape (C, H, W) if still unknown (recorded as ``source``), then probe
-        one forward pass on 4 random images: output width (-> ``num_classes``), probability
+        one forward pass on 4 random images (and one on the first alone: a batch size baked
+        into a trace sets ``fixed_batch``): output width (-> ``num_classes``), probability
         or log-probability outputs (-> ``output_kind``), NaN; the weights' dtype and batch
         dependence / randomness are settled before and after (:mod:`.behaviour`).
         ``class_names`` (e.g. the data's folders) are taken when the spec has none and their number fits. Called by
         ``load_model`` when the shape is known, else by the runner once the data is loaded.
         Returns ``self``. Raises :class:`UsageError` when the shape is unknown, the model
-        fails on the probe or outputs NaN/inf, its outputs depend on the batch, or the class
+        fails on the probe (:class:`~audit.errors.InputShapeError`) or outputs NaN/inf, its outputs depend on the batch, or the class
         names or count do not fit."""
         if input_shape is not None:
             self.spec.set("input_shape", tuple(input_shape), source)
         if self.spec.input_shape is None:
-            raise UsageError("the model's input size is unknown: pass --input-size CxHxW or give data to infer it from")
+            raise UsageError("the model's input size is unknown; pass --input-size CxHxW or give data to infer it from")
         self._set_norm()
         settle_precision(self)
         raw = self._probe()
@@ -237,18 +241,45 @@ class AuditModel(nn.Module):
         self.ready = True
         return self
 
+    def _runs_alone(self, x1: torch.Tensor) -> bool:
+        """Whether the network runs on the one image ``x1`` (1, C, H, W)."""
+        try:
+            with torch.no_grad():
+                self._raw(x1)
+            return True
+        except Exception:  # noqa: BLE001 - the caller decides what a failure means
+            return False
+
+    def _set_fixed_batch(self, n: int) -> None:
+        self.fixed_batch = n
+        why = ("it fails on a single image (a batch size baked into a trace, or an export whose batch dimension "
+               f"starts above 1)" if n > 1 else "it fails on a batch of 4 (a batch size of 1 baked into a trace)")
+        self._note(f"the network runs on batches of {n}, not others: {why}; it is fed in chunks of {n}, the last "
+                   "one padded")
+
     def _probe(self) -> torch.Tensor:
-        """The raw outputs, (4, width) float32, on 4 seeded random inputs in [0, 1]."""
+        """The raw outputs, (4, width) float32, on 4 seeded random inputs in [0, 1]. A network
+        that runs on a batch of 4 but not on one image alone, or on one image but not on 4 (a
+        trace with its batch size baked in, e.g. ``x.reshape(4, -1)``), is fed in chunks of the
+        size it runs on (``fixed_batch``; noted). Raises :class:`InputShapeError` when it runs on neither."""
         g = torch.Generator().manual_seed(PROBE_SEED)
         x = torch.rand(_PROBE_N, *self.spec.input_shape, generator=g).to(self.device)
         try:
             with torch.no_grad():
                 raw = self._to_tensor(self._raw(x))
+            if self.fixed_batch is None and not self._runs_alone(x[:1]):
+                self._set_fixed_batch(_PROBE_N)
         except UsageError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure of the user's model on a well-formed input
-            raise UsageError(f"the model fails on an input of shape {list(x.shape)}: {error_line(e)}"
-                             + (dtype_hint(self) or "; check --input-size / the data's size")) from None
+            if self.fixed_batch is not None or not self._runs_alone(x[:1]):
+                fix = "; pass --input-size CxHxW with the model's input shape (and --resize / --convert-channels " \
+                      "to fit the data to it)"
+                raise InputShapeError(f"the model fails on an input of shape {list(x.shape)}: {error_line(e)}"
+                                      + (dtype_hint(self) or fix)) from None
+            self._set_fixed_batch(1)
+            with torch.no_grad():
+                raw = self._to_tensor(self._raw(x))
         raw = _rows(raw, x.shape[0]).float()
         if not torch.isfinite(raw).all():
             raise UsageError("the model outputs NaN or infinite values on random inputs in [0, 1]; "

@@ -59,7 +59,8 @@ def test_numbers_out_of_range_fall_back_to_sorted():
     (["1", "2", "3"], 3, "numeric", "--class-order sorted"),
     (["0", "10"], 12, "sorted", "--class-order numeric"),
     (["cat"], 1, "numeric", "--class-order auto"),
-    (["0", "20"], 12, "auto", "--labels FILE"),
+    (["0", "20"], 12, "auto", r"remove the folder\(s\) 20"),
+    (["0", "1", "2"], 2, "auto", r"remove the folders 2..2"),
     (["0"], 1, "bogus", "--class-order auto"),
 ])
 def test_refusals_name_a_fix(folders, n, order, fix):

@@ -80,7 +80,7 @@ def test_a_failing_rank_fails_the_run_with_its_message(tiny_net, pattern_folder,
     """rank 1's model fails partway (a Python error, or the process dies): the run ends
     promptly with a non-zero exit and rank 1's message, and no report pretends otherwise."""
     f = tmp_path / "bomb.pt"
-    torch.save(RankBomb(tiny_net, rank=1, mode=mode, after=6), f)  # 5 calls of the load-time probes, then 1
+    torch.save(RankBomb(tiny_net, rank=1, mode=mode, after=7), f)  # 6 calls of the load-time probes, then 1
     t0 = time.perf_counter()
     p = _torchrun(["run", str(f), "--trust", "--data", str(pattern_folder), "--labels", str(labels_file),
                    "--device", "cpu", "--batch-size", "4", "--checks", "clean", "-q", "--out", str(tmp_path / "o")],
@@ -114,7 +114,7 @@ def test_ranks_out_of_step_stop_together_and_keep_the_report(tiny_net, pattern_f
     the ε=0 sanity test), so it skips the units rank 0 waits on: both notice at the next
     exchange, stop the battery, and rank 0 still writes the report with the error."""
     f = tmp_path / "bomb.pt"
-    torch.save(RankBomb(tiny_net, rank=1, mode="raise", after=7), f)  # 5 load-time probe calls + its 2 of the clean logits
+    torch.save(RankBomb(tiny_net, rank=1, mode="raise", after=8), f)  # 6 load-time probe calls + its 2 of the clean logits
     out = tmp_path / "o"
     p = _torchrun(["run", str(f), "--trust", "--data", str(pattern_folder), "--labels", str(labels_file),
                    "--config", str(dist_config), "--device", "cpu", "--checks", "clean,adversarial,fooling", "-q",

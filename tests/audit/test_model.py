@@ -299,22 +299,51 @@ class _FixedBatch(torch.nn.Module):
         return x.reshape(4, 768)[:, :4]
 
 
-def test_model_failing_on_another_batch_size_names_it_even_quiet(tmp_path, pattern_folder, labels_file, capsys):
-    from audit.cli import main
-    from audit.errors import ExitCode
+class _AtMost4(torch.nn.Module):
+    """Runs on batches of up to 4 images only (a fixed-size buffer)."""
+
+    def forward(self, x):
+        if x.shape[0] > 4:
+            raise RuntimeError(f"batch of {x.shape[0]} exceeds the buffer of 4")
+        return x.mean((2, 3)).repeat(1, 2)[:, :4]
+
+
+def test_a_batch_size_baked_into_a_trace_is_fed_in_chunks_of_it():
+    """A trace that runs on a batch of 4 only (or of 1 only) is found at load and fed in
+    chunks of that size (noted), so no --batch-size is needed."""
     from audit.model import AuditModel, ModelSpec
 
     ts = torch.jit.trace(_FixedBatch(), torch.rand(4, 3, 16, 16))  # the 4 is baked into the graph
     model = AuditModel(ts, ModelSpec(input_shape=(3, 16, 16))).finalize()
+    assert model.fixed_batch == 4 and any("runs on batches of 4, not others" in n for n in model.adaptations)
+    x = torch.rand(6, 3, 16, 16)
+    torch.testing.assert_close(model.logits(x), x.reshape(6, -1)[:, :4])
+    one = torch.jit.trace(torch.nn.Sequential(torch.nn.Flatten(0), torch.nn.Unflatten(0, (1, 768))),
+                          torch.rand(1, 3, 16, 16))  # (1, 768) whatever the batch: runs on one image only
+    model = AuditModel(one, ModelSpec(input_shape=(3, 16, 16))).finalize()
+    assert model.fixed_batch == 1 and model.logits(x).shape == (6, 768)
+
+
+def test_model_failing_on_another_batch_size_names_it_even_quiet(tmp_path, pattern_folder, labels_file, capsys):
+    """A model that runs on 1 and 4 images but not on the run's batch: one line naming
+    --batch-size 1, which then works."""
+    from audit.cli import main
+    from audit.errors import ExitCode
+    from audit.model import AuditModel, ModelSpec
+
+    model = AuditModel(_AtMost4(), ModelSpec(input_shape=(3, 16, 16))).finalize()
     with pytest.raises(UsageError, match=r"fails on a batch of 6 images .*--batch-size 1"):
         model.logits(torch.rand(6, 3, 16, 16))
-    torch.jit.save(ts, tmp_path / "fixed.pt")
+    assert model.logits(torch.rand(6, 3, 16, 16), batch_size=1).shape == (6, 4)
+    torch.save(_AtMost4(), tmp_path / "atmost4.pt")
+    argv = ["run", str(tmp_path / "atmost4.pt"), "--trust", "--data", str(pattern_folder), "--labels",
+            str(labels_file), "--checks", "clean", "--out", str(tmp_path / "out"), "-q"]
     capsys.readouterr()
-    rc = main(["run", str(tmp_path / "fixed.pt"), "--data", str(pattern_folder), "--labels", str(labels_file),
-               "--checks", "clean", "--out", str(tmp_path / "out"), "-q"])
+    rc = main(argv)
     err = capsys.readouterr().err.strip()
     assert rc == ExitCode.USAGE_ERROR
     assert len(err.splitlines()) == 1 and "--batch-size 1" in err and "batch of" in err, err
+    assert main(argv + ["--batch-size", "1"]) == ExitCode.OK, capsys.readouterr().err
 
 
 def test_a_failing_export_load_is_one_line_without_torchs_logging(model_files, monkeypatch, capsys):
