@@ -74,10 +74,12 @@ class Inspection:
 
 def inspect_model(path: str | os.PathLike | None = None, *, data: str | os.PathLike | None = None,
                   device: str | None = "auto", resize: bool = False, convert_channels: bool = False,
-                  class_order: str = "auto", **model_options: Any) -> Inspection:
+                  class_order: str = "auto", labels_file=None, resize_mode: str | None = None,
+                  crop_pct: float | None = None, interpolation: str | None = None,
+                  **model_options: Any) -> Inspection:
     """Load the model at ``path`` (``model_options``: those of :func:`audit.model.load_model`)
-    and, with ``data``, the data against it (``resize``, ``convert_channels``, ``class_order``
-    as :func:`audit.data.load_data`), step by step. Never raises an :class:`AuditError`: each
+    and, with ``data``, the data against it (``resize``, ``convert_channels``, ``class_order``,
+    ``labels_file``, ``resize_mode``, ``crop_pct``, ``interpolation`` as :func:`audit.data.load_data`), step by step. Never raises an :class:`AuditError`: each
     refusal is a problem of the returned :class:`Inspection` (other exceptions propagate)."""
     from .model import load_model
 
@@ -97,7 +99,8 @@ def inspect_model(path: str | os.PathLike | None = None, *, data: str | os.PathL
             from .runner import check_fit
 
             ins.data = load_data(data, model=model, resize=resize, convert_channels=convert_channels,
-                                 class_order=class_order)
+                                 class_order=class_order, labels_file=labels_file, resize_mode=resize_mode,
+                                 crop_pct=crop_pct, interpolation=interpolation)
             check_fit(model, ins.data)
         elif not model.ready:
             model.finalize()  # the input size is unknown: its one-line refusal names the fix
