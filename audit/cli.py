@@ -115,7 +115,7 @@ def _cmd_run(args) -> int:
         opts.setdefault("bias", {})["concepts"] = str(args.concepts)
         cfg = cfg.replace(check_options=opts)
     _ensure_out(Path(args.out), lock=world.is_main)
-    if args.model is None and not args.weights:
+    if args.model is None and not args.weights and not (args.arch or "").startswith("timm:"):
         raise UsageError("give a model file: audit run MODEL --data DIR (or --weights NAME for torchvision weights)")
     model = load_model(args.model, arch=args.arch, num_classes=args.num_classes, weights=args.weights,
                        input_size=args.input_size, mean=args.mean, std=args.std, labels=args.labels,
