@@ -98,7 +98,8 @@ def last_spatial_block(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module,
     """``(name, module, tokens)`` of Grad-CAM's layer, from one forward and one backward pass
     of ``x`` (N, C, H, W):
 
-    - a CNN: the module whose output is the last 4-D spatial map (N, C, H, W with H·W > 1) to be
+    - a CNN: the module whose output is the last 4-D spatial map (N, C, H, W with H·W > 1; a
+      module that returns its input itself, such as ``nn.Identity``, is passed over) to be
       completed, i.e. the output of the last block *after* its residual add and activation (a
       ResNet's ``layer4``, not ``layer4.1.conv2`` inside the residual branch; Selvaraju et al.
       2017 take the last convolutional *feature map*); ``tokens`` None. Among modules completing
@@ -117,10 +118,10 @@ def last_spatial_block(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module,
     handles = []
 
     def make(name: str, mod: nn.Module):
-        def hook(_m, _inp, out):
+        def hook(_m, inp, out):
             t = output_tensor(out)
-            if t is None or not t.is_floating_point():
-                return
+            if t is None or not t.is_floating_point() or any(t is i for i in inp):
+                return  # a pass-through (Identity, Dropout in eval: timm attention's q_norm / k_norm) adds no map
             if t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1:
                 maps.append((name, mod, t))
             elif t.dim() == 3 and t.shape[1] >= 4 and t.requires_grad:
@@ -217,3 +218,10 @@ def hookable(net: nn.Module) -> bool:
     """True when forward hooks on the model's submodules fire (not for TorchScript or
     flattened ``torch.export`` graphs)."""
     return not isinstance(net, torch.jit.ScriptModule) and bool(conv_layers(net))
+
+
+def model_hookable(model) -> bool:
+    """:func:`hookable` for an ``AuditModel``'s network, and the model runs a batch in one
+    forward pass: one fed in chunks of a fixed batch size (``fixed_batch``: a fixed-batch ONNX
+    graph) fires a layer's hooks once per chunk, so a hook would hold one chunk's activations."""
+    return getattr(model, "fixed_batch", None) is None and hookable(model.net)

@@ -140,6 +140,20 @@ def tiny_net(steps: int = 120) -> TinyNet:
     return fit(TinyNet(), x, y, steps=steps, batch=32, generator=torch.Generator().manual_seed(0))
 
 
+class ReshapeNet(TinyNet):
+    """:class:`TinyNet` flattening with ``reshape(x.shape[0], -1)``: exported at a fixed batch
+    size, the ONNX graph reshapes to that constant, so it runs at no other batch size."""
+
+    def forward(self, x):
+        return self.fc(self.features(x).reshape(x.shape[0], -1))
+
+
+def reshape_net(tiny: TinyNet) -> ReshapeNet:
+    net = ReshapeNet()
+    net.load_state_dict(tiny.state_dict())
+    return net.eval()
+
+
 def export_onnx(net: nn.Module, path: Path, *, dynamic_batch: bool = True, batch: int = 2, opset: int = 17) -> Path:
     """``torch.onnx.export`` (the TorchScript-based exporter, ``dynamo=False``: it needs no
     onnxscript) of ``net`` on 16x16 images, the batch dynamic or fixed at ``batch``."""

@@ -6,8 +6,10 @@ check runs), checked against ``onnxruntime`` before anything is audited.
   but ``''`` / ``ai.onnx``, and not a function defined in the file) runs a library's code;
   such a graph is refused without ``trust``.
 * The input is the graph's one non-initializer input, (N, C, H, W): a static C, H, W fills the
-  spec's input shape (source ``onnx``); a static N (``torch.onnx.export`` without
-  ``dynamic_axes``) makes the model run in chunks of N, as a fixed-batch ``torch.export``.
+  spec's input shape (source ``onnx``). A static N (``torch.onnx.export`` without
+  ``dynamic_axes``) makes the model run in chunks of N, as a fixed-batch ``torch.export``,
+  unless the converted module computes onnxruntime's output at another batch size too (a
+  graph that flattens with ``Flatten``, not a ``Reshape`` to a constant N): then it runs at any.
 * When ``onnx2torch`` has no converter for an operator at the file's opset, the graph is
   converted to opset 18, then 17 (``onnx.version_converter``), and converted again.
 * The converted module must reproduce ``onnxruntime``'s output on a seeded probe batch to
@@ -104,26 +106,65 @@ def _convert(proto, where: str) -> tuple[torch.nn.Module, list[str]]:
                          "opset_version=17 (torch.onnx.export(..., opset_version=17))") from None
 
 
-def _check_against_ort(path: Path, net: torch.nn.Module, name: str, x) -> float:
-    """max |net(x) - onnxruntime(x)| / max(1, max |onnxruntime(x)|) on the first output."""
+def _onnxruntime(path: Path, name: str, x, fixed: int | None) -> torch.Tensor:
+    """onnxruntime's first output on ``x`` (float64), fed in chunks of ``fixed`` (the last one
+    padded with copies of its last image) when the graph's batch size is fixed."""
+    import numpy as np
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = max(1, torch.get_num_threads())
+    b = fixed or len(x)
     try:
         sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-        ref = torch.from_numpy(sess.run(None, {name: x})[0]).double()
+        outs = []
+        for i in range(0, len(x), b):
+            chunk = x[i:i + b]
+            pad = np.concatenate([chunk, np.repeat(chunk[-1:], b - len(chunk), 0)]) if len(chunk) < b else chunk
+            outs.append(sess.run(None, {name: pad})[0][:len(chunk)])
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"onnxruntime cannot run {path} ({error_line(e)}), so its conversion cannot be "
                              "checked") from None
-    with torch.no_grad():
-        out = net(torch.from_numpy(x))
+    return torch.from_numpy(np.concatenate(outs)).double()
+
+
+def _difference(net: torch.nn.Module, x, ref: torch.Tensor) -> float | None:
+    """max |net(x) - ref| / max(1, max |ref|); None when ``net`` fails on ``x`` or its output
+    has another shape (a graph whose reshapes fix the batch size, fed another one)."""
+    try:
+        with torch.no_grad():
+            out = net(torch.from_numpy(x))
+    except Exception:  # noqa: BLE001
+        return None
     out = out[0] if isinstance(out, (tuple, list)) else out
-    if tuple(out.shape) != tuple(ref.shape):
-        raise ModelLoadError(f"onnx2torch's conversion of {path} outputs {list(out.shape)}, onnxruntime "
-                             f"{list(ref.shape)}; the conversion is wrong, the model is not audited") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(ref.shape):
+        return None
     return float((out.double() - ref).abs().max() / max(1.0, float(ref.abs().max())))
+
+
+def _check(req: LoadRequest, net: torch.nn.Module, name: str, dtype, fixed: int | None) -> tuple[float, int | None]:
+    """Compare the converted ``net`` with onnxruntime on seeded probe images: a batch of
+    ``fixed`` (else 2), then, for a fixed batch size, a batch of ``fixed + 2``: when the
+    conversion computes that one right too, nothing in the graph depends on the batch size and
+    the model runs at any (the returned batch size is None). Returns (the difference, the batch
+    size to feed). Raises :class:`ModelLoadError` above :data:`TOLERANCE`."""
+    g = torch.Generator().manual_seed(_PROBE_SEED)
+    n = fixed + 2 if fixed else 2
+    x = torch.rand(n, *req.spec.input_shape, generator=g).numpy().astype(dtype)
+    ref = _onnxruntime(req.path, name, x, fixed)
+    b = fixed or n
+    diff = _difference(net, x[:b], ref[:b])
+    if diff is None or not diff <= TOLERANCE:
+        raise ModelLoadError(f"onnx2torch's conversion of {req.path} differs from onnxruntime "
+                             f"({'fails or has another output shape' if diff is None else f'by {diff:.2g}, relative'}) "
+                             f"on a probe batch, more than {TOLERANCE:g}: the audit would test another function than "
+                             "the one shipped; re-export with another opset_version")
+    if fixed:
+        whole = _difference(net, x, ref)
+        if whole is not None and whole <= TOLERANCE:
+            return max(diff, whole), None
+    return diff, fixed
 
 
 def load_onnx(req: LoadRequest) -> Loaded:
@@ -160,14 +201,10 @@ def load_onnx(req: LoadRequest) -> Loaded:
                              f"is {'x'.join(map(str, given))} ({req.spec.sources.get('input_shape')}); give its own")
     net, notes = _convert(proto, where)
     net.eval()
-    fixed = dims[0]
-    g = torch.Generator().manual_seed(_PROBE_SEED)
-    x = torch.rand(fixed or 2, *req.spec.input_shape, generator=g).numpy().astype(dtype)
-    diff = _check_against_ort(req.path, net, name, x)
-    if not diff <= TOLERANCE:
-        raise ModelLoadError(f"onnx2torch's conversion of {where} differs from onnxruntime by {diff:.2g} (relative) on "
-                             f"a probe batch, more than {TOLERANCE:g}: the audit would test another function than "
-                             "the one shipped; re-export with another opset_version") from None
+    diff, fixed = _check(req, net, name, dtype, dims[0])
+    if dims[0] and fixed is None:
+        notes.append(f"the ONNX graph's batch size is fixed at {dims[0]}, but its conversion computes the same at "
+                     "other batch sizes (checked against onnxruntime): it runs at any batch size")
     info = {"opset": _opset(proto), "producer": f"{proto.producer_name} {proto.producer_version}".strip() or None,
             "onnxruntime_difference": diff}
     return Loaded(net, "onnx", fixed_batch=fixed, info=info, notes=notes)
