@@ -76,7 +76,7 @@ def create_timm(name: str, *, num_classes: int) -> nn.Module:
     try:
         import timm
     except ImportError:
-        raise KeyError(f"--arch timm:{name} needs timm: pip install 'audit[timm]' (or pip install timm)") from None
+        raise KeyError(f"--arch timm:{name} needs timm: pip install 'model-audit[timm]' (or pip install timm)") from None
     if not timm.is_model(name.split(".", 1)[0]):
         raise KeyError(f"unknown --arch timm:{name}; timm {timm.__version__} has no such model "
                        "(python -c 'import timm; print(timm.list_models())' lists them)")

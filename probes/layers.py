@@ -106,10 +106,12 @@ def last_spatial_block(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module,
       with the same tensor (a container and its last child), the outermost is named;
     - a vision transformer (token outputs (N, T, D) completed after the last spatial map, the
       patch embedding's, whose grid they match once up to 8 leading tokens are dropped): the
-      last module whose patch tokens the top class's logit still depends on (a ViT reading its
-      class token: the last block's ``norm1``, the input of its attention, as
-      pytorch-grad-cam recommends; a mean-pooling one: the last block), with ``tokens`` the
-      :class:`TokenGrid` that reshapes it to a map.
+      last normalization layer (a module whose class name has ``Norm``: the residual stream,
+      not an attention's query/key/value projections, timm's fused ``qkv``) whose patch tokens
+      the top class's logit still depends on, else the last such module of any kind (a ViT
+      reading its class token: the last block's ``norm1``, the input of its attention, as
+      pytorch-grad-cam recommends; transformers' ``layernorm_before``; a mean-pooling one: the
+      final norm), with ``tokens`` the :class:`TokenGrid` that reshapes it to a map.
 
     Falls back to :func:`last_conv` when the probe pass fails or finds no such output; None
     when there is neither."""
@@ -140,8 +142,9 @@ def last_spatial_block(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module,
             if cands and logits.dim() == 2:
                 grads = torch.autograd.grad(logits.max(1).values.sum(), [c[2] for c in cands], allow_unused=True)
                 used = [c for c, g in zip(cands, grads) if g is not None and bool(g[:, c[3].skip:].abs().amax() > 0)]
+                norms = [c for c in used if "Norm" in type(c[1]).__name__]  # the residual stream, normalized
                 if used:
-                    name, mod, _, grid_t = used[-1]
+                    name, mod, _, grid_t = (norms or used)[-1]
                     return name, mod, grid_t
     except Exception:  # noqa: BLE001 - a model refusing hooks or the probe: the last convolution
         maps = []

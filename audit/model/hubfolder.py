@@ -81,7 +81,7 @@ def _require(module: str, extra: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ModelLoadError(f"this model needs the {module} package: pip install 'audit[{extra}]' "
+        raise ModelLoadError(f"this model needs the {module} package: pip install 'model-audit[{extra}]' "
                              f"(or pip install {module})") from None
 
 

@@ -2,11 +2,13 @@
 
 :func:`audit.model.detect.detect_format` names a file's kind from its content; ``LOADERS``
 maps that kind to the function that turns the file into a network. Adding a format is one
-loader ``load_x(req) -> Loaded`` here, one line in ``LOADERS``, and the content test that
-names it in ``detect_format``.
+loader ``load_x(req) -> Loaded`` here (or in a module of its own: :mod:`.onnxfile`,
+:mod:`.hubfolder`), one line in ``LOADERS``, and the content test that names it in
+``detect_format``.
 
 Nothing here runs code from a model file unless ``trust`` is set: a ``torch.save`` file is
-opened with ``weights_only=True`` first, and a ``torch.export`` archive is loaded with
+opened with ``weights_only=True`` first (a checkpoint whose other entries need code is read
+with inert stand-ins for them, :mod:`.inert`), and a ``torch.export`` archive is loaded with
 ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``.
 """
 from __future__ import annotations

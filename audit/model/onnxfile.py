@@ -39,7 +39,7 @@ def _require(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ModelLoadError(f"an ONNX model needs the {module} package: pip install 'audit[onnx]' "
+        raise ModelLoadError(f"an ONNX model needs the {module} package: pip install 'model-audit[onnx]' "
                              "(onnx, onnx2torch, onnxruntime)") from None
 
 

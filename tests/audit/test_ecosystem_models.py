@@ -81,6 +81,19 @@ def test_timm_folder_takes_its_preprocessing_and_label_names(models, tmp_path):
     assert torch.allclose(m(x), ref, atol=1e-5)
 
 
+def test_grad_cam_reads_a_timm_vits_tokens(models):
+    """timm's attention passes its keys through nn.Identity (q_norm / k_norm) as (N, heads, T, d)
+    tensors: not a spatial map. Grad-CAM's layer is the last block's norm1 (transformers':
+    layernorm_before), the input of its attention, on the 4x4 patch grid."""
+    from probes.layers import TokenGrid, last_spatial_block
+
+    name, _, grid = last_spatial_block(models["timm_vit_net"], torch.rand(2, 3, 32, 32))
+    assert (name, grid) == ("blocks.1.norm1", TokenGrid(1, 4, 4))  # not attn.qkv, the fused projections
+    hf = load_model(models["hf_vit"], device="cpu")
+    name, _, grid = last_spatial_block(hf, torch.rand(2, 3, 32, 32))
+    assert (name, grid) == ("net.vit.layers.1.layernorm_before", TokenGrid(1, 4, 4))
+
+
 def test_arch_timm_builds_a_state_dict_with_timms_config(models):
     import timm
 
