@@ -16,6 +16,7 @@ from audit.cli import main
 from audit.errors import ExitCode, ModelLoadError
 from audit.model import detect_format
 from tests import ecosystem as eco
+from tests.audit.test_demo_run import validate_result
 from tests.fast_config import fast_config_dict
 from tests.tinymodels import PATTERNS, TinyNet
 
@@ -326,5 +327,6 @@ def test_the_cli_audits_a_transformers_folder(models, folders, tmp_path):
                "--device", "cpu", "--checks", "clean,attribution"])
     assert rc == ExitCode.OK
     res = json.loads((out / "results.json").read_text())
+    validate_result(res)
     assert res["model"]["format"] == "transformers" and res["model"]["class_names"] == list(PATTERNS)
     assert res["model"]["spec_sources"]["mean"] == "hf config" and res["model"]["sha256"]
