@@ -114,7 +114,7 @@ def _quiet() -> Iterator[None]:
 def _needs_weights(folder: Path, what: str) -> Path:
     wf = weights_file(folder)
     if wf is None:
-        raise ModelLoadError(f"{folder} holds {what}'s config.json but no weights file (model.safetensors or "
+        raise ModelLoadError(f"{folder} holds a {what} config.json but no weights file (model.safetensors or "
                              "pytorch_model.bin); copy the weights into the folder")
     return wf
 

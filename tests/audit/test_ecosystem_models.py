@@ -145,6 +145,26 @@ def test_hf_resnet_crop_fields_and_default_labels(models, tmp_path):
     assert unnamed.spec.class_names is None  # LABEL_0 ... are transformers' defaults, not names
 
 
+def test_hf_folder_with_its_own_code_or_misfit_weights_is_refused(models, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    bad = shutil.copytree(models["hf_resnet"], tmp_path / "custom")
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "net.py").write_text("raise SystemExit('the folder's code ran')\n")
+    (bad / "config.json").write_text(json.dumps({**cfg, "model_type": "my_net",
+                                                 "auto_map": {"AutoConfig": "net.Cfg",
+                                                              "AutoModelForImageClassification": "net.Net"}}))
+    with pytest.raises(ModelLoadError, match=r"own Python code \(auto_map\); it was not run.*--trust"):
+        load_model(bad, device="cpu")
+    misfit = shutil.copytree(models["hf_resnet"], tmp_path / "misfit")
+    sd = load_file(misfit / "model.safetensors")
+    save_file({k: v for k, v in sd.items() if not k.startswith("classifier")}, misfit / "model.safetensors")
+    with pytest.raises(ModelLoadError, match="do not fit its config.*missing keys.*at random"):
+        load_model(misfit, device="cpu")
+
+
 def test_hf_accuracy_equals_the_image_processors(models, folders):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
