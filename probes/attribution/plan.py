@@ -135,7 +135,7 @@ def usable_methods(ctx, wanted: list[str], x2: torch.Tensor,
                           f"The model runs at a fixed batch size of {model.fixed_batch} (fed in chunks), so a layer "
                           f"hook would see one chunk at a time: {', '.join(m.title for m in hooked)} skipped "
                           "(gradient and perturbation methods ran). Ship the model with a dynamic batch dimension "
-                          "(torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}})).",
+                          "(torch.onnx.export(..., input_names=['input'], dynamic_axes={'input': {0: 'batch'}})).",
                           {"methods": [m.name for m in hooked]}))
         chosen = [m for m in chosen if m.kind != HOOK]
     elif hooked:
