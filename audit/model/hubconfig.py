@@ -2,8 +2,9 @@
 
 * timm: :func:`timm.data.resolve_data_config` on the model (its ``pretrained_cfg``) gives the
   input size, mean, std, interpolation, ``crop_pct`` and ``crop_mode``; class names are the
-  config's ``label_names``, else timm's ImageNet descriptions when the head is an ImageNet one
-  (:func:`timm.data.infer_imagenet_subset`). Source ``timm config``.
+  config's ``label_names``, else timm's ImageNet label names (WordNet ids such as
+  ``n01440764``, the folder names of ImageNet's train/val layout) when the head is an ImageNet
+  one (:func:`timm.data.infer_imagenet_subset`). Source ``timm config``.
 * Hugging Face transformers: the image processor (``preprocessor_config.json``) gives
   ``size`` (``height``/``width`` or ``shortest_edge``), ``crop_size`` with
   ``do_center_crop`` (or ConvNeXt's ``crop_pct``), ``resample`` (a PIL filter number),
@@ -37,7 +38,7 @@ def _floats(v: Any) -> tuple[float, ...] | None:
 # ----------------------------------------------------------------------------- timm
 def _timm_class_names(model: Any) -> list[str] | None:
     """``label_names`` of the model's pretrained config (a list, or a dict id -> name), else
-    timm's ImageNet descriptions for an ImageNet-sized head; None when neither fits."""
+    timm's ImageNet label names (WordNet ids) for an ImageNet-sized head; None when neither fits."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     n = getattr(model, "num_classes", None)
     names = cfg.get("label_names")
@@ -50,9 +51,7 @@ def _timm_class_names(model: Any) -> list[str] | None:
     subset = infer_imagenet_subset(model)
     if not subset:
         return None
-    info = ImageNetInfo(subset)
-    desc = info.label_descriptions()
-    return list(desc) if len(set(desc)) == len(desc) else list(info.label_names())
+    return list(ImageNetInfo(subset).label_names())  # WordNet ids: ImageNet's folder names, as timm's hub configs
 
 
 def apply_timm_config(spec: ModelSpec, model: Any) -> list[str]:

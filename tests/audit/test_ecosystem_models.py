@@ -112,6 +112,16 @@ def test_arch_timm_builds_a_state_dict_with_timms_config(models):
                                               / torch.tensor(cfg["std"]).view(1, 3, 1, 1)), atol=1e-5)
 
 
+def test_arch_timm_with_an_imagenet_head_names_its_classes_by_wordnet_id(tmp_path):
+    import timm
+
+    p = tmp_path / "in1k.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), p)
+    m = load_model(p, arch="timm:test_resnet", device="cpu")
+    assert m.class_names[:2] == ["n01440764", "n01443537"] and len(m.class_names) == 1000  # ImageNet's folders
+    assert m.spec.input_shape == (3, 160, 160) and m.spec.sources["input_shape"] == "timm config"
+
+
 def test_timm_accuracy_equals_timms_own_preprocessing(models, folders):
     import timm
 
