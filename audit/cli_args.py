@@ -46,7 +46,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--arch", help="architecture for a state_dict/safetensors file: a torchvision model name or gymnet")
+    g.add_argument("--arch", help="architecture for a state_dict/safetensors file: a torchvision model name, gymnet, "
+                   "or timm:NAME (any timm model)")
     g.add_argument("--num-classes", type=_positive_int, help="number of classes (for a state_dict)")
     g.add_argument("--weights", help="torchvision weights name (e.g. ResNet50_Weights.IMAGENET1K_V2): class names, "
                    "mean/std and input size from its metadata; weights from the local torch hub cache when no file is given")
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
     run = sub.add_parser("run", help="audit a model file on a data set")
-    run.add_argument("model", nargs="?", help="model file (TorchScript, .pt2, state_dict, .safetensors, pickle with --trust)")
+    run.add_argument("model", nargs="?", help="model file (TorchScript, .pt2, state_dict, .safetensors, ONNX, pickle "
+                     "with --trust) or a timm / transformers model folder")
     _model_args(run)
     _data_args(run)
     _run_args(run)

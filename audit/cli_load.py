@@ -30,7 +30,7 @@ def data_options(args) -> dict[str, Any]:
 
 def check_model_given(args, cmd: str) -> None:
     """:class:`UsageError` (exit 4) when neither a model file nor ``--weights`` was given."""
-    if args.model is None and not args.weights:
+    if args.model is None and not args.weights and not (args.arch or "").startswith("timm:"):
         raise UsageError(_NO_MODEL.format(cmd=cmd))
 
 

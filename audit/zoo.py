@@ -1,5 +1,6 @@
-"""Architectures by name, for loading a state_dict (``--arch``): our own registered ones and
-every torchvision classification model (timm's ``create_model`` idea).
+"""Architectures by name, for loading a state_dict (``--arch``): our own registered ones,
+every torchvision classification model (timm's ``create_model`` idea), and ``timm:NAME`` for
+any timm model (``timm.create_model(NAME, pretrained=False)``; timm is imported only then).
 
 An entry is a factory ``f(num_classes=...) -> nn.Module``, or a lazy ``"module:attr"``
 import path to one, imported only when that architecture is built: the demo's ``gymnet``
@@ -61,21 +62,39 @@ register_arch("gymnet", "audit.demo.model:gymnet")
 
 def list_archs() -> list[str]:
     """Every name ``create_arch`` accepts: ours (sorted; lazy entries are not imported), then
-    torchvision's classification models (sorted)."""
+    torchvision's classification models (sorted), then ``timm:NAME`` (any of ``timm.list_models()``)."""
     import torchvision
 
-    return sorted(_ARCHS) + sorted(torchvision.models.list_models(module=torchvision.models))
+    return sorted(_ARCHS) + sorted(torchvision.models.list_models(module=torchvision.models)) + ["timm:NAME"]
+
+
+def create_timm(name: str, *, num_classes: int) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, num_classes=...)``: timm's architecture
+    (and default pretrained config, which holds its preprocessing), untrained; nothing is
+    downloaded. ``name`` may carry a pretrained tag (``resnet18.a1_in1k``), which selects that
+    config. Raises KeyError (the ``--arch`` message) without timm or for a name timm lacks."""
+    try:
+        import timm
+    except ImportError:
+        raise KeyError(f"--arch timm:{name} needs timm: pip install 'model-audit[timm]' (or pip install timm)") from None
+    if not timm.is_model(name.split(".", 1)[0]):
+        raise KeyError(f"unknown --arch timm:{name}; timm {timm.__version__} has no such model "
+                       "(python -c 'import timm; print(timm.list_models())' lists them)")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
 
 
 def create_arch(name: str, *, num_classes: int) -> nn.Module:
-    """Build an untrained model by name with a ``num_classes``-wide head. Raises KeyError with
-    a hint when the name is unknown (the ``--arch`` message)."""
+    """Build an untrained model by name with a ``num_classes``-wide head (``timm:NAME``: a timm
+    model, :func:`create_timm`). Raises KeyError with a hint when the name is unknown (the
+    ``--arch`` message)."""
     if name in _ARCHS:
         return _resolve(name)(num_classes=num_classes)
+    if name.startswith("timm:"):
+        return create_timm(name[len("timm:"):], num_classes=num_classes)
     import torchvision
 
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
         raise KeyError(f"unknown --arch {name!r}; pass a known one (`audit list --archs`: ours, "
-                       f"{', '.join(sorted(_ARCHS))}, and torchvision's classification models)")
+                       f"{', '.join(sorted(_ARCHS))}, torchvision's classification models, and timm:NAME)")
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)

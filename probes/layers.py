@@ -98,17 +98,20 @@ def last_spatial_block(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module,
     """``(name, module, tokens)`` of Grad-CAM's layer, from one forward and one backward pass
     of ``x`` (N, C, H, W):
 
-    - a CNN: the module whose output is the last 4-D spatial map (N, C, H, W with H·W > 1) to be
+    - a CNN: the module whose output is the last 4-D spatial map (N, C, H, W with H·W > 1; a
+      module that returns its input itself, such as ``nn.Identity``, is passed over) to be
       completed, i.e. the output of the last block *after* its residual add and activation (a
       ResNet's ``layer4``, not ``layer4.1.conv2`` inside the residual branch; Selvaraju et al.
       2017 take the last convolutional *feature map*); ``tokens`` None. Among modules completing
       with the same tensor (a container and its last child), the outermost is named;
     - a vision transformer (token outputs (N, T, D) completed after the last spatial map, the
       patch embedding's, whose grid they match once up to 8 leading tokens are dropped): the
-      last module whose patch tokens the top class's logit still depends on (a ViT reading its
-      class token: the last block's ``norm1``, the input of its attention, as
-      pytorch-grad-cam recommends; a mean-pooling one: the last block), with ``tokens`` the
-      :class:`TokenGrid` that reshapes it to a map.
+      last normalization layer (a module whose class name has ``Norm``: the residual stream,
+      not an attention's query/key/value projections, timm's fused ``qkv``) whose patch tokens
+      the top class's logit still depends on, else the last such module of any kind (a ViT
+      reading its class token: the last block's ``norm1``, the input of its attention, as
+      pytorch-grad-cam recommends; transformers' ``layernorm_before``; a mean-pooling one: the
+      final norm), with ``tokens`` the :class:`TokenGrid` that reshapes it to a map.
 
     Falls back to :func:`last_conv` when the probe pass fails or finds no such output; None
     when there is neither."""
@@ -117,10 +120,10 @@ def last_spatial_block(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module,
     handles = []
 
     def make(name: str, mod: nn.Module):
-        def hook(_m, _inp, out):
+        def hook(_m, inp, out):
             t = output_tensor(out)
-            if t is None or not t.is_floating_point():
-                return
+            if t is None or not t.is_floating_point() or any(t is i for i in inp):
+                return  # a pass-through (Identity, Dropout in eval: timm attention's q_norm / k_norm) adds no map
             if t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1:
                 maps.append((name, mod, t))
             elif t.dim() == 3 and t.shape[1] >= 4 and t.requires_grad:
@@ -139,8 +142,9 @@ def last_spatial_block(net: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module,
             if cands and logits.dim() == 2:
                 grads = torch.autograd.grad(logits.max(1).values.sum(), [c[2] for c in cands], allow_unused=True)
                 used = [c for c, g in zip(cands, grads) if g is not None and bool(g[:, c[3].skip:].abs().amax() > 0)]
+                norms = [c for c in used if "Norm" in type(c[1]).__name__]  # the residual stream, normalized
                 if used:
-                    name, mod, _, grid_t = used[-1]
+                    name, mod, _, grid_t = (norms or used)[-1]
                     return name, mod, grid_t
     except Exception:  # noqa: BLE001 - a model refusing hooks or the probe: the last convolution
         maps = []
@@ -217,3 +221,10 @@ def hookable(net: nn.Module) -> bool:
     """True when forward hooks on the model's submodules fire (not for TorchScript or
     flattened ``torch.export`` graphs)."""
     return not isinstance(net, torch.jit.ScriptModule) and bool(conv_layers(net))
+
+
+def model_hookable(model) -> bool:
+    """:func:`hookable` for an ``AuditModel``'s network, and the model runs a batch in one
+    forward pass: one fed in chunks of a fixed batch size (``fixed_batch``: a fixed-batch ONNX
+    graph) fires a layer's hooks once per chunk, so a hook would hold one chunk's activations."""
+    return getattr(model, "fixed_batch", None) is None and hookable(model.net)

@@ -4,7 +4,10 @@
 
 * TorchScript archives (``torch.jit.save``),
 * ``torch.export`` archives (``.pt2``),
-* ``.safetensors`` files and ``torch.save``'d state_dicts (with ``arch``),
+* ``.safetensors`` files and ``torch.save``'d state_dicts and checkpoints (Lightning's
+  included) with ``arch`` (``timm:NAME`` for a timm architecture),
+* ONNX files (through ``onnx2torch``, checked against ``onnxruntime``),
+* timm and Hugging Face transformers model folders (``config.json`` + weights), offline,
 * whole pickled ``nn.Module`` objects, **only** with ``trust=True``.
 
 A plain ``torch.save`` file is always opened with ``weights_only=True`` first, so a pickle
@@ -14,9 +17,12 @@ The returned :class:`AuditModel` takes images in [0, 1] (the ``bounds``), folds 
 model's normalization into its forward, and always returns ``(N, num_classes)`` logits.
 
 Modules: :mod:`.spec` (``ModelSpec`` and where each field comes from), :mod:`.detect`
-(format from content), :mod:`.loaders` (one loader per format, the ``LOADERS`` table),
-:mod:`.statedict` (``--arch`` + weights), :mod:`.wrapper` (``AuditModel``),
-:mod:`.device` (``--device``), :mod:`.load` (``load_model``, the steps in order).
+(format from content), :mod:`.request` (what a loader gets and returns), :mod:`.loaders`
+(one loader per format, the ``LOADERS`` table), :mod:`.onnxfile` (ONNX), :mod:`.hubfolder`
+(timm / transformers folders, hub ids), :mod:`.hubconfig` (their preprocessing into the
+spec), :mod:`.inert` (a checkpoint's tensors without its code), :mod:`.statedict` (``--arch``
++ weights), :mod:`.wrapper` (``AuditModel``), :mod:`.device` (``--device``), :mod:`.load`
+(``load_model``, the steps in order).
 """
 from __future__ import annotations
 

@@ -12,7 +12,9 @@ import torch.nn as nn
 from ..errors import ModelLoadError
 from ..files import regular_file, shown
 from .device import resolve_device
-from .loaders import Loaded, LoadRequest, load_net
+from .hubfolder import hub_id_advice, looks_like_hub_id, timm_arch_advice, weights_file
+from .loaders import load_net
+from .request import Loaded, LoadRequest
 from .spec import ModelSpec, ResolvedSpec, resolve_spec
 from .wrapper import AuditModel
 
@@ -28,13 +30,23 @@ def sha256_file(path: Path) -> str:
 
 
 def _model_path(path: str | os.PathLike | None) -> Path | None:
-    """None, or ``path`` when it is a regular file: checked before anything opens or hashes it."""
-    return None if path is None else regular_file(path, "model file", error=ModelLoadError)
+    """None, or ``path`` when it is a regular file or a folder (a timm / transformers model
+    folder): checked before anything opens or hashes it. A path that does not exist and reads
+    as a hub id (``timm/resnet18.a1_in1k``) is an error saying that nothing is downloaded and
+    how to save the model locally."""
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        return Path(path)
+    if not os.path.lexists(path) and looks_like_hub_id(str(path)):
+        raise ModelLoadError(hub_id_advice(str(path)))
+    return regular_file(path, "model file", error=ModelLoadError)
 
 
 def _provenance(p: Path | None, loaded: Loaded, resolved: ResolvedSpec) -> dict[str, Any]:
     """``AuditModel.info``: path, sha256, what the loader adds (arch), format, trusted_pickle, weights."""
-    info: dict[str, Any] = {"path": shown(p) if p else None, "sha256": sha256_file(p) if p else None}
+    hashed = weights_file(p) if p is not None and p.is_dir() else p  # a folder: its weights file
+    info: dict[str, Any] = {"path": shown(p) if p else None, "sha256": sha256_file(hashed) if hashed else None}
     info.update(loaded.info)
     info["format"] = loaded.fmt
     info["trusted_pickle"] = loaded.fmt == "pickle"
@@ -88,22 +100,27 @@ def load_model(path: str | os.PathLike | None = None, *, arch: str | None = None
     """Load a trained classifier from ``path`` into an :class:`AuditModel` on ``device``.
 
     The format is detected from the file's content (TorchScript, ``torch.export``,
-    safetensors / state_dict / checkpoint with ``arch``, a pickled ``nn.Module`` only with
-    ``trust``); with no ``path``, ``weights`` names torchvision weights in the local hub
-    cache. ``input_size`` is ``"CxHxW"``, ``mean`` / ``std`` per-channel floats for pixels in
+    safetensors / state_dict / checkpoint (Lightning's too) with ``arch`` (a torchvision or
+    registered name, or ``timm:NAME``), ONNX, a pickled ``nn.Module`` only with ``trust``);
+    a folder is a timm or transformers hub-style model folder; with no ``path``, ``weights``
+    names torchvision weights in the local hub cache. Nothing is ever downloaded. ``input_size`` is ``"CxHxW"``, ``mean`` / ``std`` per-channel floats for pixels in
     [0, 1], ``labels`` a file of class names, one a line. ``sidecar``: True looks for
     ``model.pt.json`` / ``model.json``, a path names one, False ignores it.
 
     Spec precedence: explicit options > JSON sidecar > torchvision weight metadata
-    (``weights=``) > the export's input signature > what the data shows (filled in by the
-    runner). When the input shape is known the model is finalized (probed once) here, unless
-    ``finalize=False`` (the caller then calls ``model.finalize()``: ``audit inspect`` does, to
-    report what the loader found before a refusal of the probe).
+    (``weights=``) > the model's own metadata (an export's or ONNX graph's input signature,
+    timm's pretrained config, a transformers image processor and ``id2label``) > what the
+    data shows (filled in by the runner). When the input shape is known the model is
+    finalized (probed once) here, unless ``finalize=False`` (the caller then calls
+    ``model.finalize()``: ``audit inspect`` does, to report what the loader found before a
+    refusal of the probe).
     Raises :class:`ModelLoadError` / :class:`UsageError` with one line that says what is
     wrong and what to do.
     """
     dev = resolve_device(device)
     p = _model_path(path)
+    if p is None and not weights and (arch or "").startswith("timm:"):
+        raise ModelLoadError(timm_arch_advice(arch))
     resolved = resolve_spec(p, arch=arch, weights=weights, sidecar=sidecar, input_size=input_size, mean=mean,
                             std=std, labels=labels, class_names=class_names, num_classes=num_classes)
     loaded = load_net(LoadRequest(p, resolved.spec, arch=resolved.arch, weights=resolved.weights,

@@ -2,11 +2,13 @@
 
 :func:`audit.model.detect.detect_format` names a file's kind from its content; ``LOADERS``
 maps that kind to the function that turns the file into a network. Adding a format is one
-loader ``load_x(req) -> Loaded`` here, one line in ``LOADERS``, and the content test that
-names it in ``detect_format``.
+loader ``load_x(req) -> Loaded`` here (or in a module of its own: :mod:`.onnxfile`,
+:mod:`.hubfolder`), one line in ``LOADERS``, and the content test that names it in
+``detect_format``.
 
 Nothing here runs code from a model file unless ``trust`` is set: a ``torch.save`` file is
-opened with ``weights_only=True`` first, and a ``torch.export`` archive is loaded with
+opened with ``weights_only=True`` first (a checkpoint whose other entries need code is read
+with inert stand-ins for them, :mod:`.inert`), and a ``torch.export`` archive is loaded with
 ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``.
 """
 from __future__ import annotations
@@ -15,56 +17,21 @@ import os
 import re
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
 
-from .graphscan import side_effect_ops
 from ..errors import ModelLoadError, UsageError
 from .detect import detect_format
+from .graphscan import side_effect_ops
+from .hubfolder import load_hf_folder, load_timm_folder
+from .inert import Inert, load_inert, stand_ins
 from .messages import error_line
-from .spec import ModelSpec
-from .statedict import as_state_dict, build_from_state_dict
-
-
-@dataclass
-class LoadRequest:
-    """What a loader gets: the model file (None for torchvision weights alone), the spec so
-    far (a loader may add to it: an export's input shape, a state_dict's class count), the
-    architecture for a state_dict, the torchvision weights name and member, and ``trust``
-    (allow a pickle to run code)."""
-
-    path: Path | None
-    spec: ModelSpec
-    arch: str | None = None
-    weights: str | None = None
-    tv_weights: Any = None
-    trust: bool = False
-
-    @property
-    def where(self) -> str:
-        """The source, as messages name it."""
-        return str(self.path or self.weights)
-
-
-@dataclass
-class Loaded:
-    """A loader's result: the network (an ``nn.Module``, ``ScriptModule`` or an exported
-    program's module) taking normalized float (N, C, H, W) input, the format it came in (one
-    of :data:`audit.model.detect.FORMATS`), the batch size an export was traced at (None:
-    any), and entries for ``AuditModel.info``."""
-
-    net: Any
-    fmt: str
-    fixed_batch: int | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)  #: adaptations the loader made (model info ``adaptations``)
-
-
-Loader = Callable[[LoadRequest], Loaded]
+from .onnxfile import load_onnx
+from .request import Loaded, LoadRequest, Loader, from_state_dict
+from .statedict import as_state_dict
 
 
 # ----------------------------------------------------------------------------- shared steps
@@ -73,22 +40,6 @@ def _needs_code(msg: str) -> bool:
     a class or function to import); any other failure (``Unsupported operand``, truncated
     data) is a corrupt file, which ``--trust`` would not fix."""
     return "Unsupported global" in msg or "GLOBAL" in msg
-
-
-def _from_state_dict(obj: Any, req: LoadRequest, fmt: str) -> Loaded:
-    sd = as_state_dict(obj)
-    if sd is None:
-        raise ModelLoadError(f"{req.where} holds a {type(obj).__name__}, neither a model nor a state_dict of tensors; "
-                             "save the model's state_dict (torch.save(model.state_dict(), path)) or the model as "
-                             "TorchScript (torch.jit.save)")
-    notes: list[str] = []
-    net = build_from_state_dict(sd, arch=req.arch, spec=req.spec, where=req.where, notes=notes)
-    info: dict[str, Any] = {"arch": req.arch}
-    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values() if v.is_floating_point()} - {"float32"})
-    if dtypes:
-        info["weights_dtype"] = ", ".join(dtypes)
-        notes.append(f"{' and '.join(dtypes)} weights loaded into a float32 --arch {req.arch} network")
-    return Loaded(net, fmt, info=info, notes=notes)
 
 
 # ----------------------------------------------------------------------------- TorchScript
@@ -202,32 +153,31 @@ def load_safetensors(req: LoadRequest) -> Loaded:
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelLoadError(f"{req.path} is a corrupt safetensors file ({error_line(e)}); re-copy or re-save it "
                              "(safetensors.torch.save_file)") from None
-    return _from_state_dict(obj, req, "safetensors")
+    return from_state_dict(obj, req, "safetensors")
 
 
 # ----------------------------------------------------------------------------- torch.save
 _NEEDS_CODE = object()
+_LIGHTNING_KEYS = ("pytorch-lightning_version", "lightning_version")
 
 
-def _load_weights_only(p: Path, trust: bool) -> Any:
-    """The unpickled object, or ``_NEEDS_CODE`` when the pickle needs code and ``trust`` allows
-    it. Raises :class:`ModelLoadError` for a corrupt file, or code without ``trust``."""
+def _load_weights_only(p: Path) -> tuple[Any, str | None]:
+    """(the unpickled object, None), or (``_NEEDS_CODE``, the one-line refusal) when the pickle
+    needs code. Raises :class:`ModelLoadError` for a corrupt file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(p, map_location="cpu", weights_only=True)
+            return torch.load(p, map_location="cpu", weights_only=True), None
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError ...
         msg = str(e)
         if not _needs_code(msg) and ("weights_only" not in msg.lower() or _unparseable(p)):
             raise ModelLoadError(f"{p} cannot be read as a PyTorch file ({error_line(e)}); "
                                  "it may be truncated or corrupt: re-copy or re-save the model") from None
-        if not trust:
-            m = re.search(r"GLOBAL ([\w\.]+)", msg)
-            what = f" (it references {m.group(1)})" if m else ""
-            raise ModelLoadError(
-                f"{p} is a pickle that needs Python code to load{what}; it was not run. If you trust "
-                "its source, re-run with --trust; otherwise save it as TorchScript, torch.export or a state_dict") from None
-    return _NEEDS_CODE
+        m = re.search(r"GLOBAL ([\w\.]+)", msg)
+        what = f" (it references {m.group(1)})" if m else ""
+        return _NEEDS_CODE, (f"{p} is a pickle that needs Python code to load{what}; it was not run. If you trust "
+                             "its source, re-run with --trust; otherwise save it as TorchScript, torch.export or a "
+                             "state_dict")
 
 
 def _unparseable(p: Path) -> bool:
@@ -275,18 +225,63 @@ def _module_in(obj: Any) -> nn.Module | None:
     return None
 
 
+def _holds_inert(obj: Any, depth: int = 0) -> bool:
+    if isinstance(obj, Inert):
+        return True
+    if depth > 20:
+        return False
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple, set)) else ()
+    return any(_holds_inert(v, depth + 1) for v in items)
+
+
+def _inert_checkpoint(p: Path, refusal: str) -> tuple[Any, list[str]]:
+    """A checkpoint that needs code, read with stand-ins for its code (:mod:`.inert`) when it
+    holds a state_dict, and the note that says what was not loaded. Raises
+    :class:`ModelLoadError` (``refusal``) when it holds no state_dict (a pickled module) or
+    the stand-ins break it."""
+    try:
+        obj, names = load_inert(p)
+    except Exception:  # noqa: BLE001 - whatever the stand-ins break: the plain refusal
+        raise ModelLoadError(refusal) from None
+    if as_state_dict(obj) is None:
+        raise ModelLoadError(refusal)
+    keys = [str(k) for k, v in obj.items() if _holds_inert(v)] if isinstance(obj, dict) else []
+    where = f"its {', '.join(repr(k) for k in keys[:3])}" if keys else "it"
+    return obj, [f"the checkpoint's tensors were read, but {where} hold objects that need code to unpickle "
+                 f"({stand_ins(names)}); they were not loaded and none of their code ran (--trust loads them)"]
+
+
+def _checkpoint_info(obj: Any) -> dict[str, Any]:
+    """``checkpoint: lightning`` and its version, for a PyTorch Lightning checkpoint."""
+    if not isinstance(obj, dict):
+        return {}
+    version = next((obj[k] for k in _LIGHTNING_KEYS if isinstance(obj.get(k), str)), None)
+    return {"checkpoint": "lightning", "lightning_version": version} if version else {}
+
+
 def load_torch_save(req: LoadRequest) -> Loaded:
     """A ``torch.save`` file: a state_dict or training checkpoint (built with ``--arch``;
-    format ``state_dict``), or, only with ``trust``, a pickled ``nn.Module`` (format
-    ``pickle``). Raises :class:`ModelLoadError` for a corrupt file, a pickle that needs code
-    without ``trust``, code that cannot be imported, or weights that do not fit."""
-    obj = _load_weights_only(req.path, req.trust)
-    if obj is _NEEDS_CODE:
+    format ``state_dict``; a Lightning ``.ckpt`` included), or, only with ``trust``, a pickled
+    ``nn.Module`` (format ``pickle``). A checkpoint whose other entries need code (Lightning's
+    ``hyper_parameters``) is read without ``trust`` with inert stand-ins for them
+    (:mod:`.inert`), noted; with ``trust`` everything is loaded. Raises
+    :class:`ModelLoadError` for a corrupt file, a pickled module or a checkpoint without a
+    state_dict that needs code without ``trust``, code that cannot be imported, or weights
+    that do not fit."""
+    obj, refusal = _load_weights_only(req.path)
+    notes: list[str] = []
+    if obj is _NEEDS_CODE and req.trust:
         obj = _load_with_code(req.path)
         module = _module_in(obj)
         if module is not None:
             return Loaded(module, "pickle")
-    return _from_state_dict(obj, req, "state_dict")
+        if _checkpoint_info(obj):
+            notes.append("the checkpoint's hyper_parameters were loaded with their code (--trust)")
+    elif obj is _NEEDS_CODE:
+        obj, notes = _inert_checkpoint(req.path, refusal or "")
+    loaded = from_state_dict(obj, req, "state_dict", notes)
+    loaded.info.update(_checkpoint_info(obj))
+    return loaded
 
 
 # ----------------------------------------------------------------------------- torchvision
@@ -306,7 +301,7 @@ def load_torchvision(req: LoadRequest) -> Loaded:
         raise UsageError("no model file given; pass one, or --weights NAME to load torchvision weights from the local "
                          "cache")
     obj = torch.load(_cached_weights_file(req.tv_weights), map_location="cpu", weights_only=True)
-    loaded = _from_state_dict(obj, req, "torchvision")
+    loaded = from_state_dict(obj, req, "torchvision")
     loaded.info = {"path": str(req.weights), **loaded.info}
     return loaded
 
@@ -319,6 +314,9 @@ LOADERS: dict[str, Loader] = {
     "safetensors": load_safetensors,
     "torch_save": load_torch_save,
     "torchvision": load_torchvision,
+    "onnx": load_onnx,
+    "timm": load_timm_folder,
+    "transformers": load_hf_folder,
 }
 
 

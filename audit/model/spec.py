@@ -1,9 +1,11 @@
 """What a model expects and returns (:class:`ModelSpec`), and where each part comes from.
 
 Precedence, highest first: explicit options (``flag``) > the JSON sidecar next to the
-model file (``sidecar``) > torchvision weight metadata (``weights``) > the input signature
-of a ``torch.export`` archive (``export``, set by its loader) > what the data shows
-(``data``, set by :meth:`AuditModel.finalize`). :func:`resolve_spec` applies the first three.
+model file (``sidecar``) > torchvision weight metadata (``weights``) > the model's own
+metadata, set by its loader (the input signature of a ``torch.export`` archive or ONNX graph:
+``export`` / ``onnx``; timm's pretrained config: ``timm config``; a transformers image
+processor and ``id2label``: ``hf config``) > what the data shows (``data``, set by
+:meth:`AuditModel.finalize`). :func:`resolve_spec` applies the first three.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ class ModelSpec:
     shorter side to H / ``crop_pct`` then center-crop H x W), ``crop_pct`` in (0, 1], and
     ``interpolation`` (``bilinear``, ``bicubic``, ``nearest``, ``lanczos``, ``box``, ``hamming``).
     ``sources`` says where each field came
-    from (``flag``, ``sidecar``, ``weights``, ``weights file``, ``export``, ``output``, ``data``).
+    from (``flag``, ``sidecar``, ``weights``, ``weights file``, ``export``, ``onnx``, ``timm config``,
+    ``hf config``, ``output``, ``data``).
     """
 
     input_shape: tuple[int, int, int] | None = None

@@ -94,7 +94,7 @@ def build_from_state_dict(sd: dict[str, torch.Tensor], *, arch: str | None, spec
 
     if not arch:
         raise ModelLoadError(f"{where} holds only weights (a state_dict); name the architecture with --arch NAME "
-                             "(a torchvision model such as resnet18, or gymnet) and --num-classes N")
+                             "(a torchvision model such as resnet18, gymnet, or timm:NAME) and --num-classes N")
     n = spec.num_classes or infer_num_classes(sd)
     if n is None:
         raise ModelLoadError(f"cannot tell the number of classes of {where}; pass --num-classes N")

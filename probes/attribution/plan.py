@@ -130,6 +130,14 @@ def usable_methods(ctx, wanted: list[str], x2: torch.Tensor,
                           "or the state_dict with its architecture.",
                           {"methods": [m.name for m in hooked]}))
         chosen = [m for m in chosen if m.kind != HOOK]
+    elif hooked and model.fixed_batch is not None:
+        notes.append(Note("info", "attribution.hooks_unsupported",
+                          f"The model runs at a fixed batch size of {model.fixed_batch} (fed in chunks), so a layer "
+                          f"hook would see one chunk at a time: {', '.join(m.title for m in hooked)} skipped "
+                          "(gradient and perturbation methods ran). Ship the model with a dynamic batch dimension "
+                          "(torch.onnx.export(..., input_names=['input'], dynamic_axes={'input': {0: 'batch'}})).",
+                          {"methods": [m.name for m in hooked]}))
+        chosen = [m for m in chosen if m.kind != HOOK]
     elif hooked:
         gbp = [m for m in chosen if m.name == "guided_backprop"]
         if gbp and not any(isinstance(mod, nn.ReLU) for mod in model.net.modules()):

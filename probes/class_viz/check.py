@@ -46,7 +46,7 @@ from audit.published import ClassVizImages
 from audit.records import record
 from audit.registry import Check, Unit, register_check
 from audit.results import CheckResult
-from probes.layers import capture, conv_layers, default_layers, hookable
+from probes.layers import capture, conv_layers, default_layers, model_hookable
 
 from probes.selection import select_classes
 
@@ -170,7 +170,7 @@ class ClassVizCheck(Check):
         plan = _Plan(classes, note, targets, [s for _ in classes for s in range(o.seeds)], image_hw,
                      min(len(targets), max(1, o.batch_size)) * ih * iw, ctx.gradient_problem)
         if o.channels and plan.gradient_problem is None:
-            if hookable(model.net):
+            if model_hookable(model):
                 plan = replace(plan, layer=self._channel_layer(model))
             else:
                 plan = replace(plan, channels_unsupported=True)

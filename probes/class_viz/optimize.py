@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from probes.layers import capture, default_layers, hookable
+from probes.layers import capture, default_layers, model_hookable
 
 from .param import FourierImage, random_views
 
@@ -51,7 +51,7 @@ def visualize(model, targets: list[int], *, steps: int, lr: float, image_hw: tup
     opt = torch.optim.Adam([img.spectrum], lr=lr)
     tgt = torch.tensor(targets, device=dev)
     grp = torch.tensor(groups if groups is not None else targets, device=dev)
-    use_div = diversity > 0 and n > 1 and len(set(grp.tolist())) < n and hookable(model.net)
+    use_div = diversity > 0 and n > 1 and len(set(grp.tolist())) < n and model_hookable(model)
     layer = default_layers(model.net, 1) if use_div else []
     hooks = layer + ([channel_layer] if channel_layer and channel_layer not in layer else [])
     use_amp = amp and dev.type == "cuda"

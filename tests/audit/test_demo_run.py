@@ -5,6 +5,7 @@ import json
 import pytest
 
 from audit.errors import ExitCode
+from audit.model import FORMATS
 from audit.registry import registered_checks
 
 pytestmark = pytest.mark.slow  # real subprocesses / the whole demo
@@ -19,7 +20,7 @@ def validate_result(d: dict) -> None:
     m = d["model"]
     for k in ("path", "sha256", "format", "num_classes", "input_shape", "class_names"):
         assert k in m, k
-    assert m["format"] in {"torchscript", "export", "state_dict", "safetensors", "pickle", "torchvision"}
+    assert m["format"] in FORMATS
     assert len(m["input_shape"]) == 3 and len(m["class_names"]) == m["num_classes"]
     for k in ("seed", "device", "torch", "started", "duration_s"):
         assert k in d["run"], k
