@@ -284,7 +284,7 @@ def numbered_folder_beyond_outputs(d, mp):
 
 
 # ----------------------------------------------------------------------------- files
-@refusal("model file .* is a folder", "give the file itself")
+@refusal("is a folder without a config.json", "give the model file itself")
 def model_path_is_a_folder(d, mp):
     p = tiny(d)
     return lambda: load(d), lambda: load(p, input_size="3x16x16")
