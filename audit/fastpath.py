@@ -37,7 +37,7 @@ import torch
 
 from .batching import bytes_per_sample, fit_batch, is_oom
 
-__all__ = ["FastSettings", "FastPath", "PRECISIONS", "COMPILE_CHOICES", "MAX_SHAPES", "fast_metadata",
+__all__ = ["FastSettings", "FastPath", "PRECISIONS", "COMPILE_CHOICES", "MAX_SHAPES", "SYNC_EVERY", "fast_metadata", "sync_every",
            "parse_compile"]
 
 PRECISIONS = ("fp32", "bf16")
@@ -278,3 +278,16 @@ def fast_metadata(model: Any, settings: FastSettings) -> dict[str, Any]:
     out.update(compile_status=st.status, compile_reason=st.reason, channels_last=st.layout or "not used",
                batch_sizes=dict(st.batch_sizes))
     return out
+
+
+#: steps between the host-device synchronizations of a gradient loop on an accelerator (a
+#: sample done, e.g. fooled, leaves the batch at the next one; in between it is masked)
+SYNC_EVERY = 8
+
+
+def sync_every(device: torch.device | str) -> int:
+    """Steps between a loop's checks of which samples are done: 1 on a CPU (checking costs
+    nothing there, and a sample leaves the batch at once), :data:`SYNC_EVERY` on an
+    accelerator (no ``.item()``/``bool(tensor)``/boolean-mask indexing in the steps between:
+    each is a host-device synchronization that stalls the GPU's queue)."""
+    return 1 if torch.device(device).type == "cpu" else SYNC_EVERY
