@@ -235,7 +235,7 @@ class FMN(MinimumNormAttack):
             is_adv = m < 0
             better = is_adv & (dn < best)
             best = torch.where(better, dn, best)
-            adv[better] = xa[better]
+            adv = torch.where(per_sample(better, xa) > 0, xa, adv)  # no boolean indexing: no sync
             if k == steps - 1:
                 break
             cos = 0.5 * (1 + math.cos(math.pi * k / steps))
