@@ -124,8 +124,9 @@ class FastPath:
 
     ``fp(x)``: ``x`` (N, C, H, W) float in [0, 1] on the model's device (it may require grad)
     -> float32 logits (N, K), under bf16 autocast when ``settings.precision == "bf16"``,
-    through the compiled network when compilation is on and works, with channels-last inputs
-    while :meth:`layout` is active. ``exact(x)``: the fp32 eager logits (the confirmations).
+    through the compiled network when compilation is on and works (``compiled=False``: the
+    eager network, e.g. while module hooks are registered), with channels-last inputs while
+    :meth:`layout` is active. ``exact(x)``: the fp32 eager logits (the confirmations).
     ``compare=False`` for a randomized model (its outputs differ between calls anyway)."""
 
     def __init__(self, model: Any, settings: FastSettings | None = None, *, compare: bool = True) -> None:
@@ -175,11 +176,11 @@ class FastPath:
             st.status, st.reason = "eager", f"torch.compile failed: {_why(e)}"
 
     # ------------------------------------------------------------------ calls
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *, compiled: bool = True) -> torch.Tensor:
         if self._nhwc and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            return self._forward(x).float()
+            return (self._forward(x) if compiled else self.model(x)).float()
 
     def exact(self, x: torch.Tensor) -> torch.Tensor:
         """The fp32 eager logits (N, K) (what a candidate is confirmed by)."""
