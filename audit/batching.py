@@ -82,10 +82,10 @@ MEMORY_SHARE = 0.5
 MAX_BATCH = 4096
 
 
-def free_bytes(device: torch.device | str) -> int:
+def free_bytes(device: torch.device | str) -> int | None:
     """The free memory of ``device`` in bytes: CUDA ``torch.cuda.mem_get_info``; CPU the
     available RAM (psutil's ``virtual_memory().available`` when installed, else
-    ``os.sysconf`` available pages x page size; 0 when neither answers)."""
+    ``os.sysconf`` available pages x page size; None when neither answers)."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -101,7 +101,7 @@ def free_bytes(device: torch.device | str) -> int:
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
-        return 0
+        return None
 
 
 def activation_bytes_per_image(model: nn.Module, x1: torch.Tensor) -> int:
@@ -151,10 +151,10 @@ def bytes_per_sample(step: Callable[[torch.Tensor], None], probe: torch.Tensor, 
 def fit_batch(per_sample: float, device: torch.device | str, requested: int, *,
               share: float = MEMORY_SHARE) -> int:
     """The batch size: at most ``requested`` (and :data:`MAX_BATCH`), at most ``share`` of
-    :func:`free_bytes` at ``per_sample`` bytes a sample, at least 1. Unknown free memory (0)
-    keeps ``requested``."""
+    :func:`free_bytes` at ``per_sample`` bytes a sample, at least 1. Unknown free memory
+    (None) keeps ``requested``."""
     free = free_bytes(device)
     cap = min(int(requested), MAX_BATCH)
-    if free <= 0:
+    if free is None:
         return max(1, cap)
     return int(max(1, min(cap, (free * share) // max(per_sample, 1.0))))
