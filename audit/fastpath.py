@@ -44,7 +44,7 @@ PRECISIONS = ("fp32", "bf16")
 COMPILE_CHOICES = (False, True, "auto")
 #: input shapes compiled per model; a later new shape runs eager (no recompilation storm when
 #: batches shrink as samples are fooled)
-MAX_SHAPES = 8
+MAX_SHAPES = 4
 
 
 def parse_compile(value: Any) -> bool | str:
@@ -136,6 +136,8 @@ class FastPath:
         self.compare = compare
         self.state = _state(model)
         self._nhwc = False
+        #: whether this path's calls go through the compiled network (the settings allow it)
+        self.compiling = False
         self._decide_compile()
 
     # ------------------------------------------------------------------ settings
@@ -146,7 +148,7 @@ class FastPath:
     @property
     def approximate(self) -> bool:
         """Whether the logits may differ from the fp32 eager model's by rounding."""
-        return self.amp is not None or self.state.compiled is not None
+        return self.amp is not None or (self.compiling and self.state.compiled is not None)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """``torch.autocast`` for the model's device type, enabled under bf16 only."""
@@ -161,11 +163,13 @@ class FastPath:
             if st.compiled is None:
                 st.status, st.reason = "off", "compile = false"
             return
+        if want == "auto" and self.device.type != "cuda":
+            if st.compiled is None:
+                st.status, st.reason = "off", "compile = \"auto\" compiles on CUDA only (on a CPU it rarely pays)"
+            return
+        self.compiling = True
         if st.compiled is not None or st.status == "eager":
             return  # compiled already, or failed already (for good)
-        if want == "auto" and self.device.type != "cuda":
-            st.status, st.reason = "off", "compile = \"auto\" compiles on CUDA only (on a CPU it rarely pays)"
-            return
         if net is None or isinstance(net, torch.jit.ScriptModule):
             st.status, st.reason = "eager", "a TorchScript or export program cannot be compiled here"
             return
@@ -189,7 +193,7 @@ class FastPath:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.state
         net = st.compiled
-        if net is None or st.network is not self.model.net:
+        if not self.compiling or net is None or st.network is not self.model.net:
             return self.model(x)
         shape = tuple(x.shape)
         if shape in st.shapes:

@@ -167,7 +167,7 @@ class Engine:
         when many (Square at ≥ ``COMPILE_QUERIES`` queries, images of ≥ ``COMPILE_PIXELS`` pixels:
         a fixed rule) and the ``compile`` option allows (:class:`audit.model.layout.CompiledForward`)."""
         self.compiled = "eager (few forward passes: compiling would not pay)"
-        if self.path.state.compiled is not None:
+        if self.path.compiling and self.path.state.compiled is not None:
             self.compiled = "by the fast path ([audit] compile)"
         elif self.o.compile == "off":
             self.compiled = "eager (compile = \"off\")"
