@@ -30,7 +30,8 @@ from audit.fastpath import FastPath, FastSettings, fast_metadata, parse_compile
 from tests.attacks.test_adversarial import curve, wrap
 from tests.tinymodels import PATTERNS, make_patterns, train_tiny
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")]
 EPS = [4 / 255, 8 / 255, 16 / 255]
 
 
