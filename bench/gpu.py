@@ -102,9 +102,20 @@ class Bench:
         return self.args.budget_s - (time.perf_counter() - self.t0)
 
     def record(self, **row) -> None:
+        """One measurement: printed, and saved at once to ``gpu_bench.partial.json`` (kept if the
+        run is cut short)."""
         row = {k: v for k, v in row.items() if v is not None}
         self.rows.append(row)
         print("  " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        (Path(self.args.out) / "gpu_bench.partial.json").write_text(json.dumps({"rows": self.rows, "notes": self.notes}))
+
+    @staticmethod
+    def compiled(path: FastPath) -> str | None:
+        """The compile status of ``path`` for a row (None when it does not compile)."""
+        if not path.compiling:
+            return None
+        st = path.state
+        return f"{st.status} ({len(st.shapes)} shapes)" if st.status == "compiled" else f"{st.status}: {st.reason}"
 
     def timed(self, fn, warm=None) -> tuple[float, float | None, object]:
         """(seconds of ``fn()``, seconds of ``warm()`` run first (compilation), ``fn``'s value)."""
@@ -138,10 +149,8 @@ class Bench:
                     dt, first, _ = self.timed(lambda: cls(steps=s["steps"]).run(obj, x, y, eps, "linf", gen=gen),
                                               warm=lambda: cls(steps=1).run(obj, x, y, eps, "linf", gen=gen))
                     steps = obj.backwards - len(x) * (1 + (name == "apgd"))  # less the warm-up's
-                meta = path.metadata()
                 self.record(section=name, model=arch, impl=f"audit {label}", img_steps_per_s=round(steps / dt, 1),
-                            peak_gib=_peak_gib(self.dev), first_call_s=first,
-                            compile=meta["compile_status"] if fs.compile else None)
+                            peak_gib=_peak_gib(self.dev), first_call_s=first, compile=self.compiled(path))
         self._peers(arch, model, x, y, eps)
 
     def _peers(self, arch: str, model: AuditModel, x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
@@ -239,7 +248,8 @@ class Bench:
             rate = len(targets) * s["viz_steps"] / dt
             self.record(section="class_viz", model=arch, impl=f"audit {label}", img_steps_per_s=round(rate, 1),
                         extrapolated_1000x512_s=round(1000 * 512 / rate, 1), peak_gib=_peak_gib(self.dev),
-                        first_call_s=first, measured=f"{len(targets)} classes x {s['viz_steps']} steps")
+                        first_call_s=first, measured=f"{len(targets)} classes x {s['viz_steps']} steps",
+                        compile=self.compiled(path))
 
     def ig(self, arch: str, model: AuditModel, x: torch.Tensor, y: torch.Tensor) -> None:
         try:
@@ -268,7 +278,7 @@ class Bench:
                 dt, first, _ = self.timed(lambda: METHODS.get("integrated_gradients").attribute(path, xs, ys, settings),
                                           warm=lambda: METHODS.get("integrated_gradients").attribute(path, xs, ys, settings))
             self.record(section="ig", model=arch, impl=f"audit {label}", img_steps_per_s=round(n / dt, 1),
-                        peak_gib=_peak_gib(self.dev), first_call_s=first)
+                        peak_gib=_peak_gib(self.dev), first_call_s=first, compile=self.compiled(path))
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
