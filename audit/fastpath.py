@@ -37,8 +37,8 @@ import torch
 
 from .batching import bytes_per_sample, fit_batch, is_oom
 
-__all__ = ["FastSettings", "FastPath", "PRECISIONS", "COMPILE_CHOICES", "MAX_SHAPES", "SYNC_EVERY", "fast_metadata", "sync_every",
-           "parse_compile"]
+__all__ = ["FastSettings", "FastPath", "PRECISIONS", "COMPILE_CHOICES", "MAX_SHAPES", "SYNC_EVERY", "fast_metadata",
+           "sync_every", "parse_compile"]
 
 PRECISIONS = ("fp32", "bf16")
 COMPILE_CHOICES = (False, True, "auto")
@@ -126,8 +126,7 @@ class FastPath:
     -> float32 logits (N, K), under bf16 autocast when ``settings.precision == "bf16"``,
     through the compiled network when compilation is on and works (``compiled=False``: the
     eager network, e.g. while module hooks are registered), with channels-last inputs while
-    :meth:`layout` is active. ``exact(x)``: the fp32 eager logits (the confirmations).
-    ``compare=False`` for a randomized model (its outputs differ between calls anyway)."""
+    :meth:`layout` is active. ``compare=False`` for a randomized model (its outputs differ between calls anyway)."""
 
     def __init__(self, model: Any, settings: FastSettings | None = None, *, compare: bool = True) -> None:
         self.model = model
@@ -171,7 +170,7 @@ class FastPath:
         if st.compiled is not None or st.status == "eager":
             return  # compiled already, or failed already (for good)
         if net is None or isinstance(net, torch.jit.ScriptModule):
-            st.status, st.reason = "eager", "a TorchScript or export program cannot be compiled here"
+            st.status, st.reason = "eager", "a TorchScript program is not compiled"
             return
         try:
             st.compiled = torch.compile(net, dynamic=False)
@@ -186,10 +185,6 @@ class FastPath:
         with self.autocast():
             return (self._forward(x) if compiled else self.model(x)).float()
 
-    def exact(self, x: torch.Tensor) -> torch.Tensor:
-        """The fp32 eager logits (N, K) (what a candidate is confirmed by)."""
-        return self.model(x).float()
-
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.state
         net = st.compiled
@@ -197,7 +192,13 @@ class FastPath:
             return self.model(x)
         shape = tuple(x.shape)
         if shape in st.shapes:
-            return self.model(x, net=net)
+            try:
+                return self.model(x, net=net)
+            except Exception as e:  # noqa: BLE001 - a recompilation (another grad or autocast mode) failed
+                if is_oom(e):
+                    raise
+                self._give_up(f"torch.compile failed on a later call: {_why(e)}")
+                return self.model(x)
         if len(st.shapes) >= MAX_SHAPES:
             return self.model(x)
         t0 = time.perf_counter()
