@@ -78,12 +78,14 @@ def content_key(model, data) -> str:
     return h.hexdigest()
 
 
-def fingerprint(*, content: str, seed: int, check: str, options: Any, version: str, batch_size: int = 0) -> str:
+def fingerprint(*, content: str, seed: int, check: str, options: Any, version: str, batch_size: int = 0,
+                precision: str = "fp32") -> str:
     """What a check's result depends on: the model and data (``content``, :func:`content_key`),
-    the seed, the check's options, the tool version and the batch size (it cuts the work units,
-    whose generators it thereby fixes)."""
+    the seed, the check's options, the tool version, the batch size (it cuts the work units,
+    whose generators it thereby fixes) and the gradient loops' precision (``[audit] precision``)."""
     h = hashlib.sha256()
-    h.update(json.dumps([content, seed, check, version, batch_size], default=str).encode())
+    h.update(json.dumps([content, seed, check, version, batch_size] + ([precision] if precision != "fp32" else []),
+                        default=str).encode())
     h.update(repr(asdict(options) if is_dataclass(options) else options).encode())
     return h.hexdigest()
 

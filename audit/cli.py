@@ -92,7 +92,8 @@ def _config_from_args(args) -> "AuditConfig":
         cfg = cfg.replace(check_options=opts)
     return cfg.replace(seed=getattr(args, "seed", None), samples=getattr(args, "samples", None), device=args.device,
                        checks=checks, fail_on=getattr(args, "fail_on", None),
-                       batch_size=getattr(args, "batch_size", None), threads=getattr(args, "threads", None))
+                       batch_size=getattr(args, "batch_size", None), threads=getattr(args, "threads", None),
+                       precision=getattr(args, "precision", None), compile=getattr(args, "compile", None))
 
 
 def _world(cfg):

@@ -93,6 +93,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=_positive_int,
                    help="inference batch size, also the size of the work units split over processes (default 128)")
     g.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    _fast_args(g)
     g.add_argument("--budget", choices=("fast", "standard", "thorough"),
                    help="adversarial attack budget (default: the config's, else standard = AutoAttack-grade; fast for CI on CPU)")
     g.add_argument("--fail-on", choices=("none", "warn", "fail"),
@@ -103,6 +104,25 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--baseline", help="a previous results.json: report per-metric deltas, exit 1 on a regression")
     g.add_argument("--tolerance", type=_tolerance, default=0.01,
                    help="how much worse than the baseline a metric may get before it is a regression (default 0.01)")
+
+
+def _compile_flag(text: str):
+    from .fastpath import parse_compile
+
+    try:
+        return parse_compile(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true, false or auto") from None
+
+
+def _fast_args(g) -> None:
+    """--precision and --compile: the gradient loops' fast path ([audit] precision, compile)."""
+    g.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="gradient loops in bf16 autocast (every candidate confirmed in fp32) or fp32 (default: the "
+                        "config's, else fp32; docs/performance.md)")
+    g.add_argument("--compile", nargs="?", const=True, type=_compile_flag, metavar="{true,false,auto}",
+                   help="torch.compile the gradient loops' network (bare --compile: true; auto: on CUDA only; "
+                        "default: the config's, else false)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -141,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=_positive_int,
                       help="inference batch size, also the size of the work units split over processes (default 128)")
     demo.add_argument("--resume", action="store_true", help="reuse the checks an interrupted demo already finished")
+    _fast_args(demo)
     demo.add_argument("--budget", choices=("fast", "standard", "thorough"), default="fast",
                       help="adversarial attack budget (default fast: the demo in about a minute on CPU)")
     _common(demo)

@@ -8,6 +8,8 @@ samples = 500          # class-stratified subset
 device = "auto"
 checks = ["clean", "adversarial"]
 fail_on = "none"       # also fail the run on findings of this severity: none | warn | fail
+precision = "fp32"     # the gradient loops' precision: fp32 | bf16 (docs/performance.md)
+compile = false        # torch.compile the gradient loops' network: false | true | "auto"
 
 [checks.clean]
 ece_bins = 15
@@ -37,7 +39,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-AUDIT_KEYS = {"seed", "samples", "device", "checks", "fail_on", "batch_size", "threads"}
+AUDIT_KEYS = {"seed", "samples", "device", "checks", "fail_on", "batch_size", "threads", "precision", "compile"}
 FAIL_ON = ("none", "warn", "fail")
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
 _GATE_RE = re.compile(r"^\s*([A-Za-z_][\w]*)\.([A-Za-z_][\w]*)(?:\.([A-Za-z_][\w]*))?\s*(?:\[(.*)\])?\s*$")
@@ -134,6 +136,9 @@ class AuditConfig:
     fail_on: str = "none"
     batch_size: int = 128
     threads: int | None = None  #: CPU threads for torch (None: torch's default)
+    #: the gradient loops' fast path (:mod:`audit.fastpath`, docs/performance.md)
+    precision: str = "fp32"  #: "fp32" | "bf16" (autocast; every candidate confirmed in fp32)
+    compile: bool | str = False  #: False | True | "auto" (torch.compile, CUDA only under "auto")
     check_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     gates: list[Gate] = field(default_factory=list)
     source: str | None = None
@@ -152,6 +157,16 @@ class AuditConfig:
             raise ConfigError(f"device must be a string such as \"auto\", got {self.device!r}")
         if self.fail_on not in FAIL_ON:
             raise ConfigError(f"fail_on must be one of {', '.join(FAIL_ON)}, got {self.fail_on!r}")
+        from .fastpath import PRECISIONS, parse_compile
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if isinstance(self.compile, str) and self.compile != "auto":
+            raise ConfigError(f"compile must be true, false or \"auto\" (TOML booleans unquoted), got {self.compile!r}")
+        try:
+            self.compile = parse_compile(self.compile)
+        except ValueError:
+            raise ConfigError(f"compile must be true, false or \"auto\", got {self.compile!r}") from None
         self.validate()
 
     def validate(self) -> None:
@@ -209,7 +224,8 @@ class AuditConfig:
             checks = [c.strip() for c in checks.split(",") if c.strip()]
         return cls(seed=audit.get("seed", 0), samples=audit.get("samples"), device=audit.get("device", "auto"),
                    checks=checks, fail_on=audit.get("fail_on", "none"), batch_size=audit.get("batch_size", 128),
-                   threads=audit.get("threads"),
+                   threads=audit.get("threads"), precision=audit.get("precision", "fp32"),
+                   compile=audit.get("compile", False),
                    check_options={k: dict(v) for k, v in checks_tbl.items()},
                    gates=[parse_gate(k, v) for k, v in gates_tbl.items()], source=source)
 
@@ -254,6 +270,8 @@ device = "auto"          # auto (GPU when there is one) | cpu | cuda | cuda:N
 # checks = ["clean", "adversarial", "fooling", "class_viz", "attribution", "bias"]   # default: all
 fail_on = "none"         # none | warn | fail: also fail the run on findings this severe
 # threads = 1            # CPU threads for torch; 1 is often fastest for small models on a busy machine
+# precision = "bf16"     # gradient loops under bf16 autocast (every candidate confirmed in fp32); default fp32
+# compile = "auto"       # torch.compile the gradient loops: false (default) | true | "auto" (on CUDA only)
 
 # Per-check options; `docs/<check>.md` lists each check's keys and defaults.
 [checks.clean]

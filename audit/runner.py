@@ -24,6 +24,7 @@ from .context import Context
 from .data import AuditData, stratified_indices
 from .distributed import DesyncError, World, chunks, map_units
 from .errors import UsageError, first_line
+from .fastpath import FastSettings, fast_metadata
 from .model import AuditModel, resolve_device
 from .policy import evaluate_gate
 from .progress import Progress
@@ -159,7 +160,7 @@ def _run_one(ctx: Context, name: str, cls: type[Check], content: str, battery: _
     cfg, world, store = ctx.config, ctx.world, ctx.store
     options = cfg.options_for(name)
     fp = fingerprint(content=content, seed=cfg.seed, check=name, options=options, version=_version(),
-                     batch_size=cfg.batch_size)
+                     batch_size=cfg.batch_size, precision=cfg.precision)
     sctx = ctx.scoped(name, declared=cls.publishes, fingerprint=fp)
     saved = store.load(name, fp) if (store is not None and ctx.resume and world.is_main) else None
     if world.distributed and ctx.resume:
@@ -232,7 +233,8 @@ def _run_metadata(cfg: AuditConfig, model: AuditModel, world: World, names: list
            "python": platform.python_version(), "platform": platform.platform(terse=True),
            "started": started.isoformat(timespec="seconds"), "duration_s": round(duration, 3),
            "checks": names, "config": cfg.source, "threads": torch.get_num_threads(), "fail_on": cfg.fail_on,
-           "samples": cfg.samples, "tool_version": _version(), "world_size": world.size}
+           "samples": cfg.samples, "tool_version": _version(), "world_size": world.size,
+           "fast_path": fast_metadata(model, FastSettings.of(cfg))}
     if torch.cuda.is_available() and model.device.type == "cuda":
         run["gpu"] = torch.cuda.get_device_name(model.device)
     return run

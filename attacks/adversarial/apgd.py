@@ -21,6 +21,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from audit.fastpath import sync_every
+
 from .attacks import BoundedAttack, register_attack
 from .objective import Objective
 from .threat import in_bounds, per_sample, project, steepest
@@ -125,10 +127,13 @@ def apgd(obj: Objective, x: torch.Tensor, lab: torch.Tensor, eps: float, norm: s
     hist[0] = loss
     k, since = k_first, 0
     best_at_check, reduced_last = loss_best.clone(), torch.ones(n, dtype=torch.bool, device=dev)
-    live = (~fooled).nonzero().flatten()
+    live = torch.arange(n, device=dev)
+    every = sync_every(dev)  # fooled samples leave the batch every `every` steps only
     for i in range(steps):
-        if len(live) == 0:
-            break
+        if i % every == 0:  # the only host-device synchronization of the loop
+            live = live[~fooled[live]]
+            if len(live) == 0:
+                break
         xl, x0 = xa[live], x[live]
         mom = xl - x_old[live]
         x_old[live] = xl
@@ -140,14 +145,12 @@ def apgd(obj: Objective, x: torch.Tensor, lab: torch.Tensor, eps: float, norm: s
         xa[live] = z
         lv, gv, mv = attack_loss(obj, z, lab[live], kind, target=None if target is None else target[live])
         g[live], hist[i + 1, live] = gv, lv
-        hit = mv < 0
-        if hit.any():
-            fooled[live[hit]] = True
-            adv[live[hit]] = z[hit]
-        better = lv > loss_best[live]
-        up = live[better]
-        x_best[up], g_best[up], loss_best[up] = z[better], gv[better], lv[better]
-        live = live[~hit]
+        hit = (mv < 0) & ~fooled[live]
+        adv[live] = torch.where(per_sample(hit, z) > 0, z, adv[live])
+        fooled[live] |= hit
+        better = per_sample(lv > loss_best[live], z) > 0
+        x_best[live], g_best[live] = torch.where(better, z, x_best[live]), torch.where(better, gv, g_best[live])
+        loss_best[live] = torch.where(lv > loss_best[live], lv, loss_best[live])
         since += 1
         if since == k:
             j = i + 1
@@ -155,7 +158,7 @@ def apgd(obj: Objective, x: torch.Tensor, lab: torch.Tensor, eps: float, norm: s
             halve = (rises <= k * rho) | (~reduced_last & (best_at_check >= loss_best))
             reduced_last, best_at_check = halve, loss_best.clone()
             step = torch.where(halve, step / 2, step)
-            xa[halve], g[halve] = x_best[halve], g_best[halve]
+            xa, g = torch.where(per_sample(halve, xa) > 0, x_best, xa), torch.where(per_sample(halve, g) > 0, g_best, g)
             since, k = 0, max(k - k_decr, k_min)
     return fooled, adv
 

@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from audit.fastpath import sync_every
+
 from .objective import Objective
 from .threat import dual_norm_of, in_bounds, norm_of, per_sample, project, random_in_ball, random_on_sphere, steepest
 
@@ -183,20 +185,24 @@ class PGD(BoundedAttack):
             xs, ls = x[act], lab[act]
             d = in_bounds(xs, project(random_in_ball(xs, eps, norm, gen), eps, norm))
             live = torch.arange(len(act), device=x.device)
+            done = torch.zeros(len(act), dtype=torch.bool, device=x.device)  # fooled (rows of act)
+            every = sync_every(x.device)  # fooled samples leave the batch every `every` steps only
             for k in range(self.steps + 1):
+                if k and k % every == 0:  # the only host-device synchronization of the loop
+                    live = live[~done[live]]
+                    if len(live) == 0:
+                        break
                 xa = xs[live] + d[live]
                 m, g = obj(xa, ls[live], grad=k < self.steps)
-                hit = m < 0
-                if hit.any():
-                    where = act[live[hit]]
-                    fooled[where] = True
-                    adv[where] = xa[hit]
-                keep = ~hit
-                if k == self.steps or not keep.any():
+                hit = (m < 0) & ~done[live]
+                where = act[live]
+                adv[where] = torch.where(per_sample(hit, xa) > 0, xa, adv[where])
+                fooled[where] |= hit
+                done[live] |= hit
+                if k == self.steps:
                     break
-                live, g = live[keep], g[keep]
                 dn = d[live] - alpha * steepest(g, norm)
-                d[live] = in_bounds(xs[live], project(dn, eps, norm))
+                d[live] = torch.where(per_sample(hit, dn) > 0, d[live], in_bounds(xs[live], project(dn, eps, norm)))
         return fooled, adv
 
 
@@ -229,7 +235,7 @@ class FMN(MinimumNormAttack):
             is_adv = m < 0
             better = is_adv & (dn < best)
             best = torch.where(better, dn, best)
-            adv[better] = xa[better]
+            adv = torch.where(per_sample(better, xa) > 0, xa, adv)  # no boolean indexing: no sync
             if k == steps - 1:
                 break
             cos = 0.5 * (1 + math.cos(math.pi * k / steps))

@@ -34,6 +34,7 @@ import torch
 
 from audit.check import Check, Unit
 from audit.distributed import chunks
+from audit.fastpath import FastSettings, fast_metadata
 from audit.published import AdversarialExamples
 from audit.registry import register_check
 from audit.results import CheckResult
@@ -107,14 +108,21 @@ class AdversarialCheck(Check):
     def compute(self, unit: Unit, ctx, generator: torch.Generator) -> UnitRecord:
         """Every attack on the unit's samples (``unit.payload``: their indices in the plan)."""
         engine = Engine(self._plan.take(unit.payload), self.options, ctx.model, generator,
-                        batch_size=ctx.config.batch_size, bar=ctx.bar)
+                        batch_size=ctx.config.batch_size, bar=ctx.bar, fast=self._fast(ctx))
         return engine.run()
+
+    def _fast(self, ctx) -> FastSettings:
+        """The fast path's settings: ``[audit]``'s, with this check's ``precision`` and
+        ``channels_last`` options when set."""
+        o, cfg = self.options, ctx.config
+        return FastSettings(precision=o.precision or cfg.precision, compile=cfg.compile, channels_last=o.channels_last)
 
     def summarize(self, records: list[UnitRecord], ctx) -> CheckResult:
         plan, sanity, o = self._plan, self._sanity, self.options
         t_summary = time.perf_counter()
         res = CheckResult(self.name)
-        res.data["precision"] = o.precision
+        res.data["precision"] = self._fast(ctx).precision
+        res.data["fast_path"] = fast_metadata(ctx.model, self._fast(ctx))
         res.data["budget"] = {"name": o.budget, **o.resolved.as_dict()}
         res.metric("samples", plan.n)
         sanity_findings(res, sanity, plan)

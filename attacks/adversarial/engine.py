@@ -24,7 +24,8 @@ from typing import Any, Callable
 import torch
 
 from audit.batching import batched
-from audit.model.layout import CompiledForward, channels_last
+from audit.fastpath import FastPath, FastSettings
+from audit.model.layout import CompiledForward
 from audit.records import record
 
 from .apgd import APGDCE
@@ -127,22 +128,20 @@ def merge_norm(parts: list[NormRecord]) -> NormRecord:
 class Engine:
     """Every attack of ``plan`` on its samples (one unit: ``plan`` is already restricted to
     them), drawing only from ``generator``. ``bar(total=, desc=, unit=)`` makes an inner
-    progress bar (``ctx.bar``). With ``options.precision == "bf16"`` the attacks run under
-    bf16 autocast and every candidate adversarial is confirmed by an fp32 forward pass."""
+    progress bar (``ctx.bar``). The attacks reach the model through ``fast``'s fast path
+    (:mod:`audit.fastpath`; under bf16 every candidate adversarial is confirmed in fp32)."""
 
     def __init__(self, plan: Plan, options: AdversarialOptions, model: Any, generator: torch.Generator, *,
-                 batch_size: int, bar: Callable[..., Any]) -> None:
+                 batch_size: int, bar: Callable[..., Any], fast: FastSettings | None = None) -> None:
         self.plan, self.o, self.model, self.gen = plan, options, model, generator
-        self.dev = model.device
-        self.bs = batch_size
-        self.bar = bar
-        amp = torch.bfloat16 if options.precision == "bf16" else None
+        self.dev, self.bs, self.bar = model.device, batch_size, bar
         eot = plan.eot.draws  # > 1: EOT over a randomized model's draws (objective.py)
+        self.path = path = FastPath(model, fast or FastSettings(precision=options.precision or "fp32"), compare=eot == 1)
         self.obj32 = Objective(model, targeted=plan.targeted, device=self.dev, eot=eot)  # confirmations, re-attacks
-        self.obj = Objective(model, targeted=plan.targeted, device=self.dev, amp=amp, eot=eot)
+        self.obj = Objective(model, targeted=plan.targeted, device=self.dev, path=path, eot=eot)
         # gradient-free attacks: one draw per query even under EOT (any misclassifying draw is a
         # success under EOT's rule; the candidates are confirmed on eot fresh draws, _confirm)
-        self.obj_free = self.obj if eot == 1 else Objective(model, targeted=plan.targeted, device=self.dev, amp=amp)
+        self.obj_free = self.obj if eot == 1 else Objective(model, targeted=plan.targeted, device=self.dev, path=path)
         self.settings = options.resolved
         made = [ATTACKS[a].from_options(options) for a in plan.attacks]
         # minimum-norm first, then the gradient attacks, then the gradient-free ones (Square's
@@ -154,8 +153,9 @@ class Engine:
     def run(self) -> UnitRecord:
         grad_bad = torch.zeros(self.plan.n, dtype=torch.bool)
         probe = self.plan.x[:8].to(self.dev)
-        with channels_last(self.model, probe, enabled=self.o.channels_last and len(probe) > 0,
-                           compare=not self.plan.eot.enabled) as layout:
+        with self.path.layout(probe) as layout:
+            if len(probe) and self.plan.grad_ok:  # at most what fits the free memory (audit.fastpath)
+                self.bs = self.path.batch_size(probe, self.bs, role="adversarial", factor=self.plan.eot.draws)
             self._compile(probe)
             g0 = self._clean_gradients(grad_bad) if self.plan.grad_ok else None
             runs = [self._run_norm(norm, g0) for norm in self.plan.eps]
@@ -163,12 +163,13 @@ class Engine:
                           attack_passes=dict(self.attack_passes), layout=layout, compiled=self.compiled)
 
     def _compile(self, probe: torch.Tensor) -> None:
-        """A compiled network for the forward passes without gradients when they are many
-        (Square at ≥ ``COMPILE_QUERIES`` queries, images of ≥ ``COMPILE_PIXELS`` pixels: a fixed
-        rule, so the same seed gives the same numbers) and the ``compile`` option allows
-        (:class:`audit.model.layout.CompiledForward`); ``self.compiled`` says what happened."""
+        """Unless the fast path compiles, a compiled network for the passes without gradients
+        when many (Square at ≥ ``COMPILE_QUERIES`` queries, images of ≥ ``COMPILE_PIXELS`` pixels:
+        a fixed rule) and the ``compile`` option allows (:class:`audit.model.layout.CompiledForward`)."""
         self.compiled = "eager (few forward passes: compiling would not pay)"
-        if self.o.compile == "off":
+        if self.path.compiling and self.path.state.compiled is not None:
+            self.compiled = "by the fast path ([audit] compile)"
+        elif self.o.compile == "off":
             self.compiled = "eager (compile = \"off\")"
         elif self.o.compile == "on" or ("square" in self.plan.attacks and self.settings.square_queries >= COMPILE_QUERIES
                                          and self.plan.x.shape[-2] * self.plan.x.shape[-1] >= COMPILE_PIXELS):

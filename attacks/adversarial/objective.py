@@ -73,19 +73,21 @@ def correct_on_draws(model: Any, x: torch.Tensor, y: torch.Tensor, draws: int, *
 
 class Objective:
     """The model plus the attack goal. ``lab`` (N,) int64 is the true label (untargeted) or
-    the target class (targeted). ``amp``: the autocast dtype of the forward and backward
-    passes (None: the model's own precision). ``eot``: model draws per evaluation (1: a
+    the target class (targeted). ``path``: the :class:`audit.fastpath.FastPath` of the
+    forward and backward passes (None: the model itself, fp32 eager). ``eot``: model draws per evaluation (1: a
     deterministic model; > 1: EOT, see the module docstring). ``forwards``/``backwards`` count
     the sample passes (the ``queries`` of the check; one per draw)."""
 
     def __init__(self, model: torch.nn.Module, *, targeted: bool = False, device: torch.device | None = None,
-                 amp: torch.dtype | None = None, eot: int = 1):
+                 path: Any = None, eot: int = 1):
         if eot < 1:
             raise ValueError(f"eot must be ≥ 1 draw, not {eot}")
         self.model = model
         self.targeted = targeted
         self.device = device or torch.device("cpu")
-        self.amp = amp
+        #: the fast path the logits go through (:class:`audit.fastpath.FastPath`: bf16 autocast,
+        #: channels-last inputs, a compiled network); None: the fp32 eager model
+        self.path = path
         self.eot = int(eot)
         self.forwards = 0
         self.backwards = 0
@@ -97,16 +99,22 @@ class Objective:
         self.exact = None
 
     @property
+    def amp(self) -> torch.dtype | None:
+        """The autocast dtype of the passes (None: fp32)."""
+        return None if self.path is None else self.path.amp
+
+    @property
     def approximate(self) -> bool:
         """Whether margins may differ from the fp32 eager model's by rounding (autocast or a
         compiled stand-in): adversarials found are then confirmed before they count."""
-        return self.amp is not None or self.fast is not None
+        return self.fast is not None or (self.path is not None and self.path.approximate)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's logits (N, K) float32 at ``x`` (N, C, H, W) (one draw), under autocast
-        when ``amp`` is set."""
-        with torch.autocast(x.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
-            return self.model(x).float()
+        """The model's logits (N, K) float32 at ``x`` (N, C, H, W) (one draw), through
+        :attr:`path` when set."""
+        if self.path is not None:
+            return self.path(x)
+        return self.model(x).float()
 
     def confirmed(self, x: torch.Tensor, lab: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """(N,) bool: the samples whose margin ``m`` (N,) at ``x`` is negative and, when

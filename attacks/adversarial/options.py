@@ -63,8 +63,8 @@ class AdversarialOptions:
                                                            'pixels')
     examples: int = opt(6, min=0, doc="example panels shown")
     tolerance: float = opt(0.02, min=0, max=1, doc="robust-accuracy gap beyond which a masking comparison is reported")
-    precision: Literal["fp32", "bf16"] = opt("fp32", doc='"bf16": attacks under bf16 autocast, each adversarial '
-                                                         'confirmed in fp32')
+    precision: Literal["fp32", "bf16"] | None = opt(None, doc='"bf16": attacks under bf16 autocast, each adversarial '
+                                                                'confirmed in fp32 (unset: [audit] precision)')
 
     def __post_init__(self) -> None:
         if not self.norms:

@@ -46,6 +46,7 @@ Publishes ``fooling.images`` (:class:`audit.published.FoolingImages`).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -53,6 +54,7 @@ from typing import Literal
 import torch
 
 from audit.errors import ConfigError, first_line
+from audit.fastpath import FastPath, FastSettings, fast_metadata
 from audit.options import opt
 from audit.published import FoolingImages
 from audit.records import record
@@ -234,10 +236,17 @@ class FoolingCheck(Check):
             kinds = measure_garbage(model, list(o.garbage), o.garbage_samples, gen, batch_size=bs)
             return GarbageRecord(kinds, round(time.perf_counter() - t0, 3))
         method = get_method(p["method"])
-        setup = SearchSetup(model, list(p["targets"]), tuple(model.spec.input_shape), bs, self._levels(),
-                            p["base"], ctx.bar)
+        path = FastPath(model, FastSettings.of(ctx.config)) if method.needs_gradient else None
+        lo, hi = model.spec.bounds
+        probe = lo + (hi - lo) * torch.rand(4, *model.spec.input_shape, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(model.device)
         try:
-            r = method.search(setup, list(p["part"]), o)
+            with path.layout(probe) if path is not None else contextlib.nullcontext():
+                if path is not None:  # at most what fits the free memory (no numbers change: rows are independent)
+                    bs = path.batch_size(probe, bs, role="fooling")
+                setup = SearchSetup(model, list(p["targets"]), tuple(model.spec.input_shape), bs, self._levels(),
+                                    p["base"], ctx.bar, path)
+                r = method.search(setup, list(p["part"]), o)
         except RuntimeError as e:
             if not method.needs_gradient:
                 raise
@@ -279,6 +288,8 @@ class FoolingCheck(Check):
             report_garbage(res, garbage.kinds, names, o.garbage_share)
             timings["garbage"] = garbage.seconds
         res.data["timings"] = timings
+        if any(get_method(n).needs_gradient for n in o.methods):
+            res.data["fast_path"] = fast_metadata(ctx.model, FastSettings.of(ctx.config))
         data = ctx.data
         far = report_distances(res, summary, names, getattr(data, "x", None), getattr(data, "y", None))
         report_most_fooled(res, summary, len(targets), o.threshold, o.most_classes, far, ctx.model.num_classes)

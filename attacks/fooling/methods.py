@@ -79,7 +79,8 @@ class SearchSetup:
     ``spec.bounds``), ``targets`` (all target class indices, ascending), ``shape`` the
     input shape (C, H, W), ``batch_size`` images per forward pass, ``levels`` the
     confidences whose first step/query is recorded, ``base`` the check's seed base and
-    ``progress`` an inner progress-bar factory (``ctx.bar``) or None."""
+    ``progress`` an inner progress-bar factory (``ctx.bar``) or None; ``path`` the gradient
+    loops' :class:`audit.fastpath.FastPath` (None: the fp32 eager model)."""
 
     model: Any
     targets: list[int]
@@ -88,6 +89,7 @@ class SearchSetup:
     levels: tuple[float, ...]
     base: int
     progress: Callable | None = None
+    path: Any = None
 
     def generator(self, part: str, device: torch.device | str = "cpu") -> torch.Generator:
         """The generator of one part of the check (:func:`part_generator`)."""
@@ -139,7 +141,8 @@ class GradientAscent(FoolingMethod):
         return gradient_ascent(model, [setup.targets[i] for i in part], setup.shape, steps=o.steps, lr=o.lr,
                                l2_decay=o.l2_decay, blur_every=o.blur_every, blur_sigma=o.blur_sigma,
                                bounds=model.spec.bounds, batch_size=setup.batch_size, gen=g, device=model.device,
-                               early_stop=o.early_stop, levels=setup.levels, progress=setup.progress)
+                               early_stop=o.early_stop, levels=setup.levels, progress=setup.progress,
+                               path=setup.path)
 
 
 class _Evolution(FoolingMethod):

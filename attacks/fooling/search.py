@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from audit.fastpath import sync_every
 from audit.records import record
 
 #: the confidence levels whose first step / query is recorded per class
@@ -71,6 +72,7 @@ def log_odds(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _record_first(first: dict[float, list[int | None]], conf: torch.Tensor, at: int) -> None:
+    """Set ``first[level][i] = at`` where ``conf[i]`` reached ``level`` first (map_elites)."""
     for lv in first:
         row = first[lv]
         for i in (conf >= lv).nonzero().flatten().tolist():
@@ -96,80 +98,113 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def gradient_ascent(model: Callable[[torch.Tensor], torch.Tensor], targets: list[int], shape: tuple[int, int, int], *,
                     steps: int, lr: float, l2_decay: float, blur_every: int, blur_sigma: float,
                     bounds: tuple[float, float], batch_size: int, gen: torch.Generator, device: torch.device,
-                    early_stop: bool = True, levels: tuple[float, ...] = LEVELS, progress=None) -> SearchResult:
+                    early_stop: bool = True, levels: tuple[float, ...] = LEVELS, progress=None,
+                    path: Callable[[torch.Tensor], torch.Tensor] | None = None) -> SearchResult:
     """Adam ascent (Kingma & Ba 2015, per pixel value) on ``log softmax(model(x))[target]``
     from uniform noise, one image per target class, ``batch_size`` classes at a time. After
     every step: decay toward the middle of ``bounds`` by ``l2_decay`` (Yosinski et al. 2015),
     blur every ``blur_every`` steps (0: never), clamp to ``bounds``. With ``early_stop`` an
     image leaves the batch once it is past the highest of ``levels`` (its best image is kept),
-    and the batch ends when none is left. Raises RuntimeError if no gradient reaches the
-    input (the caller reports it)."""
+    and the batch ends when none is left (checked every :func:`audit.fastpath.sync_every`
+    steps: the steps in between do not synchronize with the device). ``path`` (an
+    :class:`audit.fastpath.FastPath`, e.g. bf16 autocast) replaces ``model`` in the steps;
+    when it is approximate, each best image's confidence is that of the fp32 ``model``
+    (confirmed) and a level counts as reached only if that confidence reaches it. Raises
+    RuntimeError if no gradient reaches the input (the caller reports it)."""
     lo, hi = bounds
     t_all = torch.tensor(targets, dtype=torch.long)
     n = len(targets)
-    rec = _Best(n, shape, levels)
+    rec = _Best(n, shape, levels, device)
     used = 0
     x0 = lo + (hi - lo) * torch.rand(n, *shape, generator=gen)  # drawn on CPU: same images on any device
     bar = progress(total=steps * ((n + batch_size - 1) // batch_size), desc="gradient", unit="step") if progress else None
     for s in range(0, n, batch_size):
-        ids = torch.arange(s, min(n, s + batch_size))  # global indices of this batch
-        used = max(used, _ascend_batch(model, x0[ids].to(device), t_all[ids].to(device), ids, rec, steps=steps, lr=lr,
-                                       l2_decay=l2_decay, blur_every=blur_every, blur_sigma=blur_sigma,
-                                       bounds=bounds, device=device, early_stop=early_stop, bar=bar))
+        ids = torch.arange(s, min(n, s + batch_size), device=device)  # global indices of this batch
+        used = max(used, _ascend_batch(path or model, x0[ids.cpu()].to(device), t_all.to(device)[ids], ids, rec,
+                                       steps=steps, lr=lr, l2_decay=l2_decay, blur_every=blur_every,
+                                       blur_sigma=blur_sigma, bounds=bounds, device=device, early_stop=early_stop,
+                                       bar=bar))
     if bar is not None:
         bar.close()
-    pred, pconf = _predict(model, rec.images, device, batch_size)
-    return SearchResult(list(targets), rec.images, rec.best.tolist(), pred, pconf, rec.first, used)
+    images = rec.images.cpu()
+    pred, pconf, tconf = _predict(model, images, device, batch_size, t_all)
+    best, first = rec.best.cpu(), rec.first()
+    if getattr(path, "approximate", False):  # confirmed in fp32: the verdicts never rest on bf16 numbers
+        best = tconf
+        first = {lv: [f if float(best[i]) >= lv else None for i, f in enumerate(row)] for lv, row in first.items()}
+    return SearchResult(list(targets), images, best.tolist(), pred, pconf, first, used)
+
+
+def _log_odds_rows(logits: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+    """:func:`log_odds` of each row for its own target ``tt`` (N,): (N,), without the (N, N, K)
+    intermediate."""
+    z = logits.float()
+    zt = z.gather(1, tt[:, None]).squeeze(1)
+    if z.shape[1] == 1:
+        return zt
+    return zt - z.scatter(1, tt[:, None], float("-inf")).logsumexp(1)
 
 
 class _Best:
     """The best image per target so far (by log-odds), its confidence and the first step
-    at which each level was reached; ``images`` (N, C, H, W) on the CPU."""
+    at which each level was reached, all on ``device`` (no host-device copy per step);
+    ``images`` (N, C, H, W)."""
 
-    def __init__(self, n: int, shape: tuple[int, int, int], levels: tuple[float, ...]) -> None:
-        self.images = torch.empty(n, *shape)
-        self.best = torch.full((n,), -1.0)
-        self.best_lo = torch.full((n,), -float("inf"))
-        self.first: dict[float, list[int | None]] = {lv: [None] * n for lv in levels}
+    def __init__(self, n: int, shape: tuple[int, int, int], levels: tuple[float, ...], device) -> None:
+        self.images = torch.zeros(n, *shape, device=device)
+        self.best = torch.full((n,), -1.0, device=device)
+        self.best_lo = torch.full((n,), -float("inf"), device=device)
+        self.levels = tuple(levels)
+        self.first_at = torch.full((len(self.levels), n), -1, dtype=torch.long, device=device)
 
     @torch.no_grad()
     def update(self, g: torch.Tensor, x: torch.Tensor, logits: torch.Tensor, lp: torch.Tensor, tt: torch.Tensor,
-               step: int) -> torch.Tensor:
-        """Keep the images ``x`` (rows ``g`` of the targets, ``tt`` their classes) that beat
-        their target's best; returns their confidences (CPU)."""
-        lo_t = log_odds(logits.detach(), tt).diagonal().cpu()
-        conf = lp.detach().exp().cpu()
-        better = lo_t > self.best_lo[g]
-        self.images[g[better]] = x.detach()[better.to(x.device)].cpu()
-        self.best_lo[g[better]] = lo_t[better]
-        self.best[g[better]] = conf[better]
-        for lv, row in self.first.items():
-            for j in g[conf >= lv].tolist():
-                if row[j] is None:
-                    row[j] = step
+               step: int, live: torch.Tensor) -> torch.Tensor:
+        """Keep the images ``x`` (rows ``g`` of the targets, ``tt`` their classes, ``live`` (m,)
+        bool the rows still optimized) that beat their target's best; returns their
+        confidences (m,) on the device."""
+        lo_t = _log_odds_rows(logits.detach(), tt)
+        conf = lp.detach().exp()
+        better = (lo_t > self.best_lo[g]) & live
+        self.images[g] = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x.detach(), self.images[g])
+        self.best_lo[g] = torch.where(better, lo_t, self.best_lo[g])
+        self.best[g] = torch.where(better, conf, self.best[g])
+        for j, lv in enumerate(self.levels):
+            f = self.first_at[j, g]
+            self.first_at[j, g] = torch.where((f < 0) & (conf >= lv) & live, torch.full_like(f, step), f)
         return conf
+
+    def first(self) -> dict[float, list[int | None]]:
+        """Level -> the first step per target that reached it (None: never)."""
+        at = self.first_at.cpu().tolist()
+        return {lv: [v if v >= 0 else None for v in at[j]] for j, lv in enumerate(self.levels)}
 
 
 def _ascend_batch(model, x: torch.Tensor, tt: torch.Tensor, ids: torch.Tensor, rec: _Best, *, steps: int, lr: float,
                   l2_decay: float, blur_every: int, blur_sigma: float, bounds: tuple[float, float],
                   device: torch.device, early_stop: bool, bar) -> int:
     """Adam ascent of one batch (``x`` its starting images on ``device``, ``tt`` their
-    targets, ``ids`` their rows in ``rec``); returns the last step run."""
+    targets, ``ids`` their rows in ``rec``); returns the last step run. An image past the top
+    level is masked at once and leaves the batch at the next synchronization step."""
     lo, hi = bounds
     mid = (lo + hi) / 2
     b1, b2, eps = 0.9, 0.999, 1e-8
-    top = max(rec.first)
+    top = max(rec.levels)
     m, v = torch.zeros_like(x), torch.zeros_like(x)
-    active = torch.arange(len(ids))  # rows of the batch still optimized
+    alive = torch.ones(len(ids), dtype=torch.bool, device=device)  # rows still optimized
+    rows = torch.arange(len(ids), device=device)  # rows in the batch (alive or masked)
+    every = sync_every(device)
     used = 0
     for step in range(steps + 1):  # step 0 only scores the starting noise
-        rows = active.to(device)
         xa = x[rows].requires_grad_(True)
         logits = model(xa)
         lp = logits.float().log_softmax(1)[torch.arange(len(rows), device=device), tt[rows]]
-        conf = rec.update(ids[active], xa, logits, lp, tt[rows], step)
-        keep = conf < top if early_stop else torch.ones(len(active), dtype=torch.bool)
-        if step == steps or not keep.any():
+        live = alive[rows]
+        conf = rec.update(ids[rows], xa, logits, lp, tt[rows], step, live)
+        keep = live & (conf < top) if early_stop else live
+        alive[rows] = keep
+        sync = (step + 1) % every == 0
+        if step == steps or (sync and not bool(keep.any())):
             break
         (-lp.sum()).backward()
         grad = xa.grad
@@ -185,7 +220,8 @@ def _ascend_batch(model, x: torch.Tensor, tt: torch.Tensor, ids: torch.Tensor, r
             if blur_every > 0 and t % blur_every == 0:
                 xn = gaussian_blur(xn, blur_sigma)
             x[rows] = xn.clamp(lo, hi)
-        active = active[keep]
+        if sync:
+            rows = rows[keep]
         used = t
         if bar is not None:
             bar.update(1)
@@ -193,14 +229,18 @@ def _ascend_batch(model, x: torch.Tensor, tt: torch.Tensor, ids: torch.Tensor, r
 
 
 @torch.no_grad()
-def _predict(model, images: torch.Tensor, device, batch_size: int) -> tuple[list[int], list[float]]:
-    preds, confs = [], []
+def _predict(model, images: torch.Tensor, device, batch_size: int, targets: torch.Tensor
+             ) -> tuple[list[int], list[float], torch.Tensor]:
+    """(predicted class, its confidence, the target's confidence (N,) CPU) of every image
+    under the fp32 ``model``."""
+    preds, confs, tconf = [], [], []
     for s in range(0, len(images), batch_size):
         p = model(images[s:s + batch_size].to(device)).float().softmax(1)
         c, k = p.max(1)
         preds += k.cpu().tolist()
         confs += c.cpu().tolist()
-    return preds, confs
+        tconf.append(p.gather(1, targets[s:s + batch_size].to(device)[:, None]).squeeze(1).cpu())
+    return preds, confs, torch.cat(tconf) if tconf else torch.empty(0)
 
 
 @torch.no_grad()

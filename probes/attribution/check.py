@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from audit.check import Check, Unit
 from audit.errors import ConfigError
+from audit.fastpath import FastSettings, fast_metadata
 from audit.imaging import short
 from audit.options import opt
 from audit.registry import register_check
@@ -143,7 +144,8 @@ class AttributionCheck(Check):
         with warnings.catch_warnings():  # captum warns on every call that it set requires_grad / hooks
             warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
             if unit.tag == "methods":
-                return method_maps(self._plan, METHODS.get(unit.payload), ctx.model, ctx.bar)
+                return method_maps(self._plan, METHODS.get(unit.payload), ctx.model, ctx.bar,
+                                   FastSettings.of(ctx.config))
             return cascade_maps(self._plan, unit.payload, ctx.model)
 
     # ------------------------------------------------------------------ summarize
@@ -154,6 +156,7 @@ class AttributionCheck(Check):
             res.summary = "no images"
             return res
         model, dev = ctx.model, ctx.model.device
+        res.data["fast_path"] = fast_metadata(model, FastSettings.of(ctx.config))  # the gradient methods'
         x, target = plan.x, plan.target
         for g in ("correct", "mistake", "adversarial"):
             res.metric("images", sum(1 for v in plan.groups if v.startswith(g)), group=g)

@@ -40,6 +40,7 @@ import torch
 
 from audit.distributed import chunks
 from audit.errors import ConfigError
+from audit.fastpath import FastPath, FastSettings, fast_metadata
 from audit.options import opt
 from audit.batching import few_threads_for_small_work
 from audit.published import ClassVizImages
@@ -139,7 +140,7 @@ class ClassVizCheck(Check):
         jitter: float = opt(0.05, min=0, max=1, doc="largest shift per step, fraction of the side")
         min_crop: float = opt(0.6, min=0, max=1, doc="smallest random crop of a picture larger than the input, "
                                                     "fraction of its side (> 0)")
-        amp: bool = opt(True, doc="bfloat16 autocast on CUDA")
+        amp: bool | None = opt(None, doc="bfloat16 autocast: true on CUDA only, false never; unset: [audit] precision")
         confident: float = opt(0.5, min=0, max=1, doc="below this target confidence a class is listed in "
                                                       "class_viz.not_reached")
         channels: list[int] = opt(list, min=0, doc="channel indices of `layer` to visualize too (channel objective)")
@@ -194,6 +195,13 @@ class ClassVizCheck(Check):
             raise ConfigError(f"[checks.class_viz] channels {bad} out of range: layer {layer!r} has {width} channels")
         return layer
 
+    def _fast(self, ctx) -> FastSettings:
+        """The fast path's settings: ``[audit]``'s; ``amp`` set overrides the precision (true:
+        bf16 on CUDA only; false: fp32). The pictures' confidences are scored in fp32 eager."""
+        o, cfg = self.options, ctx.config
+        precision = cfg.precision if o.amp is None else ("bf16" if o.amp and ctx.model.device.type == "cuda" else "fp32")
+        return FastSettings(precision=precision, compile=cfg.compile)
+
     # ------------------------------------------------------------------ contract
     def units(self, ctx) -> list[Unit]:
         """``classes:k`` per chunk of ``batch_size`` pictures, then ``channels:k`` per chunk
@@ -216,20 +224,22 @@ class ClassVizCheck(Check):
         chunk = list(unit.payload)
         view_kw = dict(jitter=o.jitter, rotate_deg=o.rotate_deg, min_crop=o.min_crop)
         t0 = time.perf_counter()
+        path = FastPath(model, self._fast(ctx))
+        probe = torch.full((2, c, ih, iw), 0.5, device=model.device)
         if unit.tag == "channels":
-            with few_threads_for_small_work(model.device, plan.work):
+            with few_threads_for_small_work(model.device, plan.work), path.layout(probe):
                 pics = visualize(model, chunk, steps=o.steps, lr=o.lr, image_hw=plan.image_hw, generator=generator,
-                                 decay=o.decay, amp=o.amp, view_kw=view_kw, channel_layer=plan.layer)
+                                 decay=o.decay, path=path, view_kw=view_kw, channel_layer=plan.layer)
             seconds = time.perf_counter() - t0
             with capture(model.net, [plan.layer]) as store, torch.no_grad():
                 probs = model(to_input_size(pics, (ih, iw)).to(model.device)).float().softmax(1).cpu()
             act = store[plan.layer].float().flatten(2).mean(2).cpu()
             top_conf, top = probs.max(1)
             return ChannelPictures(pics, act[torch.arange(len(chunk)), torch.tensor(chunk)], top, top_conf, seconds)
-        with few_threads_for_small_work(model.device, plan.work), \
+        with few_threads_for_small_work(model.device, plan.work), path.layout(probe), \
                 ctx.bar(total=len(chunk) * o.steps, desc="optimizing", unit="img-step") as bar:
             pics = visualize(model, chunk, steps=o.steps, lr=o.lr, image_hw=plan.image_hw, generator=generator,
-                             objective=o.objective, decay=o.decay, diversity=o.diversity, amp=o.amp,
+                             objective=o.objective, decay=o.decay, diversity=o.diversity, path=path,
                              view_kw=view_kw, progress=bar)
         seconds = time.perf_counter() - t0
         small = to_input_size(pics, (ih, iw))
@@ -262,6 +272,7 @@ class ClassVizCheck(Check):
             timings["channels"] = round(sum(r.seconds for r in chans), 3)
         steps_total = len(plan.targets) * o.steps
         res.data["timings"] = timings
+        res.data["fast_path"] = fast_metadata(ctx.model, self._fast(ctx))
         res.data["throughput"] = {"image_steps": steps_total, "image_steps_per_s": round(steps_total / max(seconds, 1e-9), 1),
                                   "device": str(ctx.model.device), "image_hw": list(plan.image_hw),
                                   "batch_size": o.batch_size}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from audit.fastpath import FastPath
 from probes.layers import capture, default_layers, model_hookable
 
 from .param import FourierImage, random_views
@@ -33,7 +34,7 @@ def gram_similarity(act: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
 
 def visualize(model, targets: list[int], *, steps: int, lr: float, image_hw: tuple[int, int],
               generator: torch.Generator, objective: str = "logit", decay: float = 1.0, sd: float = 0.01,
-              diversity: float = 0.0, groups: list[int] | None = None, amp: bool = True,
+              diversity: float = 0.0, groups: list[int] | None = None, path: FastPath | None = None,
               view_kw: dict | None = None, progress=None, channel_layer: str | None = None) -> torch.Tensor:
     """Optimize one picture per entry of ``targets`` (class indices) and return them as a
     CPU float32 tensor (n, C, *image_hw) in [0, 1]. ``model`` is an AuditModel (pixel space);
@@ -43,7 +44,10 @@ def visualize(model, targets: list[int], *, steps: int, lr: float, image_hw: tup
     :func:`~probes.class_viz.param.random_views`; ``progress`` (a bar) is advanced by n per
     step. With ``channel_layer`` (a module name), ``targets`` are channel indices of that
     layer and the objective is the channel's mean activation (Olah et al. 2017's channel
-    objective). Every random draw comes from ``generator``."""
+    objective). ``path``: the :class:`audit.fastpath.FastPath` of the forward and backward
+    passes (bf16 autocast, channels-last, compiled; None: fp32 eager); with hooks (diversity,
+    channels) its network runs eager. No step synchronizes with the device. Every random
+    draw comes from ``generator``."""
     dev = model.device
     c, ih, iw = model.spec.input_shape
     n = len(targets)
@@ -54,12 +58,12 @@ def visualize(model, targets: list[int], *, steps: int, lr: float, image_hw: tup
     use_div = diversity > 0 and n > 1 and len(set(grp.tolist())) < n and model_hookable(model)
     layer = default_layers(model.net, 1) if use_div else []
     hooks = layer + ([channel_layer] if channel_layer and channel_layer not in layer else [])
-    use_amp = amp and dev.type == "cuda"
+    path = path or FastPath(model)
     rows = torch.arange(n, device=dev)
     for _ in range(steps):
         x = random_views(img(), (ih, iw), generator, **(view_kw or {}))
-        with capture(model.net, hooks) as store, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(x).float()
+        with capture(model.net, hooks) as store:
+            logits = path(x, compiled=not hooks)
         if channel_layer:
             act = store[channel_layer].float()
             obj = act[rows, tgt].flatten(1).mean(1)
