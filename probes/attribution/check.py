@@ -95,7 +95,7 @@ class AttributionCheck(Check):
         per_class: int = opt(4, min=0, doc="correctly classified images per class")
         mistakes: int = opt(8, min=0, doc="most confident mistakes")
         adversarial: int = opt(2, min=0, doc="adversarial examples shown next to their originals (when published)")
-        sanity_images: int = opt(16, min=0, doc="images of the randomization test (the first correct ones; "
+        sanity_images: int = opt(32, min=0, doc="images of the randomization test (the first correct ones; "
                                                 "Adebayo et al. 2018 aggregate over many)")
         randomization_layers: int = opt(8, min=0, doc="cascade steps with maps computed (evenly spread; 0: all; "
                                                       "every layer is randomized)")

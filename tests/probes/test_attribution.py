@@ -469,20 +469,19 @@ def test_integrated_gradients_completeness_is_pooled_over_images():
 
 
 @pytest.mark.slow
-def test_randomization_verdicts_never_flip_with_the_seed(camnet):
-    """Five seeds (different images, cascade draws and bootstrap resamples), 16 sanity images:
-    no method passes under one seed and fails under another (a verdict the evidence cannot
-    settle is "inconclusive"), Guided Backprop never passes and Grad-CAM never fails (Adebayo
-    et al. 2018's pattern), each similarity carries its interval, and the verdict is the one
-    the interval gives. (Identical verdicts for every seed are not reached on this 4-layer
-    model: the bootstrap is over images, while the cascade's random draws vary too.)"""
+def test_randomization_verdicts_are_the_same_for_every_seed(camnet):
+    """Five seeds (different images, cascade draws and bootstrap resamples) at the default 32
+    sanity images: every method gets the same verdict under every seed, Guided Backprop
+    failing and Saliency and Grad-CAM passing (Adebayo et al. 2018's pattern); each similarity
+    carries its interval, and the verdict is the one the interval gives. (At 16 images Guided
+    Backprop's interval straddled the threshold under one seed of five: inconclusive.)"""
     model = _audit_model(camnet)
     x, y = make_patterns(8, seed=11)
-    data16 = AuditData(x, y, list(PATTERNS), [f"i{k}" for k in range(len(x))])
+    data32 = AuditData(x, y, list(PATTERNS), [f"i{k}" for k in range(len(x))])
     methods = ["saliency", "grad_cam", "guided_backprop"]
     seen = {m: set() for m in methods}
     for seed in range(5):
-        res = _run(model, data16, seed=seed, per_class=4, sanity_images=16, faithfulness_images=0, methods=methods)
+        res = _run(model, data32, seed=seed, per_class=8, sanity_images=32, faithfulness_images=0, methods=methods)
         for m in methods:
             met = next(r for r in res.metrics if r.name == "randomization_similarity" and r.qualifiers["method"] == m)
             assert met.n is None and met.has_interval and met.ci_low <= met.value <= met.ci_high
@@ -490,11 +489,7 @@ def test_randomization_verdicts_never_flip_with_the_seed(camnet):
             expect = "pass" if met.ci_high <= 0.5 else "fail" if met.ci_low > 0.5 else "inconclusive"
             assert verdict == expect, (m, met)
             seen[m].add(verdict)
-            if verdict == "inconclusive":
-                assert (("attribution.randomization_inconclusive", m) in _codes(res))
-    assert all(not {"pass", "fail"} <= v for v in seen.values()), seen
-    assert "pass" not in seen["guided_backprop"] and "fail" not in seen["grad_cam"], seen
-    assert "fail" in seen["guided_backprop"] and "pass" in seen["grad_cam"], seen
+    assert seen == {"saliency": {"pass"}, "grad_cam": {"pass"}, "guided_backprop": {"fail"}}, seen
 
 
 def test_beats_random_needs_a_paired_win_beyond_the_random_orders_spread():
