@@ -56,18 +56,51 @@ class SearchResult:
                    used=max(p.used for p in parts), notes=[n for p in parts for n in p.notes])
 
 
+#: ``log_odds`` builds the (rows, targets, classes) tensor of the textbook form up to this many
+#: elements (bit-identical to earlier releases); beyond, :func:`_others_logsumexp` in O(rows x classes)
+DENSE_LIMIT = 2**22
+
+
 def log_odds(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log(p_t / (1 - p_t))`` for each row and each target column: (N, T). Unlike the
-    log-probability it does not saturate at 0 as ``p_t`` nears 1 in float32, so a search can
-    still tell 0.99999 from 0.9999."""
+    """``log(p_t / (1 - p_t))`` for each row and each target column: (N, T) float32 from
+    ``logits`` (N, K) and ``targets`` (T,) class indices. Unlike the log-probability it does
+    not saturate at 0 as ``p_t`` nears 1 in float32, so a search can still tell 0.99999 from
+    0.9999. Time and memory O(N x (K + T)) once N x T x K exceeds :data:`DENSE_LIMIT` (a
+    model with thousands of classes), O(N x T x K) below."""
     z = logits.float()
     n, k = z.shape
     zt = z[:, targets]  # (N, T)
     if k == 1:
         return zt
+    if n * len(targets) * k > DENSE_LIMIT:
+        return zt - _others_logsumexp(z, targets)
     others = z.unsqueeze(1).expand(n, len(targets), k).clone()
     others[:, torch.arange(len(targets)), targets] = float("-inf")
     return zt - others.logsumexp(-1)
+
+
+def row_log_odds(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """:func:`log_odds` of one target per row: (N,) from ``logits`` (N, K) and ``targets``
+    (N,), in O(N x K) (the diagonal of ``log_odds(logits, targets)``, the same numbers)."""
+    z = logits.float()
+    if z.shape[1] == 1:
+        return z[:, 0]
+    rows = torch.arange(len(z), device=z.device)
+    others = z.clone()
+    others[rows, targets] = float("-inf")
+    return z[rows, targets] - others.logsumexp(-1)
+
+
+def _others_logsumexp(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` of each row of ``z`` (N, K) over every class but each target: (N, T).
+    With ``m`` the row's maximum and ``s = sum exp(z - m)``: a target that is not the row's
+    argmax leaves the argmax's term 1 in the sum, so ``s - exp(z_t - m) >= s / 2`` loses no
+    precision to cancellation; for the argmax itself the sum is taken with it masked out."""
+    m, arg = z.max(1, keepdim=True)
+    e = (z - m).exp()
+    rest = m + (e.sum(1, keepdim=True) - e[:, targets]).log()
+    masked = z.scatter(1, arg, float("-inf")).logsumexp(1, keepdim=True)
+    return torch.where(arg == targets.view(1, -1), masked, rest)
 
 
 def _record_first(first: dict[float, list[int | None]], conf: torch.Tensor, at: int) -> None:
@@ -137,7 +170,7 @@ class _Best:
                step: int) -> torch.Tensor:
         """Keep the images ``x`` (rows ``g`` of the targets, ``tt`` their classes) that beat
         their target's best; returns their confidences (CPU)."""
-        lo_t = log_odds(logits.detach(), tt).diagonal().cpu()
+        lo_t = row_log_odds(logits.detach(), tt).cpu()
         conf = lp.detach().exp().cpu()
         better = lo_t > self.best_lo[g]
         self.images[g[better]] = x.detach()[better.to(x.device)].cpu()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from probes.selection import select_classes
+from audit.targets import select_classes
 
 from .concepts import load_concepts, random_from_data
 from .insertion import paste_at, pick_exemplars, usable_exemplars
