@@ -1,11 +1,14 @@
 """Benchmark of the battery against the model's output count: a tiny CNN with K outputs.
 
-The model is a tiny CNN (two 3x3 convolutions, 3x16x16 input) whose last layer has K
+The model is a tiny CNN (two 3x3 convolutions, 3x16x16 input: tests/tinymodels.py
+``TinyNet``, trained in seconds on its 4 pattern classes) whose last layer is widened to K
 outputs, K in ``--classes`` (default 10, 1000, 21843: CIFAR-10, ImageNet-1k and
-ImageNet-21k sizes); the data are ``--samples`` (20) generated images (tests/tinymodels.py
-patterns) labelled with 4 of the K classes, spread over the output range. Every check of
+ImageNet-21k sizes): the trained rows sit at 4 classes spread over the output range, the
+others are small random rows. The data are ``--samples`` (20) generated pattern images
+labelled with those 4 classes (the model gets most right, so the attacks have work). Every check of
 the battery (``--checks``, default all registered) runs through the public API
-(``audit.run_audit``), default options except ``--fast`` lighter ones, each K in a fresh
+(``audit.run_audit``), default options except ``--fast`` lighter ones (the bias check gets
+the marker concept of tests/probes/test_bias.py), each K in a fresh
 subprocess so that its peak resident memory (``resource.getrusage``, ``ru_maxrss``) is its
 own.
 
@@ -24,6 +27,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,20 +46,29 @@ def one(k: int, samples: int, checks: list[str] | None, fast: bool, seed: int) -
     import torch.nn as nn
 
     from audit import AuditConfig, AuditData, AuditModel, ModelSpec, run_audit
-    from tests.tinymodels import make_patterns
+    from tests.tinymodels import make_patterns, train_tiny
 
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                        nn.Linear(64, k)).eval()
+    tiny = train_tiny(seed)  # 4 pattern classes, trained in seconds (tests/tinymodels.py)
+    labels = torch.tensor([round(i * (k - 1) / 3) for i in range(4)]) if k >= 4 else torch.arange(4) % k
+    fc = nn.Linear(64, k)
+    with torch.no_grad():  # the trained rows at the 4 label classes, small random rows elsewhere
+        fc.weight.mul_(0.1)
+        fc.bias.zero_()
+        fc.weight[labels] = tiny.fc.weight
+        fc.bias[labels] = tiny.fc.bias
+    net = nn.Sequential(tiny.features, nn.Flatten(), fc).eval()
     names = [f"class_{i:05d}" for i in range(k)]
     model = AuditModel(net, ModelSpec(input_shape=(3, 16, 16), class_names=names)).finalize()
     x, y4 = make_patterns((samples + 3) // 4, seed=seed)
     x, y4 = x[:samples], y4[:samples]
-    labels = torch.tensor([round(i * (k - 1) / 3) for i in range(4)]) if k >= 4 else torch.arange(4) % k
     data = AuditData(x, labels[y4], names, [str(i) for i in range(len(y4))])
-    opts = FAST if fast else {}
-    cfg = AuditConfig(checks=checks, seed=seed, check_options={c: dict(v) for c, v in opts.items()
+    opts = {c: dict(v) for c, v in (FAST if fast else {}).items()}
+    if checks is None or "bias" in checks:  # a concept folder, so that the bias check runs
+        from tests.probes.test_bias import write_concepts
+
+        opts.setdefault("bias", {})["concepts"] = str(write_concepts(Path(tempfile.mkdtemp(prefix="classbench-"))
+                                                                      / "concepts"))
+    cfg = AuditConfig(checks=checks, seed=seed, check_options={c: v for c, v in opts.items()
                                                                if checks is None or c in checks})
     t0 = time.perf_counter()
     res = run_audit(model, data, cfg)
