@@ -12,8 +12,10 @@ the marker concept of tests/probes/test_bias.py), each K in a fresh
 subprocess so that its peak resident memory (``resource.getrusage``, ``ru_maxrss``) is its
 own.
 
-Prints, per K: the wall time of each check (results.json ``duration_s``), the whole run and
-the peak RSS; then the ratios to the first K, and, last, ``time_ratio=<largest K / first
+Prints, per K: the model's own cost (``pass ms``: one forward and backward pass on the
+20 images, which grows with K through the last layer whatever a check does), the wall time
+of the whole run, the peak RSS, each check's time (``duration_s``) and ``save`` (writing
+report.html, results.json and the rest); then the ratios to the first K, and, last, ``time_ratio=<largest K / first
 K>`` and ``peak_rss_mib=<largest K>`` (the goal: within 2x of the 10-output run, under
 2 GiB).
 
@@ -73,10 +75,29 @@ def one(k: int, samples: int, checks: list[str] | None, fast: bool, seed: int) -
     t0 = time.perf_counter()
     res = run_audit(model, data, cfg)
     wall = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    res.save(tempfile.mkdtemp(prefix="classbench-out-"))  # report.html, results.json, ...
+    save = time.perf_counter() - t1
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return {"k": k, "wall_s": wall, "peak_rss_mib": rss,
-            "checks": {c.name: c.duration_s for c in res.checks},
+    return {"k": k, "wall_s": wall, "peak_rss_mib": rss, "pass_ms": _pass_ms(model, x),
+            "checks": {**{c.name: c.duration_s for c in res.checks}, "save": save},
             "errors": {c.name: c.error for c in res.checks if c.error}}
+
+
+def _pass_ms(model, x) -> float:
+    """Milliseconds of one forward and backward pass of the model on ``x`` (median of 20):
+    the model's own cost, which grows with K through its last layer whatever a check does."""
+    import statistics
+
+    import torch
+
+    times = []
+    for _ in range(21):
+        xg = x.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        torch.autograd.grad(model(xg).logsumexp(1).sum(), xg)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times[1:])
 
 
 def main() -> int:
@@ -103,7 +124,7 @@ def main() -> int:
         try:
             p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
         except subprocess.TimeoutExpired:
-            rows.append({"k": k, "wall_s": float("nan"), "peak_rss_mib": float("nan"), "checks": {},
+            rows.append({"k": k, "wall_s": float("nan"), "peak_rss_mib": float("nan"), "pass_ms": float("nan"), "checks": {},
                          "errors": {"all": f"stopped after {args.timeout:.0f} s"}})
             continue
         if p.returncode:
@@ -113,16 +134,17 @@ def main() -> int:
     print(f"battery on a tiny CNN (3x16x16), {args.samples} images; options: {'--fast' if args.fast else 'defaults'}; "
           f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}; "
           f"torch {torch.__version__}")
-    print(f"{'K':>6s} {'wall s':>8s} {'peak MiB':>9s}  " + " ".join(f"{c[:11]:>11s}" for c in names))
+    print(f"{'K':>6s} {'pass ms':>8s} {'wall s':>8s} {'peak MiB':>9s}  " + " ".join(f"{c[:11]:>11s}" for c in names))
     for r in rows:
-        print(f"{r['k']:6d} {r['wall_s']:8.1f} {r['peak_rss_mib']:9.0f}  "
+        print(f"{r['k']:6d} {r.get('pass_ms', float('nan')):8.2f} {r['wall_s']:8.1f} {r['peak_rss_mib']:9.0f}  "
               + " ".join(f"{r['checks'].get(c, float('nan')):11.2f}" for c in names))
         for c, e in r["errors"].items():
             print(f"       error in {c}: {e}")
     base = rows[0]
     print(f"ratio to K={base['k']}:")
     for r in rows[1:]:
-        print(f"{r['k']:6d} {r['wall_s'] / base['wall_s']:8.2f} {r['peak_rss_mib'] / base['peak_rss_mib']:9.2f}  "
+        print(f"{r['k']:6d} {r['pass_ms'] / base['pass_ms']:8.2f} {r['wall_s'] / base['wall_s']:8.2f} "
+              f"{r['peak_rss_mib'] / base['peak_rss_mib']:9.2f}  "
               + " ".join(f"{r['checks'].get(c, float('nan')) / max(base['checks'].get(c, float('nan')), 1e-9):11.2f}"
                          for c in names))
     print(f"time_ratio={rows[-1]['wall_s'] / base['wall_s']:.2f}")
