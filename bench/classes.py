@@ -59,6 +59,8 @@ def one(k: int, samples: int, checks: list[str] | None, fast: bool, seed: int) -
         fc.weight[labels] = tiny.fc.weight
         fc.bias[labels] = tiny.fc.bias
     net = nn.Sequential(tiny.features, nn.Flatten(), fc).eval()
+    for p in net.parameters():  # as load_model leaves them
+        p.requires_grad_(False)
     names = [f"class_{i:05d}" for i in range(k)]
     model = AuditModel(net, ModelSpec(input_shape=(3, 16, 16), class_names=names)).finalize()
     x, y4 = make_patterns((samples + 3) // 4, seed=seed)

@@ -204,8 +204,9 @@ def _ascend_batch(model, x: torch.Tensor, tt: torch.Tensor, ids: torch.Tensor, r
         keep = conf < top if early_stop else torch.ones(len(active), dtype=torch.bool)
         if step == steps or not keep.any():
             break
-        (-lp.sum()).backward()
-        grad = xa.grad
+        # the input's gradient only: a model whose weights still require grad gets no weight
+        # gradients computed and kept (a K x D last layer's would cost as much as the pass)
+        (grad,) = torch.autograd.grad(-lp.sum(), xa, allow_unused=True)
         if grad is None or (step == 0 and not bool(grad.abs().sum() > 0)):
             raise RuntimeError("the input gradient is missing or zero")
         with torch.no_grad():
