@@ -116,3 +116,14 @@ def test_log_odds_of_many_classes_is_exact_without_the_dense_tensor():
     small = z[:4, :50]  # below the limit: the dense form, and the row form is its diagonal
     rows = torch.tensor([10, 3, 49, 0])
     assert torch.equal(search.row_log_odds(small, rows), search.log_odds(small, rows).diagonal())
+
+
+def test_fooling_caps_the_targets_and_samples_them_without_data(wide):
+    model, data = wide
+    kw = dict(methods=["gradient"], steps=1, garbage=[])
+    c, _ = _run(model, data, "fooling", max_classes=2, **kw)
+    assert len(c.data["targets"]) == 2 and set(c.data["targets"]) <= {f"c{k}" for k in LABELS}
+    c, images = _run(model, None, "fooling", max_classes=3, **kw)
+    assert len(c.data["targets"]) == 3
+    assert any(f.code == "fooling.classes_sampled" and "seeded sample" in f.message for f in c.findings)
+    assert images <= 3 * 3 + 8, images
