@@ -82,11 +82,10 @@ class CleanCheck(Check):
         res.metric("nll", float(r.nll.mean()))
         res.metric("samples", len(y))
         per_class = {}
-        for c in range(model.num_classes):
+        for c in torch.unique(y).tolist():  # the classes present: O(N x present), not O(N x K)
             m = y == c
-            if m.any():
-                per_class[c] = float(correct[m].float().mean())
-                res.rate("accuracy", int(correct[m].sum()), int(m.sum()), **{"class": names[c]})
+            per_class[c] = float(correct[m].float().mean())
+            res.rate("accuracy", int(correct[m].sum()), int(m.sum()), **{"class": names[c]})
         self._findings(res, model, acc, per_class, (ece, lo, hi), float(conf.mean()), len(y))
         self._images(res, data, names, y, pred, conf, correct, table, ece)
         res.summary = (f"accuracy {acc:.1%}, mean confidence {float(conf.mean()):.1%}, ECE {ece:.3f}"

@@ -27,8 +27,12 @@ says "unrecognizable" only when the images lie beyond that, "synthesized images"
 robust model's gradient ascent draws recognizable class images, Santurkar et al. 2019). The
 chance level 1/K is stated beside the threshold. The galleries let a reviewer judge.
 
-Targets: every class when the model has at most ``max_classes`` classes; otherwise a seeded
-sample of ``max_classes`` plus any classes named in ``classes`` (always included). Images are
+Targets: every class when the model has at most ``max_classes`` classes; otherwise the
+classes named in ``classes`` (always included) plus, up to ``max_classes`` in all, the
+classes the data brings up (its labels, then the model's top-1 predictions on it, most
+frequent first: :func:`audit.targets.data_classes`), or without data a seeded sample. Every
+part of the check (searches, confidences, reports) costs in proportion to the targets, not
+to the model's output count (:func:`.search.log_odds`). Images are
 at the model's input size, in its bounds.
 
 Work units: tag ``searches``, one per part of each method in ``methods`` order (gradient
@@ -60,6 +64,7 @@ from audit.published import FoolingImages
 from audit.records import record
 from audit.registry import Check, Unit, register_check
 from audit.results import CheckResult
+from audit.targets import data_classes
 
 from .garbage import KINDS, measure_garbage
 from .methods import SearchSetup, get_method, part_generator, registered_methods
@@ -94,11 +99,11 @@ class GarbageRecord:
 @dataclass(frozen=True)
 class _Plan:
     """What ``units`` and ``summarize`` share: the seed base and the targets (ascending class
-    indices), and whether they are a sample."""
+    indices), and how they were chosen."""
 
     base: int
     targets: list[int]
-    sampled: bool
+    sampled: str  #: "" all classes; "data" the data's classes (audit/targets.py); "sample" a seeded sample
 
 
 @register_check("fooling")
@@ -135,14 +140,17 @@ class FoolingCheck(Check):
         "fooling.overconfident_on_garbage": "(warn) a kind of garbage input (noise, blank, stripes, checkerboard) "
                                             "gets >= 0.99 confidence in at least `garbage_share` of its samples",
         "fooling.gradient_unavailable": "(info) no usable input gradient: the gradient method was skipped",
-        "fooling.classes_sampled": "(info) the model has more than `max_classes` classes; a seeded sample was targeted",
+        "fooling.classes_sampled": "(info) the model has more than `max_classes` classes; the data's classes (labels, "
+                                   "top-1 predictions) or, without data, a seeded sample were targeted",
     }
 
     @dataclass
     class Options:
         methods: list[MethodName] = opt(lambda: list(METHODS), doc="which searches run (attacks/fooling/methods.py)")
         classes: list[int | str] = opt(list, min=0, doc="class names or indices always targeted")
-        max_classes: int = opt(100, min=0, doc="all classes when at most this many, else a seeded sample of this size")
+        max_classes: int = opt(100, min=0, doc="all classes when at most this many, else at most this many of the "
+                                               "data's classes (labels, top-1 predictions), without data a seeded "
+                                               "sample of this size")
         threshold: float = opt(0.99, min=0, max=1, doc="a class is fooled when its best image reaches this "
                                                        "confidence (strictly between 0 and 1)")
         most_classes: float = opt(0.5, min=0, max=1, doc="fooling.most_classes_fooled when a fooling_rate exceeds this")
@@ -190,9 +198,10 @@ class FoolingCheck(Check):
             self._plan_cache = _Plan(base, *self._targets(ctx, part_generator(base, "targets")))
         return self._plan_cache
 
-    def _targets(self, ctx, gen: torch.Generator) -> tuple[list[int], bool]:
-        """(target class indices in ascending order, whether they are a sample); a class
-        named in ``classes`` that the model lacks is a ConfigError."""
+    def _targets(self, ctx, gen: torch.Generator) -> tuple[list[int], str]:
+        """(target class indices in ascending order, how they were chosen when not all:
+        "data" or "sample"); a class named in ``classes`` that the model lacks is a
+        ConfigError."""
         names = ctx.model.class_names
         k = ctx.model.num_classes
         named: list[int] = []
@@ -208,9 +217,12 @@ class FoolingCheck(Check):
             if i not in named:
                 named.append(i)
         if k <= self.options.max_classes:
-            return list(range(k)), False
-        rest = [i for i in torch.randperm(k, generator=gen).tolist() if i not in named]
-        return sorted(named + rest[:max(0, self.options.max_classes - len(named))]), True
+            return list(range(k)), ""
+        data = ctx.data
+        seen = data_classes(getattr(data, "y", None), ctx.logits)
+        pool = seen if seen else torch.randperm(k, generator=gen).tolist()
+        rest = [i for i in pool if i not in named]
+        return sorted(named + rest[:max(0, self.options.max_classes - len(named))]), "data" if seen else "sample"
 
     # ------------------------------------------------------------------ contract
     def units(self, ctx) -> list[Unit]:
@@ -262,8 +274,10 @@ class FoolingCheck(Check):
         res.data["targets"] = [names[t] for t in targets]
         if plan.sampled:
             res.finding("info", "fooling.classes_sampled",
-                        f"The model has {ctx.model.num_classes} classes; {len(targets)} were targeted (a seeded sample "
-                        f"plus {len(o.classes)} named). Raise max_classes to target more.")
+                        f"The model has {ctx.model.num_classes} classes; {len(targets)} were targeted ("
+                        + ("the data's labels and the model's top-1 predictions on it" if plan.sampled == "data"
+                           else "a seeded sample") + f" plus {len(o.classes)} named). Name classes in classes or raise "
+                        "max_classes to target more.")
         searches = [r for r in records if isinstance(r, SearchRecord)]
         timings: dict[str, float] = {}
         summary: dict = {}

@@ -57,18 +57,51 @@ class SearchResult:
                    used=max(p.used for p in parts), notes=[n for p in parts for n in p.notes])
 
 
+#: ``log_odds`` builds the (rows, targets, classes) tensor of the textbook form up to this many
+#: elements (bit-identical to earlier releases); beyond, :func:`_others_logsumexp` in O(rows x classes)
+DENSE_LIMIT = 2**22
+
+
 def log_odds(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log(p_t / (1 - p_t))`` for each row and each target column: (N, T). Unlike the
-    log-probability it does not saturate at 0 as ``p_t`` nears 1 in float32, so a search can
-    still tell 0.99999 from 0.9999."""
+    """``log(p_t / (1 - p_t))`` for each row and each target column: (N, T) float32 from
+    ``logits`` (N, K) and ``targets`` (T,) class indices. Unlike the log-probability it does
+    not saturate at 0 as ``p_t`` nears 1 in float32, so a search can still tell 0.99999 from
+    0.9999. Time and memory O(N x (K + T)) once N x T x K exceeds :data:`DENSE_LIMIT` (a
+    model with thousands of classes), O(N x T x K) below."""
     z = logits.float()
     n, k = z.shape
     zt = z[:, targets]  # (N, T)
     if k == 1:
         return zt
+    if n * len(targets) * k > DENSE_LIMIT:
+        return zt - _others_logsumexp(z, targets)
     others = z.unsqueeze(1).expand(n, len(targets), k).clone()
     others[:, torch.arange(len(targets)), targets] = float("-inf")
     return zt - others.logsumexp(-1)
+
+
+def row_log_odds(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """:func:`log_odds` of one target per row: (N,) from ``logits`` (N, K) and ``targets``
+    (N,), in O(N x K) (the diagonal of ``log_odds(logits, targets)``, the same numbers)."""
+    z = logits.float()
+    if z.shape[1] == 1:
+        return z[:, 0]
+    rows = torch.arange(len(z), device=z.device)
+    others = z.clone()
+    others[rows, targets] = float("-inf")
+    return z[rows, targets] - others.logsumexp(-1)
+
+
+def _others_logsumexp(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` of each row of ``z`` (N, K) over every class but each target: (N, T).
+    With ``m`` the row's maximum and ``s = sum exp(z - m)``: a target that is not the row's
+    argmax leaves the argmax's term 1 in the sum, so ``s - exp(z_t - m) >= s / 2`` loses no
+    precision to cancellation; for the argmax itself the sum is taken with it masked out."""
+    m, arg = z.max(1, keepdim=True)
+    e = (z - m).exp()
+    rest = m + (e.sum(1, keepdim=True) - e[:, targets]).log()
+    masked = z.scatter(1, arg, float("-inf")).logsumexp(1, keepdim=True)
+    return torch.where(arg == targets.view(1, -1), masked, rest)
 
 
 def _record_first(first: dict[float, list[int | None]], conf: torch.Tensor, at: int) -> None:
@@ -135,16 +168,6 @@ def gradient_ascent(model: Callable[[torch.Tensor], torch.Tensor], targets: list
     return SearchResult(list(targets), images, best.tolist(), pred, pconf, first, used)
 
 
-def _log_odds_rows(logits: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-    """:func:`log_odds` of each row for its own target ``tt`` (N,): (N,), without the (N, N, K)
-    intermediate."""
-    z = logits.float()
-    zt = z.gather(1, tt[:, None]).squeeze(1)
-    if z.shape[1] == 1:
-        return zt
-    return zt - z.scatter(1, tt[:, None], float("-inf")).logsumexp(1)
-
-
 class _Best:
     """The best image per target so far (by log-odds), its confidence and the first step
     at which each level was reached, all on ``device`` (no host-device copy per step);
@@ -163,7 +186,7 @@ class _Best:
         """Keep the images ``x`` (rows ``g`` of the targets, ``tt`` their classes, ``live`` (m,)
         bool the rows still optimized) that beat their target's best; returns their
         confidences (m,) on the device."""
-        lo_t = _log_odds_rows(logits.detach(), tt)
+        lo_t = row_log_odds(logits.detach(), tt)
         conf = lp.detach().exp()
         better = (lo_t > self.best_lo[g]) & live
         self.images[g] = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x.detach(), self.images[g])
@@ -206,8 +229,9 @@ def _ascend_batch(model, x: torch.Tensor, tt: torch.Tensor, ids: torch.Tensor, r
         sync = (step + 1) % every == 0
         if step == steps or (sync and not bool(keep.any())):
             break
-        (-lp.sum()).backward()
-        grad = xa.grad
+        # the input's gradient only: a model whose weights still require grad gets no weight
+        # gradients computed and kept (a K x D last layer's would cost as much as the pass)
+        (grad,) = torch.autograd.grad(-lp.sum(), xa, allow_unused=True)
         if grad is None or (step == 0 and not bool(grad.abs().sum() > 0)):
             raise RuntimeError("the input gradient is missing or zero")
         with torch.no_grad():

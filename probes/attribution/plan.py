@@ -188,11 +188,11 @@ def select_images(ctx, *, per_class: int, mistakes: int, adversarial: int):
         return None
     g = ctx.generator
     preds, conf = ctx.preds, ctx.probs.max(1).values
-    k = ctx.model.num_classes
     by_class = []
-    for c in range(k):
+    hits = data.y[preds == data.y]
+    for c in torch.unique(hits).tolist():  # the classes with a correct image (ascending): not O(N x K)
         idx = ((data.y == c) & (preds == c)).nonzero()[:, 0]
-        idx = idx[torch.randperm(len(idx), generator=g)][:per_class]
+        idx = idx[torch.randperm(len(idx), generator=g)][:per_class]  # (an empty class drew nothing either)
         by_class.append(idx.tolist())
     chosen = [cl[j] for j in range(per_class) for cl in by_class if j < len(cl)]
     groups = ["correct"] * len(chosen)

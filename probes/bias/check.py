@@ -30,6 +30,11 @@ over classes x concepts x layers when ``bonferroni``), mean TCAV score at least
 ``min_score`` and above the random CAVs' (the direction), and flip rate above the control by at least ``min_flip`` with McNemar p below
 ``alpha`` (Bonferroni-corrected over classes x concepts).
 
+Classes: ``classes`` when named; all when the model has at most ``max_classes``; beyond, the
+classes the data brings up (labels, then the model's top-1 predictions; at most
+``max_classes``: :mod:`audit.targets`), so a model with thousands of outputs costs what its
+tested classes cost; the Bonferroni corrections count the tested classes.
+
 Work units: ``tcav:i`` for each probed layer (its CAVs, every class's TCAV scores and the
 class_viz tie), ``control:0`` and ``paste:j`` for each concept (the predictions on the pasted
 images). Every random choice is drawn up front (:mod:`probes.bias.plan`). Reads
@@ -104,7 +109,10 @@ class BiasCheck(Check):
         layers: list[str] = opt(list, doc="layer names (named_modules); empty = the last n_layers convolutions")
         n_layers: int = opt(2, min=1, doc="convolutions probed by default")
         space: Literal["pooled", "flatten"] = opt("pooled", doc="CAV space: spatial mean, or Kim et al.'s C*H*W")
-        classes: list[str | int] = opt(list, doc="classes tested (names or indices); empty = all")
+        classes: list[str | int] = opt(list, doc="classes tested (names or indices); empty = all (up to max_classes)")
+        max_classes: int = opt(100, min=1, doc="all classes when `classes` is empty and the model has at most this "
+                                               "many; beyond, at most this many of the data's labels and top-1 "
+                                               "predictions (audit/targets.py)")
         max_per_class: int = opt(50, min=1, doc="images per class for TCAV")
         runs: int = opt(20, min=1, doc="TCAV runs, each against a fresh random set drawn from the random pool")
         random_pool: int = opt(150, min=2, doc="images drawn from the data as random counter-examples when there "
@@ -206,3 +214,5 @@ class BiasCheck(Check):
                                 "concepts": {n: len(x) for n, x in plan.concepts.items()}, "base_images": n_base}
         if plan.random_note:
             res.data["settings"]["note"] = plan.random_note
+        if plan.classes_note:
+            res.data["settings"]["classes_note"] = plan.classes_note

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from probes.selection import select_classes
+from audit.targets import data_classes, select_classes
 
 from .concepts import load_concepts, random_from_data
 from .insertion import paste_at, pick_exemplars, usable_exemplars
@@ -35,6 +35,7 @@ class BiasPlan:
     concepts: dict[str, torch.Tensor] = field(default_factory=dict)
     randoms: dict[str, torch.Tensor] = field(default_factory=dict)
     random_note: str = ""
+    classes_note: str = ""  #: how the classes were chosen when not all (audit.targets.select_classes)
     pool: torch.Tensor | None = None
     classes: list[int] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
@@ -63,8 +64,11 @@ def make_plan(ctx, o) -> BiasPlan:
     note = ""
     if len(randoms) == 0:
         randoms, note = random_from_data(data.x, o.random_pool, g)
+    many = len(model.class_names) > o.max_classes
+    classes, classes_note = select_classes(model.class_names, list(o.classes), o.max_classes,
+                                           data_classes(data.y, ctx.logits) if many else None, "[checks.bias]")
     plan = BiasPlan(concepts=concepts, randoms=randoms, random_note=note, pool=torch.cat(list(randoms.values())),
-                    classes=select_classes(model.class_names, list(o.classes), len(model.class_names))[0])
+                    classes=classes, classes_note=classes_note)
     layers, fired = probe_layers(model, list(o.layers), o.n_layers, data.x[:1])
     if fired:
         plan.layers = layers

@@ -25,8 +25,14 @@ Metrics (``class`` = the visualized class):
 
 Work units: tag ``classes``, chunks of ``batch_size`` (class, seed) pictures; tag
 ``channels``, chunks of ``batch_size`` channels (option ``channels``). Each unit's pictures
-come from its own generator. Nothing is optimized when the model has no usable input
-gradient (``ctx.gradient_problem``).
+come from its own generator.
+
+Classes: ``classes`` when named; all when the model has at most ``max_classes``; beyond, the
+classes the data brings up (its labels, then the model's top-1 predictions on it; at most
+``max_classes``), or without data ``max_classes`` evenly spaced ones
+(:mod:`audit.targets`). The work follows the classes visualized, not the model's output
+count. Nothing is optimized when the model has no usable input gradient
+(``ctx.gradient_problem``).
 
 Publishes ``class_viz.images`` (:class:`audit.published.ClassVizImages`).
 """
@@ -47,9 +53,8 @@ from audit.published import ClassVizImages
 from audit.records import record
 from audit.registry import Check, Unit, register_check
 from audit.results import CheckResult
+from audit.targets import data_classes, select_classes
 from probes.layers import capture, conv_layers, default_layers, model_hookable
-
-from probes.selection import select_classes
 
 from .figures import channel_caption, channels_png, class_caption, gallery_png
 from .optimize import visualize
@@ -133,7 +138,8 @@ class ClassVizCheck(Check):
                                                "(seeds > 1)")
         objective: Literal["logit", "logit_minus_mean"] = opt("logit", doc="what a class picture maximizes")
         classes: list[int | str] = opt(list, min=0, doc="class names or indices; empty = all (up to max_classes)")
-        max_classes: int = opt(64, min=1, doc="most classes visualized when `classes` is empty (evenly thinned)")
+        max_classes: int = opt(64, min=1, doc="most classes visualized when `classes` is empty: beyond, the data's "
+                                              "labels and top-1 predictions (audit/targets.py), else evenly thinned")
         batch_size: int = opt(64, min=1, doc="pictures optimized together (a work unit)")
         decay: float = opt(1.0, min=0, doc="spectrum scaling 1/f**decay")
         rotate_deg: float = opt(10.0, min=0, max=180, doc="largest random rotation, degrees")
@@ -166,7 +172,9 @@ class ClassVizCheck(Check):
             image_hw = (max(ih, round(ih * f)), max(iw, round(iw * f)))
         else:
             image_hw = (ih, iw)
-        classes, note = select_classes(model.class_names, list(o.classes), o.max_classes)
+        data = ctx.data
+        seen = data_classes(getattr(data, "y", None), ctx.logits) if len(model.class_names) > o.max_classes else None
+        classes, note = select_classes(model.class_names, list(o.classes), o.max_classes, seen)
         targets = [k for k in classes for _ in range(o.seeds)]
         plan = _Plan(classes, note, targets, [s for _ in classes for s in range(o.seeds)], image_hw,
                      min(len(targets), max(1, o.batch_size)) * ih * iw, ctx.gradient_problem)
