@@ -32,6 +32,10 @@ class Counting(nn.Module):
         return self.net(x)
 
 
+#: images the fast path runs to size its batch from free memory and check the layout (audit.fastpath)
+FAST_PATH_PROBE = 2
+
+
 @pytest.fixture(scope="module")
 def wide(tiny_net):
     """The trained tiny CNN with its 4 output rows moved to LABELS of K outputs (small random
@@ -75,7 +79,7 @@ def test_fooling_targets_the_data_classes_and_its_queries_follow_them(wide):
     t = len(targets)
     # gradient: (steps + 1) passes and a prediction per target; evolution: its budget per target,
     # plus the elites rendered once more; the clean pass over the data: len(data)
-    bound = (steps + 2) * t + 2 * (queries * t + t) + len(data)
+    bound = (steps + 2) * t + 2 * (queries * t + t) + len(data) + FAST_PATH_PROBE
     assert images <= bound, (images, bound)
 
 
@@ -126,4 +130,4 @@ def test_fooling_caps_the_targets_and_samples_them_without_data(wide):
     c, images = _run(model, None, "fooling", max_classes=3, **kw)
     assert len(c.data["targets"]) == 3
     assert any(f.code == "fooling.classes_sampled" and "seeded sample" in f.message for f in c.findings)
-    assert images <= 3 * 3 + 8, images
+    assert images <= 3 * 3 + 8 + FAST_PATH_PROBE, images
