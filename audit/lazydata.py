@@ -6,8 +6,9 @@ list, an index tensor or a boolean mask returns the float32 images in [0, 1] as 
 decoded then. The whole set is never held: a set of 50,000 ImageNet-sized images (about 30 GB
 as float32) is read batch by batch by the clean pass, and the heavier checks index their
 stratified subsets. Decoding runs on a thread pool (PIL and torch release the GIL while they
-decode and resize), and a request for consecutive rows ``[a, b)`` starts decoding ``[b, 2b - a)``
-in the background, so the next batch is ready while the model runs on this one.
+decode and resize), and a request for consecutive rows ``[a, b)`` starts decoding the next span of that size
+in the background (:data:`AHEAD` batches ahead), so the next batch is ready while the model
+runs on this one. Each image is written into its row of the batch tensor (no stacking copy).
 
 :func:`should_be_lazy` decides: a folder whose images would take more than
 :data:`LAZY_BYTES` as float32 is loaded lazily (``AUDIT_LAZY_BYTES`` overrides, in bytes), and
@@ -27,6 +28,8 @@ __all__ = ["LazyImages", "should_be_lazy", "LAZY_BYTES", "float_bytes"]
 
 #: float32 bytes of a data set over which its images are decoded on demand (1 GiB)
 LAZY_BYTES = 1 << 30
+#: batches decoded ahead of the one asked for (consecutive reads: the clean pass)
+AHEAD = 1
 
 
 def float_bytes(n: int, shape: Sequence[int]) -> int:
@@ -62,7 +65,7 @@ class LazyImages:
         self.shape = torch.Size((len(self._rows), *(int(s) for s in shape)))
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._ahead: tuple[tuple[int, int], list[Future]] | None = None
+        self._ahead: list[tuple[tuple[int, int], tuple[torch.Tensor, list[Future]]]] = []
 
     @classmethod
     def from_uint8(cls, x: torch.Tensor) -> "LazyImages":
@@ -130,36 +133,51 @@ class LazyImages:
                 self._pool = ThreadPoolExecutor(_workers(), thread_name_prefix="audit-decode")
             return self._pool
 
-    def _submit(self, positions: list[int]) -> list[Future]:
+    def _submit(self, positions: list[int]) -> tuple[torch.Tensor, list[Future]]:
+        """Decode ``positions`` on the pool, each image written into its row of one batch
+        tensor (no stacking copy afterwards); returns the tensor and the futures."""
         pool = self._executor()
-        return [pool.submit(self._load_one, int(self._rows[p])) for p in positions]
+        out = torch.empty((len(positions), *self.shape[1:]), dtype=torch.float32)
+
+        def one(j: int, p: int) -> None:
+            out[j].copy_(self._load_one(int(self._rows[p])))
+
+        return out, [pool.submit(one, j, p) for j, p in enumerate(positions)]
 
     def _decode(self, pos: torch.Tensor) -> torch.Tensor:
         if len(pos) == 0:
             return torch.empty((0, *self.shape[1:]), dtype=torch.float32)
         p = pos.tolist()
-        consecutive = p == list(range(p[0], p[0] + len(p)))
-        ahead, self._ahead = self._ahead, None
-        if consecutive and ahead is not None and ahead[0] == (p[0], p[0] + len(p)):
-            futures = ahead[1]
-        else:
-            if ahead is not None:
-                for f in ahead[1]:
-                    f.cancel()
-            futures = self._submit(p) if len(p) > 1 else None
-        if consecutive and len(p) > 1 and p[-1] + 1 < len(self):  # the next batch, while the model runs
-            nxt = list(range(p[-1] + 1, min(len(self), p[-1] + 1 + len(p))))
-            self._ahead = ((nxt[0], nxt[-1] + 1), self._submit(nxt))
-        if futures is None:
+        if len(p) == 1:
             return self._load_one(int(self._rows[p[0]]))[None]
-        return torch.stack([f.result() for f in futures])
+        span = (p[0], p[0] + len(p))
+        consecutive = p == list(range(*span))
+        ahead, self._ahead = self._ahead, []
+        if consecutive and ahead and ahead[0][0] == span:
+            (_, (out, futures)), ahead = ahead[0], ahead[1:]
+        else:
+            for _, (_, fs) in ahead:
+                for f in fs:
+                    f.cancel()
+            ahead = []
+            out, futures = self._submit(p)
+        if consecutive:  # the next batches, decoded while the model runs on this one
+            end = ahead[-1][0][1] if ahead else span[1]
+            while len(ahead) < AHEAD and end < len(self):
+                nxt = (end, min(len(self), end + len(p)))
+                ahead.append((nxt, self._submit(list(range(*nxt)))))
+                end = nxt[1]
+        self._ahead = ahead
+        for f in futures:
+            f.result()
+        return out
 
     def __repr__(self) -> str:
         return f"LazyImages(shape={tuple(self.shape)}, decoded on demand)"
 
     def __getstate__(self):  # no thread pool or pending work across processes
         d = dict(self.__dict__)
-        d["_pool"], d["_ahead"], d["_lock"] = None, None, None
+        d["_pool"], d["_ahead"], d["_lock"] = None, [], None
         return d
 
     def __setstate__(self, d) -> None:

@@ -100,6 +100,7 @@ class AuditModel(nn.Module):
                 self._buffers[name] = t.to(self._buffers[name].device)
             else:
                 self.register_buffer(name, t, persistent=False)
+        self._identity_norm = all(v == 0 for v in (mean or [0.0])) and all(v == 1 for v in (std or [1.0]))
         if std is not None and any(s <= 0 for s in std):
             raise UsageError(f"--std {','.join(f'{s:g}' for s in std)}: std values must be positive; pass the "
                              "positive per-channel std the model was trained with")
@@ -126,7 +127,9 @@ class AuditModel(nn.Module):
         normalized ``x``, in ``fixed_batch`` chunks when set (a short last chunk padded with
         copies of its last image, the padding cut off)."""
         net = self.net if net is None else net
-        z = (x - self.mean) / self.std
+        # one new tensor either way (a network that writes into its input never touches the caller's):
+        # a plain copy for the identity normalization, else the subtraction divided in place
+        z = x.clone() if self._identity_norm else (x - self.mean).div_(self.std)
         if self.in_dtype is not None:
             z = z.to(self.in_dtype)
         if self.fixed_batch is None or z.shape[0] == self.fixed_batch:
