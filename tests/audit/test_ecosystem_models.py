@@ -360,3 +360,59 @@ def test_the_cli_audits_a_transformers_folder(models, folders, tmp_path):
     validate_result(res)
     assert res["model"]["format"] == "transformers" and res["model"]["class_names"] == list(PATTERNS)
     assert res["model"]["spec_sources"]["mean"] == "hf config" and res["model"]["sha256"]
+
+
+@pytest.mark.parametrize("side", [(40, 40), (36, 48)])
+def test_timm_crop_pct_on_other_image_sizes_equals_timms_own_pipeline(models, tmp_path, side):
+    """Images larger than the input (square and not): the folder's crop_pct 0.9 and bicubic
+    resize are applied as timm's own create_transform applies them (shorter side to
+    32 / 0.9, center crop 32), pixel for pixel, so the clean accuracy is timm's."""
+    import timm
+    from PIL import Image
+
+    folder = eco.save_timm_folder(models["timm_vit_net"], tmp_path / "m", crop_pct=0.9)
+    x, y = eco.patterns(32, 4, seed=5)
+    data_dir = tmp_path / "d"
+    for i, (img, c) in enumerate(zip(x, y.tolist())):
+        (data_dir / eco.PATTERNS[c]).mkdir(parents=True, exist_ok=True)
+        a = (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(a).resize((side[1], side[0]), Image.BICUBIC).save(data_dir / eco.PATTERNS[c] / f"{i}.png")
+    net = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    cfg = timm.data.resolve_data_config(model=net)
+    assert cfg["crop_pct"] == 0.9
+    tf = timm.data.create_transform(**cfg)
+    model = load_model(folder, device="cpu")
+    data = load_data(data_dir, model=model)
+    theirs = torch.stack([tf(Image.open(data_dir / i).convert("RGB")) for i in data.ids])  # in our order
+    ys = [eco.PATTERNS.index(i.split("/")[0]) for i in data.ids]
+    assert any("preprocessing: shorter side" in n for n in data.notes), data.notes
+    ours = (data.x - model.mean) / model.std  # the same tensor the network sees
+    assert torch.allclose(ours, theirs, atol=2e-5), float((ours - theirs).abs().max())
+    with torch.no_grad():
+        own = _accuracy(net(theirs).argmax(1), ys)
+    assert _clean_accuracy(model, data_dir) == pytest.approx(own, abs=1e-9)
+
+
+def test_hf_shortest_edge_crop_on_other_image_sizes_matches_the_image_processor(models, tmp_path):
+    """A ConvNeXt-style processor (shortest edge 32 / crop_pct 0.875, then a 32x32 center
+    crop, bicubic) on 43x40 images (resized to 38x36: an even crop margin, where transformers'
+    floor((h - 32) / 2) and torchvision's round() agree; docs/models-and-data.md says where they
+    do not): the pixels the network sees are the processor's within one 8-bit level."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    folder = models["hf_resnet"]
+    x, y = eco.patterns(32, 3, seed=6)
+    data_dir = tmp_path / "d"
+    for i, (img, c) in enumerate(zip(x, y.tolist())):
+        (data_dir / eco.PATTERNS[c]).mkdir(parents=True, exist_ok=True)
+        a = (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(a).resize((40, 43), Image.BICUBIC).save(data_dir / eco.PATTERNS[c] / f"{i}.png")
+    proc = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    model = load_model(folder, device="cpu")
+    data = load_data(data_dir, model=model)
+    theirs = proc([Image.open(data_dir / i).convert("RGB") for i in data.ids], return_tensors="pt")["pixel_values"]
+    ours = (data.x - model.mean) / model.std
+    assert ours.shape == theirs.shape
+    step = float((1 / 255) / model.std.min())  # one 8-bit level after normalization
+    assert float((ours - theirs).abs().max()) <= step + 1e-5
