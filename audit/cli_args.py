@@ -9,34 +9,28 @@ from .preprocess import INTERPOLATIONS, MODES
 from .version import __version__
 
 
-def _positive_int(text: str) -> int:
+def _number(text: str, kind: type, ok, want: str):
+    """``text`` parsed as ``kind`` (int or float), checked by ``ok``; an argparse error saying
+    what is wanted (argparse turns it into one line, exit 4) otherwise."""
     try:
-        v = int(text)
+        v = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"{text!r} must be {want}")
     return v
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "at least 1")
 
 
 def _tolerance(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if v != v or v in (float("inf"), float("-inf")) or v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
-    return v
+    return _number(text, float, lambda v: v == v and abs(v) != float("inf") and v >= 0, "a finite number >= 0")
 
 
 def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a fraction in (0, 1], e.g. 0.875")
-    return v
+    return _number(text, float, lambda v: 0 < v <= 1, "a fraction in (0, 1], e.g. 0.875")
 
 
 class _Parser(argparse.ArgumentParser):
