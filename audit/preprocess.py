@@ -53,6 +53,9 @@ class Preprocess:
     crop_pct: float = 1.0
     interpolation: str = "bilinear"
     origin: str = "--resize"
+    #: where an odd crop margin puts the crop: ``round`` (torchvision's ``CenterCrop``, timm) or
+    #: ``floor`` (a transformers image processor's ``center_crop``: ``(h - H) // 2``)
+    crop_offset: str = "round"
 
     def resize_size(self, size: tuple[int, int]) -> tuple[int, int] | int:
         """What ``Resize`` gets for an output of ``size`` (H, W): (H, W) to stretch; the shorter
@@ -75,7 +78,8 @@ class Preprocess:
         mode = v2.InterpolationMode(self.interpolation)
         steps = [v2.Resize(self.resize_size(size), interpolation=mode, antialias=True)]
         if self.mode == "shorter-crop":
-            steps.append(v2.CenterCrop([int(size[0]), int(size[1])]))
+            crop = [int(size[0]), int(size[1])]
+            steps.append(v2.CenterCrop(crop) if self.crop_offset == "round" else _FloorCrop(*crop))
         return v2.Compose(steps)
 
     def apply_pil(self, im, size: tuple[int, int]):
@@ -99,12 +103,27 @@ class Preprocess:
             return f"stretched to {h}x{w} ({self.interpolation}, aspect ratio not kept)"
         r = self.resize_size(size)
         first = f"shorter side resized to {r}" if isinstance(r, int) else f"resized to {r[0]}x{r[1]}"
-        return f"{first}, center-cropped to {h}x{w} (crop_pct {self.crop_pct:.4g}, {self.interpolation})"
+        floor = ", crop offset rounded down as transformers does" if self.crop_offset == "floor" else ""
+        return f"{first}, center-cropped to {h}x{w} (crop_pct {self.crop_pct:.4g}, {self.interpolation}{floor})"
 
     def note(self, size: tuple[int, int], resized: int, total: int) -> str:
         """The data note: what was applied, where it came from, to how many images."""
         rest = f" (the others were already {int(size[0])}x{int(size[1])})" if resized < total else ""
         return f"preprocessing: {self.describe(size)}, from {self.origin}; applied to {resized} of {total} images{rest}"
+
+
+class _FloorCrop:
+    """A center crop to (H, W) whose offsets are ``(h - H) // 2`` and ``(w - W) // 2``, as
+    transformers' image processors take them (torchvision rounds half a pixel up)."""
+
+    def __init__(self, h: int, w: int) -> None:
+        self.h, self.w = h, w
+
+    def __call__(self, img):
+        from torchvision.transforms.v2 import functional as F
+
+        ih, iw = F.get_size(img)
+        return F.crop(img, max(0, (ih - self.h) // 2), max(0, (iw - self.w) // 2), self.h, self.w)
 
 
 def _check(mode, crop_pct, interpolation, model: bool = False) -> None:
@@ -153,4 +172,7 @@ def resolve_preprocess(spec=None, *, resize: bool = False, resize_mode: str | No
         model if declared else "--resize (the model declares no preprocessing: the default stretch)")
     if mode == "shorter-crop" and crop_pct is None and s_pct is None:
         origin += f"; crop_pct is the default {DEFAULT_CROP_PCT}"
-    return Preprocess(mode, float(pct) if mode == "shorter-crop" else 1.0, interp, origin)
+    hf = "hf config" in (sources.get("resize_mode"), sources.get("crop_pct")) and resize_mode is None \
+        and crop_pct is None  # the processor's own crop, not one the flags made
+    return Preprocess(mode, float(pct) if mode == "shorter-crop" else 1.0, interp, origin,
+                      "floor" if hf else "round")

@@ -393,11 +393,12 @@ def test_timm_crop_pct_on_other_image_sizes_equals_timms_own_pipeline(models, tm
     assert _clean_accuracy(model, data_dir) == pytest.approx(own, abs=1e-9)
 
 
-def test_hf_shortest_edge_crop_on_other_image_sizes_matches_the_image_processor(models, tmp_path):
+@pytest.mark.parametrize("height", [43, 48])
+def test_hf_shortest_edge_crop_on_other_image_sizes_matches_the_image_processor(models, tmp_path, height):
     """A ConvNeXt-style processor (shortest edge 32 / crop_pct 0.875, then a 32x32 center
-    crop, bicubic) on 43x40 images (resized to 38x36: an even crop margin, where transformers'
-    floor((h - 32) / 2) and torchvision's round() agree; docs/models-and-data.md says where they
-    do not): the pixels the network sees are the processor's within one 8-bit level."""
+    crop, bicubic) on 43x40 and 48x40 images (resized to 38x36 and 43x36: an even and an odd
+    crop margin, where transformers' offset (h - 32) // 2 differs from torchvision's rounding):
+    the pixels the network sees are the processor's within one 8-bit level."""
     from PIL import Image
     from transformers import AutoImageProcessor
 
@@ -407,7 +408,7 @@ def test_hf_shortest_edge_crop_on_other_image_sizes_matches_the_image_processor(
     for i, (img, c) in enumerate(zip(x, y.tolist())):
         (data_dir / eco.PATTERNS[c]).mkdir(parents=True, exist_ok=True)
         a = (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-        Image.fromarray(a).resize((40, 43), Image.BICUBIC).save(data_dir / eco.PATTERNS[c] / f"{i}.png")
+        Image.fromarray(a).resize((40, height), Image.BICUBIC).save(data_dir / eco.PATTERNS[c] / f"{i}.png")
     proc = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
     model = load_model(folder, device="cpu")
     data = load_data(data_dir, model=model)
