@@ -184,8 +184,22 @@ def read_label_table(p: Path) -> list[tuple[str, str, int]]:
     return rows
 
 
+
+def inside(f: Path, base: Path) -> bool:
+    """Whether ``f`` (links followed) lies inside the folder ``base``."""
+    try:
+        return f.resolve().is_relative_to(base.resolve())
+    except (OSError, RuntimeError):
+        return False
+
 def _resolve_image(base: Path, rel: str, where: str) -> Path:
-    f = Path(rel) if Path(rel).is_absolute() else base / rel
+    """``base / rel`` checked: inside ``base`` (a listed ``../x`` or absolute path is refused: a
+    labels file from elsewhere must not pull other files of this machine into a report), an
+    existing regular file with an image extension. Raises :class:`DataError`."""
+    f = base / rel
+    if not inside(f, base):
+        raise DataError(f"{where}: image {rel!r} is outside {base}; list paths relative to {base}, with the images "
+                        "inside it")
     if not f.exists():
         raise DataError(f"{where}: image {rel!r} is not in {base}; fix the path (relative to {base}) or remove the line")
     if not is_regular(f):

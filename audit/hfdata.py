@@ -20,9 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .dataforms import LABEL_COLUMNS, Listing
+from .dataforms import LABEL_COLUMNS, Listing, inside
 from .errors import DataError
-from .files import shown
+from .files import MiB, regular_file, shown
 from .layouts import EVAL_SPLITS, TRAIN_SPLITS
 
 __all__ = ["is_hf_data", "list_hf"]
@@ -133,7 +133,12 @@ def _source(col, i: int, base: Path, where: str):
             if v.get("bytes"):
                 return v["bytes"]
             if v.get("path"):
-                f = Path(v["path"]) if Path(v["path"]).is_absolute() else base / v["path"]
+                f = base / v["path"]
+                if not inside(f, base):
+                    raise DataError(f"{where} row {i}: the image path {v['path']!r} is outside {base}; save the dataset "
+                                    "with Dataset.save_to_disk, which embeds the images")
+                if f.exists():  # a FIFO or /dev/zero would never end (a missing file: the message below)
+                    regular_file(f, f"{where} row {i}: image file", error=DataError, max_bytes=256 * MiB)
                 try:
                     return f.read_bytes()
                 except OSError as e:

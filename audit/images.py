@@ -5,6 +5,7 @@ and the fitting of other sizes (:mod:`audit.preprocess`).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ __all__ = ["MAX_IMAGE_PIXELS", "decode_image", "image_channels", "image_tensor",
 MAX_IMAGE_PIXELS = 89_478_485
 
 
+#: held while PIL's own pixel limit is lifted to read a header (PIL keeps it in a global)
+_PIL_LIMIT = threading.Lock()
+
 def decode_image(path, size: tuple[int, int] | None = None, name: str | None = None):
     """The decoded image of ``path`` (a file, or a function returning its bytes; ``name`` in
     messages, the path by default). Its header is read first: an image of more than
@@ -41,11 +45,12 @@ def decode_image(path, size: tuple[int, int] | None = None, name: str | None = N
     limit = int(os.environ.get("AUDIT_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
     src, path = (io.BytesIO(path()), name) if callable(path) else (path, name or path)
     try:
-        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only; checked just below
-        try:
-            im = Image.open(src)
-        finally:
-            Image.MAX_IMAGE_PIXELS = pil_limit
+        with _PIL_LIMIT:  # decode threads (audit.lazydata) must not interleave the save and the restore
+            pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only; checked below
+            try:
+                im = Image.open(src)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil_limit
         with im:
             if im.width * im.height > limit:
                 raise DataError(f"{path} is {im.width}x{im.height} pixels, over the limit of {limit:,} for one image "

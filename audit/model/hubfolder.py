@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ModelLoadError
+from .messages import error_line
 from .hubconfig import HF_SOURCE, apply_hf_processor, apply_timm_config, hf_class_names
 from .messages import error_line
 from .request import Loaded, LoadRequest
@@ -202,10 +203,12 @@ def load_hf_folder(req: LoadRequest) -> Loaded:
     try:
         with _quiet():
             proc = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=req.trust)
-    except (OSError, ValueError, KeyError):
+    except Exception as e:  # noqa: BLE001 - missing, malformed, or needing a package: the model is still usable
         proc = None
-        notes.append("no preprocessor_config.json in the folder: input size, mean and std come from flags or the "
-                     "data (save the image processor with save_pretrained beside the model)")
+        missing = not (folder / "preprocessor_config.json").is_file()
+        notes.append(("no preprocessor_config.json in the folder" if missing else
+                      f"the image processor did not load ({error_line(e)})") + ": input size, mean and std come from "
+                     "flags or the data (save the image processor with save_pretrained beside the model)")
     if proc is not None:
         notes += apply_hf_processor(req.spec, proc, int(getattr(config, "num_channels", 3) or 3))
     req.spec.set("class_names", hf_class_names(config), HF_SOURCE)

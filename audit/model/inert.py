@@ -9,9 +9,12 @@ returns the real object only for the globals ``weights_only`` itself allows (ten
 functions, dtypes, ``OrderedDict``, ...: torch's own allow-list) and, for every other global,
 an :class:`Inert` stand-in class: calling it, instantiating it, or restoring its state only
 records the arguments; no function from the file is ever called and no module is imported.
+The pickle's BUILD (set an object's state) is refused on a class, function or module (it would
+``setattr`` on the real, allowed ones, changing the program), so only objects get state.
 """
 from __future__ import annotations
 
+import inspect
 import pickle
 import types
 import warnings
@@ -69,7 +72,20 @@ def _pickle_module(seen: set[str]) -> types.ModuleType:
     allowed = _allowed()
     made: dict[str, type] = {}
 
-    class Unpickler(pickle.Unpickler):
+    class Unpickler(pickle._Unpickler):  # the Python one: its BUILD can be refused below
+        dispatch = dict(pickle._Unpickler.dispatch)
+
+        def load_build(self) -> None:
+            """BUILD sets an object's state; on a class, function or module that would change the
+            program itself (``setattr`` on ``collections.Counter``), so only instances are built."""
+            target = self.stack[-2]
+            if isinstance(target, type) or inspect.isroutine(target) or inspect.ismodule(target):
+                raise pickle.UnpicklingError(f"the pickle sets the state of {getattr(target, '__qualname__', target)!r}, "
+                                             "a class or function, not an object")
+            pickle._Unpickler.load_build(self)
+
+        dispatch[pickle.BUILD[0]] = load_build
+
         def find_class(self, module: str, name: str) -> Any:
             full = f"{module}.{name}"
             if full in allowed:

@@ -57,9 +57,9 @@ def _nodes(graph) -> list:
 def custom_domains(proto) -> list[str]:
     """The operator domains ``proto``'s nodes (subgraphs and local functions included) call
     outside the standard ones and the file's own functions, sorted."""
-    local = {f.domain for f in proto.functions}
+    local = {(f.domain, f.name) for f in proto.functions}  # a call of the file's own function, by domain and name
     nodes = _nodes(proto.graph) + [n for f in proto.functions for n in f.node]
-    return sorted({n.domain for n in nodes} - STANDARD_DOMAINS - local)
+    return sorted({n.domain for n in nodes if (n.domain, n.op_type) not in local} - STANDARD_DOMAINS)
 
 
 def _the_input(proto, where: str):

@@ -267,3 +267,24 @@ def test_an_imagefolder_directory_loads_as_datasets_reads_it(tmp_path):
     ours = dict(zip(data.ids, data.y.tolist()))
     theirs = {"/".join(p.split("/")[-2:]): y for p, y in zip([im.filename for im in val["image"]], val["label"])}
     assert ours == theirs
+
+
+def test_a_labels_file_cannot_reach_outside_its_folder(tmp_path):
+    """`../x.png` and absolute paths are refused (one line naming the fix): a labels file from
+    elsewhere must not pull other images of this machine into a report."""
+    import numpy as np
+    from PIL import Image
+
+    from audit.data import load_data
+    from audit.errors import DataError
+
+    (tmp_path / "data").mkdir()
+    for name in ("data/a.png", "secret.png"):
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / name)
+    for line in ("../secret.png 0", f"{tmp_path / 'secret.png'} 0"):
+        (tmp_path / "labels.txt").write_text(f"a.png 0\n{line}\n")
+        with pytest.raises(DataError, match="is outside .*; list paths relative to") as e:
+            load_data(tmp_path / "data", labels_file=tmp_path / "labels.txt")
+        assert "\n" not in str(e.value)
+    (tmp_path / "labels.txt").write_text("a.png 0\n")
+    assert len(load_data(tmp_path / "data", labels_file=tmp_path / "labels.txt")) == 1
