@@ -130,6 +130,10 @@ def load_timm_folder(req: LoadRequest) -> Loaded:
     timm = _require("timm", "timm")
     folder = req.path
     wf = _needs_weights(folder, "timm")
+    if wf.name.endswith(".index.json"):  # timm reads one weights file: it would load a single shard
+        raise ModelLoadError(f"{folder} holds sharded weights ({wf.name}), which timm does not load from a folder; "
+                             "save the model as one file (timm.models.save_for_hf, or torch.save of its state_dict "
+                             "with --arch timm:NAME)")
     try:
         with _quiet():
             net = timm.create_model(f"local-dir:{folder}", pretrained=True)

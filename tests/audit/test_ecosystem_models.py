@@ -417,3 +417,15 @@ def test_hf_shortest_edge_crop_on_other_image_sizes_matches_the_image_processor(
     assert ours.shape == theirs.shape
     step = float((1 / 255) / model.std.min())  # one 8-bit level after normalization
     assert float((ours - theirs).abs().max()) <= step + 1e-5
+
+
+def test_a_sharded_timm_folder_is_refused_naming_one_file(models, tmp_path):
+    """timm loads one weights file from a folder: sharded weights would load one shard."""
+    import json
+
+    folder = eco.save_timm_folder(models["timm_vit_net"], tmp_path / "m")
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {}}))
+    with pytest.raises(ModelLoadError, match="sharded weights .*save the model as one file") as e:
+        load_model(folder, device="cpu")
+    assert "\n" not in str(e.value)
