@@ -4,6 +4,7 @@ exit 0 with the fix)."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -243,17 +244,16 @@ def fewer_folders_no_names(d, mp):
     return lambda: load_data(data, model=load(p)), fixed
 
 
+def _without(data, name: str, p):
+    """The fix those refusals name: remove class folder ``name``, then load again."""
+    shutil.rmtree(data / name)
+    return load_data(data, model=load(p))
+
+
 @refusal("the data has class folders 0..2 but the model has 2 outputs", "remove the folders 2..2")
 def more_numbered_folders_than_outputs(d, mp):
     p, data = intensity(d, 2), folder(d / "data", {"0": 0, "1": 1, "2": 1}, 2)
-
-    def fixed():
-        for f in (data / "2").iterdir():
-            f.unlink()
-        (data / "2").rmdir()
-        return load_data(data, model=load(p))
-
-    return lambda: load_data(data, model=load(p)), fixed
+    return lambda: load_data(data, model=load(p)), lambda: _without(data, "2", p)
 
 
 @refusal("--class-order sorted maps the 2 class folders", "--class-order numeric")
@@ -273,14 +273,7 @@ def numeric_order_out_of_range(d, mp):
 @refusal("data class folder 20 is out of range", r"remove the folder(s) 20")
 def numbered_folder_beyond_outputs(d, mp):
     p, data = intensity(d), folder(d / "data", {"0": 0, "20": 11})
-
-    def fixed():
-        for f in (data / "20").iterdir():
-            f.unlink()
-        (data / "20").rmdir()
-        return load_data(data, model=load(p))
-
-    return lambda: load_data(data, model=load(p)), fixed
+    return lambda: load_data(data, model=load(p)), lambda: _without(data, "20", p)
 
 
 # ----------------------------------------------------------------------------- files
