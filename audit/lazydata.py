@@ -60,8 +60,8 @@ class LazyImages:
 
     def __init__(self, n: int, shape: Sequence[int], load_one: Callable[[int], torch.Tensor],
                  key: Callable[[int], bytes], rows: torch.Tensor | None = None) -> None:
-        self._load_one, self._key, self._n = load_one, key, int(n)
-        self._rows = torch.arange(self._n) if rows is None else rows.long()
+        self._load_one, self._key = load_one, key
+        self._rows = torch.arange(int(n)) if rows is None else rows.long()
         self.shape = torch.Size((len(self._rows), *(int(s) for s in shape)))
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -97,11 +97,8 @@ class LazyImages:
 
     def take(self, idx) -> "LazyImages":
         """The images ``idx`` as another lazy view (nothing decoded)."""
-        return LazyImages(self._n, self.shape[1:], self._load_one, self._key, self._rows[self._select(idx)])
-
-    def materialize(self) -> torch.Tensor:
-        """Every image of this view decoded into one float32 tensor."""
-        return self[:]
+        rows = self._rows[self._select(idx)]
+        return LazyImages(len(rows), self.shape[1:], self._load_one, self._key, rows)
 
     def hash_into(self, h) -> None:
         """Feed the view's shape and each image's content key to hashlib object ``h``."""
@@ -174,12 +171,3 @@ class LazyImages:
 
     def __repr__(self) -> str:
         return f"LazyImages(shape={tuple(self.shape)}, decoded on demand)"
-
-    def __getstate__(self):  # no thread pool or pending work across processes
-        d = dict(self.__dict__)
-        d["_pool"], d["_ahead"], d["_lock"] = None, [], None
-        return d
-
-    def __setstate__(self, d) -> None:
-        self.__dict__.update(d)
-        self._lock = threading.Lock()
