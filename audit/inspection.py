@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import AuditError, ExitCode, split_fix
+from .errors import AuditError, ExitCode, first_line, split_fix
 
 #: the lines of the report, in order (also the keys of the JSON object)
 FIELDS = ("format", "dtype", "mode", "input", "normalization", "output", "classes", "class map vs data", "data",
@@ -49,7 +49,7 @@ class Inspection:
         return ExitCode.USAGE_ERROR if self.problems else ExitCode.OK
 
     def problem(self, e: AuditError | str) -> None:
-        message, fix = split_fix(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        message, fix = split_fix(first_line(e, limit=10_000))
         self.problems.append({"message": message, "fix": fix})
 
     def text(self) -> str:
@@ -92,8 +92,8 @@ def inspect_model(path: str | os.PathLike | None = None, *, data: str | os.PathL
         return ins
     model = ins.model
     try:
-        if model.spec.input_shape is not None:
-            model.finalize()
+        if model.spec.input_shape is not None or data is None:
+            model.finalize()  # without data and an input size: its one-line refusal names the fix
         if data is not None:
             from .data import load_data
             from .runner import check_fit
@@ -102,8 +102,6 @@ def inspect_model(path: str | os.PathLike | None = None, *, data: str | os.PathL
                                  class_order=class_order, labels_file=labels_file, resize_mode=resize_mode,
                                  crop_pct=crop_pct, interpolation=interpolation)
             check_fit(model, ins.data)
-        elif not model.ready:
-            model.finalize()  # the input size is unknown: its one-line refusal names the fix
     except AuditError as e:
         ins.problem(e)
     _describe(ins, model, ins.data, data)

@@ -13,7 +13,6 @@ that says how to save the model locally (:func:`hub_id_advice`).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import re
 import warnings
@@ -21,9 +20,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import ModelLoadError
-from .messages import error_line
 from .hubconfig import HF_SOURCE, apply_hf_processor, apply_timm_config, hf_class_names
-from .messages import error_line
+from .messages import error_line, require
 from .request import Loaded, LoadRequest
 from .statedict import summarize_load_error
 
@@ -78,14 +76,6 @@ def weights_file(folder: Path) -> Path | None:
     return None
 
 
-def _require(module: str, extra: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ModelLoadError(f"this model needs the {module} package: pip install 'model-audit[{extra}]' "
-                             f"(or pip install {module})") from None
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """No warnings, progress bars or info logs from timm / transformers / huggingface_hub."""
@@ -127,7 +117,7 @@ def load_timm_folder(req: LoadRequest) -> Loaded:
     (:func:`audit.model.hubconfig.apply_timm_config`). Raises :class:`ModelLoadError`
     without timm, for an architecture this timm lacks, missing weights, weights that need
     code or do not fit."""
-    timm = _require("timm", "timm")
+    timm = require("timm", "timm")
     folder = req.path
     wf = _needs_weights(folder, "timm")
     if wf.name.endswith(".index.json"):  # timm reads one weights file: it would load a single shard
@@ -197,7 +187,7 @@ def load_hf_folder(req: LoadRequest) -> Loaded:
     :func:`audit.model.hubconfig.apply_hf_processor`) and the config's ``id2label``. Raises
     :class:`ModelLoadError` without transformers, for remote code without ``trust``, a model
     type that is not an image classifier, missing weights or weights that do not fit."""
-    _require("transformers", "hf")
+    require("transformers", "hf")
     from transformers import AutoImageProcessor
 
     folder = req.path

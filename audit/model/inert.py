@@ -98,7 +98,6 @@ def _pickle_module(seen: set[str]) -> types.ModuleType:
     mod = types.ModuleType("audit_inert_pickle")
     mod.Unpickler = Unpickler  # type: ignore[attr-defined]
     mod.load = lambda f, **kw: Unpickler(f, **kw).load()  # type: ignore[attr-defined]
-    mod.__name__ = "audit_inert_pickle"
     return mod
 
 

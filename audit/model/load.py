@@ -12,7 +12,7 @@ import torch.nn as nn
 from ..errors import ModelLoadError
 from ..files import regular_file, shown
 from .device import resolve_device
-from .hubfolder import hub_id_advice, looks_like_hub_id, timm_arch_advice, weights_file
+from .hubfolder import hub_id_advice, looks_like_hub_id, timm_arch_advice
 from .loaders import load_net
 from .request import Loaded, LoadRequest
 from .spec import ModelSpec, ResolvedSpec, resolve_spec
@@ -45,7 +45,7 @@ def _model_path(path: str | os.PathLike | None) -> Path | None:
 
 def _provenance(p: Path | None, loaded: Loaded, resolved: ResolvedSpec) -> dict[str, Any]:
     """``AuditModel.info``: path, sha256, what the loader adds (arch), format, trusted_pickle, weights."""
-    hashed = weights_file(p) if p is not None and p.is_dir() else p  # a folder: its weights file
+    hashed = p / loaded.info["weights_file"] if p is not None and p.is_dir() else p  # a folder: the weights loaded
     info: dict[str, Any] = {"path": shown(p) if p else None, "sha256": sha256_file(hashed) if hashed else None}
     info.update(loaded.info)
     info["format"] = loaded.fmt

@@ -30,8 +30,9 @@ from .hubfolder import load_hf_folder, load_timm_folder
 from .inert import Inert, load_inert, stand_ins
 from .messages import error_line
 from .onnxfile import load_onnx
-from .request import Loaded, LoadRequest, Loader, from_state_dict
-from .statedict import as_state_dict
+from .request import Loaded, LoadRequest, Loader
+from .hubconfig import apply_timm_config
+from .statedict import as_state_dict, build_from_state_dict
 
 
 # ----------------------------------------------------------------------------- shared steps
@@ -40,6 +41,30 @@ def _needs_code(msg: str) -> bool:
     a class or function to import); any other failure (``Unsupported operand``, truncated
     data) is a corrupt file, which ``--trust`` would not fix."""
     return "Unsupported global" in msg or "GLOBAL" in msg
+
+
+# ----------------------------------------------------------------------------- shared by the weights-only formats
+def from_state_dict(obj: Any, req: LoadRequest, fmt: str, notes: list[str] | None = None) -> Loaded:
+    """``obj`` (a state_dict, or a checkpoint holding one) built into ``req.arch``
+    (:func:`audit.model.statedict.build_from_state_dict`); a ``timm:NAME`` architecture also
+    fills the spec's preprocessing from timm's pretrained config (source ``timm config``).
+    ``notes``: adaptations already made. Raises :class:`ModelLoadError` when ``obj`` holds no
+    state_dict or the weights do not fit."""
+    sd = as_state_dict(obj)
+    if sd is None:
+        raise ModelLoadError(f"{req.where} holds a {type(obj).__name__}, neither a model nor a state_dict of tensors; "
+                             "save the model's state_dict (torch.save(model.state_dict(), path)) or the model as "
+                             "TorchScript (torch.jit.save)")
+    notes = list(notes or [])
+    net = build_from_state_dict(sd, arch=req.arch, spec=req.spec, where=req.where, notes=notes)
+    if req.arch and req.arch.startswith("timm:"):
+        notes += apply_timm_config(req.spec, net)
+    info: dict[str, Any] = {"arch": req.arch}
+    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values() if v.is_floating_point()} - {"float32"})
+    if dtypes:
+        info["weights_dtype"] = ", ".join(dtypes)
+        notes.append(f"{' and '.join(dtypes)} weights loaded into a float32 --arch {req.arch} network")
+    return Loaded(net, fmt, info=info, notes=notes)
 
 
 # ----------------------------------------------------------------------------- TorchScript
@@ -275,12 +300,13 @@ def load_torch_save(req: LoadRequest) -> Loaded:
         module = _module_in(obj)
         if module is not None:
             return Loaded(module, "pickle")
-        if _checkpoint_info(obj):
-            notes.append("the checkpoint's hyper_parameters were loaded with their code (--trust)")
     elif obj is _NEEDS_CODE:
         obj, notes = _inert_checkpoint(req.path, refusal or "")
+    lightning = _checkpoint_info(obj)
+    if lightning and req.trust and refusal:
+        notes.append("the checkpoint's hyper_parameters were loaded with their code (--trust)")
     loaded = from_state_dict(obj, req, "state_dict", notes)
-    loaded.info.update(_checkpoint_info(obj))
+    loaded.info.update(lightning)
     return loaded
 
 

@@ -18,14 +18,13 @@ check runs), checked against ``onnxruntime`` before anything is audited.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ModelLoadError
-from .messages import error_line
+from .messages import error_line, require
 from .request import Loaded, LoadRequest
 
 #: largest |torch - onnxruntime| / max(1, max |onnxruntime|) accepted on the probe batch
@@ -36,11 +35,7 @@ _PROBE_SEED = 4321
 
 
 def _require(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ModelLoadError(f"an ONNX model needs the {module} package: pip install 'model-audit[onnx]' "
-                             "(onnx, onnx2torch, onnxruntime)") from None
+    return require(module, "onnx", "an ONNX model", "onnx, onnx2torch, onnxruntime")
 
 
 def _nodes(graph) -> list:

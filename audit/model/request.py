@@ -1,17 +1,12 @@
-"""What a loader gets (:class:`LoadRequest`) and returns (:class:`Loaded`), and the one step
-every weights-only format shares: a state_dict built into an ``--arch`` network
-(:func:`from_state_dict`). The loaders of :mod:`.loaders`, :mod:`.hubfolder` and
-:mod:`.onnxfile` all build on these."""
+"""What a loader gets (:class:`LoadRequest`) and returns (:class:`Loaded`). The loaders of
+:mod:`.loaders`, :mod:`.hubfolder` and :mod:`.onnxfile` all build on these."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ModelLoadError
-from .hubconfig import apply_timm_config
 from .spec import ModelSpec
-from .statedict import as_state_dict, build_from_state_dict
 
 
 @dataclass
@@ -50,26 +45,3 @@ class Loaded:
 
 
 Loader = Callable[[LoadRequest], Loaded]
-
-
-def from_state_dict(obj: Any, req: LoadRequest, fmt: str, notes: list[str] | None = None) -> Loaded:
-    """``obj`` (a state_dict, or a checkpoint holding one) built into ``req.arch``
-    (:func:`audit.model.statedict.build_from_state_dict`); a ``timm:NAME`` architecture also
-    fills the spec's preprocessing from timm's pretrained config (source ``timm config``).
-    ``notes``: adaptations already made. Raises :class:`ModelLoadError` when ``obj`` holds no
-    state_dict or the weights do not fit."""
-    sd = as_state_dict(obj)
-    if sd is None:
-        raise ModelLoadError(f"{req.where} holds a {type(obj).__name__}, neither a model nor a state_dict of tensors; "
-                             "save the model's state_dict (torch.save(model.state_dict(), path)) or the model as "
-                             "TorchScript (torch.jit.save)")
-    notes = list(notes or [])
-    net = build_from_state_dict(sd, arch=req.arch, spec=req.spec, where=req.where, notes=notes)
-    if req.arch and req.arch.startswith("timm:"):
-        notes += apply_timm_config(req.spec, net)
-    info: dict[str, Any] = {"arch": req.arch}
-    dtypes = sorted({str(v.dtype).replace("torch.", "") for v in sd.values() if v.is_floating_point()} - {"float32"})
-    if dtypes:
-        info["weights_dtype"] = ", ".join(dtypes)
-        notes.append(f"{' and '.join(dtypes)} weights loaded into a float32 --arch {req.arch} network")
-    return Loaded(net, fmt, info=info, notes=notes)
