@@ -19,7 +19,7 @@ from .classmap import choose_by_predictions, match_classes
 from .dataforms import IMAGE_EXTS, Listing, labels_file_for, list_labelled
 from .errors import DataError, first_line
 from .files import is_regular, regular_file, shown
-from .hfdata import is_hf_data, list_hf
+from .hfdata import hf_files, list_hf
 from .images import first_image_shape, read_images
 from .layouts import convert_channels_tensor, finalize_from_data, find_split, to_nchw
 from .lazydata import LazyImages, should_be_lazy
@@ -133,19 +133,21 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
         raise DataError(f"data path {p} does not exist; check the path given to --data")
     early: list[str] = []
     labelled = labels_file_for(p, labels_file)
-    form = list_labelled(*labelled) if labelled else (list_hf(p) if is_hf_data(p) else None)
+    hf = None if labelled else hf_files(p)
+    form = list_labelled(*labelled) if labelled else (list_hf(p, hf) if hf is not None else None)
     if p.is_dir() and form is None:
         p, split_note = find_split(p)
         early += [split_note] if split_note else []
     elif form is None:
         regular_file(p, "data file", error=DataError)  # a FIFO or /dev/zero would never end
     listing = _list_folder(p) if p.is_dir() and form is None else None
+    tensors = _read_tensor_file(p) if listing is None and form is None else None  # read once
     hint = ""
     if model is not None:
         if not model.ready:  # the model's input size comes from the data (its channel count from a
             # probe when they differ): fix it now, so that the data is checked against the model
             first = listing[1][0][0] if listing else (form.items[0][1] if form else None)
-            probed = finalize_from_data(model, first_image_shape(first) if first else _tensor_file_shape(p))
+            probed = finalize_from_data(model, first_image_shape(first) if first else _tensor_file_shape(tensors, p))
             early += [probed] if probed else []
         if model.spec.sources.get("input_shape") == "data":
             hint = " (the model's input size was taken from the first image; pass --input-size CxHxW to set it)"
@@ -163,7 +165,7 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
         data = _load_listing(form, input_shape, class_names, num_classes, prep, convert_channels, samples, seed,
                              progress, hint, f"the model's class names ({src})", lazy)
     else:
-        data = _load_tensor_file(p, input_shape, class_names, num_classes, prep, convert_channels, lazy)
+        data = _load_tensor_file(p, tensors, input_shape, class_names, num_classes, prep, convert_channels, lazy)
         if samples is not None:
             data = data.subset(stratified_indices(data.y, samples, seed))
     renamed = any(k.isdigit() and int(k) != v for k, v in data.class_map.items())  # ImageFolder's order of numbers
@@ -176,8 +178,8 @@ def load_data(path: str | os.PathLike, *, model=None, input_shape: Sequence[int]
     return data
 
 
-def _tensor_file_shape(p: Path) -> tuple[int, int, int]:
-    x, y, _ = _read_tensor_file(p)
+def _tensor_file_shape(tensors, p: Path) -> tuple[int, int, int]:
+    x, y, _ = tensors
     return tuple(int(v) for v in to_nchw(x, len(y), None, p)[0].shape[1:])  # type: ignore[return-value]
 
 
@@ -244,8 +246,9 @@ def _load_listing(form: Listing, input_shape, class_names, num_classes, prep, co
     x, notes = read_images(items, input_shape, convert, prep, progress, hint, form.where, lazy)
     n_out = max(num_classes or 0, max(y) + 1, len(names or []))
     names = list(class_names) if class_names else (names or [str(i) for i in range(n_out)])
-    return AuditData(x, y_all[keep], names, [sid for sid, _ in items], form.source, form.notes + [f"labels read as {how}"]
-                     + notes, {str(k): int(v) for k, v in class_map.items()})
+    how = f"labels read as {how}"
+    return AuditData(x, y_all[keep], names, [sid for sid, _ in items], form.source, form.notes + [how] + notes,
+                     {str(k): int(v) for k, v in class_map.items()}, how)
 
 
 def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -284,8 +287,11 @@ def _read_tensor_file(p: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return x, y, d
 
 
-def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, convert, lazy=None) -> AuditData:
-    x, y, d = _read_tensor_file(p)
+def _load_tensor_file(p: Path, tensors, input_shape, class_names, num_classes, prep: Preprocess | None, convert,
+                      lazy=None) -> AuditData:
+    """The tensor file ``p`` already read (``tensors``: x, y and the dict) as AuditData, fitted to
+    ``input_shape`` by ``prep`` (None: a size mismatch is refused naming --resize)."""
+    x, y, d = tensors
     x, layout = to_nchw(x, len(y), int(input_shape[0]) if input_shape is not None else None, p)
     if x.shape[0] == 0:
         raise DataError(f"{p} holds no samples; store at least one image in x")
@@ -312,11 +318,10 @@ def _load_tensor_file(p: Path, input_shape, class_names, num_classes, resize, co
             x = convert_channels_tensor(x, c)
             notes.append(f"converted to {c} channel(s)")
         if tuple(x.shape[2:]) != (h, w):
-            if resize is None or resize is False:
+            if prep is None:
                 raise DataError(f"{p}: images are {x.shape[2]}x{x.shape[3]} but the model takes {h}x{w}; "
                                 "pass --resize to resize them (--resize-mode shorter-crop to resize the shorter side "
                                 "and center-crop)")
-            prep = Preprocess() if resize is True else resize
             x = prep.apply_tensor(x, (h, w), str(p))
             notes.append(prep.note((h, w), len(x), len(x)))
     return _labelled(p, x.contiguous(), y, d, class_names, num_classes, notes)

@@ -25,7 +25,7 @@ from .errors import DataError
 from .files import MiB, regular_file, shown
 from .layouts import EVAL_SPLITS, TRAIN_SPLITS
 
-__all__ = ["is_hf_data", "list_hf"]
+__all__ = ["hf_files", "list_hf"]
 
 INSTALL = "pip install 'model-audit[datasets]'"
 IMAGE_COLUMNS = ("image", "img", "images", "pixel_values")
@@ -45,10 +45,14 @@ def _parquets(p: Path) -> list[Path]:
     return sorted(f for f in found if not any(s.startswith(".") for s in f.relative_to(p).parts))
 
 
-def is_hf_data(p: Path) -> bool:
-    """Whether ``p`` is a saved dataset folder, a ``.parquet`` file, or a folder with Parquet
-    files (at most three folders deep)."""
-    return _saved(p) or bool(_parquets(p))
+def hf_files(p: Path) -> list[Path] | None:
+    """None when ``p`` is not Hugging Face data; else the Parquet files found in it (``[]`` for a
+    saved dataset folder): ``p`` is a saved dataset folder, a ``.parquet`` file, or a folder
+    with Parquet files (at most three folders deep). The search runs once; :func:`list_hf`
+    reads what it found."""
+    if _saved(p):
+        return []
+    return _parquets(p) or None
 
 
 def _libs():
@@ -78,7 +82,7 @@ def _split_of(f: Path, root: Path) -> str | None:
     return next((n for n in reversed(names) if n in EVAL_SPLITS + TRAIN_SPLITS), None)
 
 
-def _table(p: Path):
+def _table(p: Path, files: list[Path]):
     """(pyarrow Table, datasets Features, notes, the folder that relative image paths start from)."""
     datasets, pyarrow = _libs()
     import pyarrow.parquet as pq
@@ -91,7 +95,6 @@ def _table(p: Path):
                 split, note = _pick_split(list(ds), p, f"pass --data {shown(p)}/{{split}}")
                 ds, notes = ds[split], [note]
             return ds.with_format("arrow")[:], ds.features, notes, p
-        files = _parquets(p)
         splits = {f: _split_of(f, p if p.is_dir() else p.parent) for f in files}
         if p.is_dir() and any(splits.values()):
             found = sorted({s for s in splits.values() if s}, key=lambda s: (EVAL_SPLITS + TRAIN_SPLITS).index(s))
@@ -151,13 +154,13 @@ def _source(col, i: int, base: Path, where: str):
     return read
 
 
-def list_hf(p: Path) -> Listing:
+def list_hf(p: Path, files: list[Path] | None = None) -> Listing:
     """The rows of a Hugging Face dataset at ``p`` (see the module docstring) as a
     :class:`~audit.dataforms.Listing`: ids ``row N``, sources returning each row's encoded
     image, raw labels (with the ``ClassLabel``'s names when the column has one). Raises
     :class:`DataError` naming the install command when ``datasets`` is missing, and for an
     unreadable dataset, a missing image or label column, or an unlabelled row (-1)."""
-    table, features, notes, base = _table(p)
+    table, features, notes, base = _table(p, _parquets(p) if files is None else files)
     where = shown(p)
     if table.num_rows == 0:
         raise DataError(f"{where} has no rows")

@@ -142,6 +142,7 @@ def read_images(items: list[tuple[str, Any]], input_shape, convert: bool, prep: 
         fitted[0] += (im.height, im.width) != size
         return image_tensor(im, channels, size, name_of(f, sid), convert, prep, hint)
 
+    first = None
     if size is None and items:  # no model to compare with: the first image sets the size
         sid, f = items[0]
         im = decode_image(f, None, name_of(f, sid))
@@ -149,9 +150,11 @@ def read_images(items: list[tuple[str, Any]], input_shape, convert: bool, prep: 
         size = (im.height, im.width)
         notes.append(f"input size {channels}x{size[0]}x{size[1]} inferred from {getattr(f, 'name', sid)}")
         hint = " (taken from the first image)"
+        first = image_tensor(im, channels, size, name_of(f, sid), convert, prep, hint)  # at its own size: as load() gives
     if items and should_be_lazy(len(items), (channels, *size), lazy):
         x = LazyImages(len(items), (channels, *size), lambda i: load(*items[i], hint), lambda i: _key(items[i][1]))
-        x[0]  # the first image now: a mismatch is refused at load, not in the middle of a check
+        if first is None:
+            x[0]  # the first image now: a mismatch is refused at load, not in the middle of a check
         notes.append(f"{len(items):,} images ({float_bytes(len(items), (channels, *size)) / 2**30:.1f} GiB as "
                      "float32) decoded on demand, batch by batch")
         if prep is not None:
@@ -160,8 +163,8 @@ def read_images(items: list[tuple[str, Any]], input_shape, convert: bool, prep: 
         return x, notes
     tensors = []
     bar = Progress(progress).units(len(items), "data: loading images", "image")
-    for sid, f in items:
-        tensors.append(load(sid, f, hint))
+    for k, (sid, f) in enumerate(items):
+        tensors.append(first if k == 0 and first is not None else load(sid, f, hint))
         bar.update(1)
     if prep is not None and size is not None and (fitted[0] or prep.mode == "shorter-crop"):
         notes.append(prep.note(size, fitted[0], len(items)))

@@ -29,7 +29,8 @@ def data_classes(labels: torch.Tensor | None, logits: torch.Tensor | None) -> li
             continue
         cls, counts = torch.unique(v.flatten().cpu().long(), return_counts=True)  # ascending class index
         order = torch.sort(-counts, stable=True).indices
-        out += [c for c in cls[order].tolist() if c not in out]
+        known = set(out)
+        out += [c for c in cls[order].tolist() if c not in known]
     return out
 
 

@@ -108,3 +108,16 @@ def test_listed_images_load_lazily_too(tmp_path):
     (tmp_path / "set.csv").write_text("\n".join(rows) + "\n")
     eager, lazy = (load_data(tmp_path / "set.csv", lazy=v) for v in (False, True))
     assert lazy.lazy and torch.equal(lazy.x[:], eager.x) and torch.equal(lazy.y, eager.y) and lazy.ids == eager.ids
+
+
+def test_a_listed_set_says_how_its_labels_were_read(tmp_path):
+    """class_map_how (what `audit inspect` prints as the class map) for a CSV set is how its
+    labels were read, not the tensor file's wording."""
+    from PIL import Image
+
+    rows = ["path,label"] + [f"{i}.png,{i % 2}" for i in range(4)]
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 50 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "set.csv").write_text("\n".join(rows) + "\n")
+    d = load_data(tmp_path / "set.csv")
+    assert d.class_map_how.startswith("labels read as") and d.class_map_how in d.notes
