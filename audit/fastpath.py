@@ -37,11 +37,10 @@ import torch
 
 from .batching import bytes_per_sample, fit_batch, is_oom
 
-__all__ = ["FastSettings", "FastPath", "PRECISIONS", "COMPILE_CHOICES", "MAX_SHAPES", "SYNC_EVERY", "fast_metadata",
+__all__ = ["FastSettings", "FastPath", "PRECISIONS", "MAX_SHAPES", "SYNC_EVERY", "fast_metadata",
            "sync_every", "parse_compile"]
 
 PRECISIONS = ("fp32", "bf16")
-COMPILE_CHOICES = (False, True, "auto")
 #: input shapes compiled per model; a later new shape runs eager (no recompilation storm when
 #: batches shrink as samples are fooled)
 MAX_SHAPES = 4
@@ -74,8 +73,7 @@ class FastSettings:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.compile not in COMPILE_CHOICES or (self.compile is not True and self.compile is not False
-                                                   and self.compile != "auto"):
+        if self.compile is not True and self.compile is not False and self.compile != "auto":
             raise ValueError(f"compile must be true, false or \"auto\", got {self.compile!r}")
 
     @classmethod
@@ -101,6 +99,7 @@ class _State:
     shapes: set = field(default_factory=set)
     seconds: float = 0.0  #: compilation time (first calls of each shape)
     batch_sizes: dict = field(default_factory=dict)  #: role -> batch size chosen
+    per_sample: dict = field(default_factory=dict)  #: (precision, layout, C x H x W, dtype) -> bytes measured
     layout: str = ""
 
 
@@ -249,10 +248,13 @@ class FastPath:
     def batch_size(self, probe: torch.Tensor, requested: int, *, role: str, factor: float = 1.0) -> int:
         """The batch size for a loop (``role`` names it in the metadata): at most ``requested``
         and at most what fits in the free memory at the per-sample cost of one forward+backward
-        measured on ``probe`` (N, C, H, W), times ``factor`` (the loop's extra tensors per
-        sample, e.g. captum's steps). A measurement that fails keeps ``requested``."""
-        try:
-            per = bytes_per_sample(self._step, probe, self.model)
+        measured on ``probe`` (N, C, H, W) once per model, precision, layout and image shape,
+        times ``factor`` (the loop's extra tensors per sample, e.g. captum's steps). A measurement that fails keeps ``requested``."""
+        key = (self.s.precision, self._nhwc, tuple(probe.shape[1:]), probe.dtype)
+        try:  # measured once per model, precision, layout and image shape: not again in every work unit
+            per = self.state.per_sample.get(key)
+            if per is None:
+                per = self.state.per_sample[key] = bytes_per_sample(self._step, probe, self.model)
             bs = fit_batch(per * factor, self.device, requested)
         except Exception as e:  # noqa: BLE001 - measuring must never sink a check
             if is_oom(e):
@@ -268,10 +270,6 @@ class FastPath:
             out = self(xg, compiled=False)
             (g,) = torch.autograd.grad(out.float().sum(), xg)
         del g
-
-    def metadata(self) -> dict[str, Any]:
-        """What the fast path did, for results.json (see :func:`fast_metadata`)."""
-        return fast_metadata(self.model, self.s)
 
 
 def fast_metadata(model: Any, settings: FastSettings) -> dict[str, Any]:

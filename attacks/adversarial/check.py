@@ -121,8 +121,9 @@ class AdversarialCheck(Check):
         plan, sanity, o = self._plan, self._sanity, self.options
         t_summary = time.perf_counter()
         res = CheckResult(self.name)
-        res.data["precision"] = self._fast(ctx).precision
-        res.data["fast_path"] = fast_metadata(ctx.model, self._fast(ctx))
+        fast = self._fast(ctx)
+        res.data["precision"] = fast.precision
+        res.data["fast_path"] = fast_metadata(ctx.model, fast)
         res.data["budget"] = {"name": o.budget, **o.resolved.as_dict()}
         res.metric("samples", plan.n)
         sanity_findings(res, sanity, plan)

@@ -132,11 +132,11 @@ class Engine:
     (:mod:`audit.fastpath`; under bf16 every candidate adversarial is confirmed in fp32)."""
 
     def __init__(self, plan: Plan, options: AdversarialOptions, model: Any, generator: torch.Generator, *,
-                 batch_size: int, bar: Callable[..., Any], fast: FastSettings | None = None) -> None:
+                 batch_size: int, bar: Callable[..., Any], fast: FastSettings) -> None:
         self.plan, self.o, self.model, self.gen = plan, options, model, generator
         self.dev, self.bs, self.bar = model.device, batch_size, bar
         eot = plan.eot.draws  # > 1: EOT over a randomized model's draws (objective.py)
-        self.path = path = FastPath(model, fast or FastSettings(precision=options.precision or "fp32"), compare=eot == 1)
+        self.path = path = FastPath(model, fast, compare=eot == 1)
         self.obj32 = Objective(model, targeted=plan.targeted, device=self.dev, eot=eot)  # confirmations, re-attacks
         self.obj = Objective(model, targeted=plan.targeted, device=self.dev, path=path, eot=eot)
         # gradient-free attacks: one draw per query even under EOT (any misclassifying draw is a
