@@ -50,8 +50,9 @@ class AttributionCheck(Check):
         "randomization_spearman": "mean over images of |Spearman rank correlation| of |map| between the trained model "
                                   "and the model randomized from the top down to `layer` (Adebayo et al. 2018); per "
                                   "`method`, `layer`",
-        "randomization_similarity": "mean over images of each image's mean |rank correlation| over the cascade, with "
-                                    "its 95% bootstrap interval over images; the verdict reads the interval; per `method`",
+        "randomization_similarity": "mean over images of each image's similarity over the cascade (per layer the mean of "
+                                    "|Spearman| of |map|, |Spearman| of the signed map and SSIM), with its 95% bootstrap "
+                                    "interval over images; the verdict reads the interval; per `method`",
         "passes_randomization": "1 when the randomization_similarity interval lies at or below the threshold (pass), "
                                 "0 above (fail), null when it straddles it (inconclusive); per `method`",
         "randomization_spearman_signed": "mean over images of |Spearman rank correlation| of the signed maps, per "

@@ -29,8 +29,9 @@ def add_figures(res: CheckResult, *, x: torch.Tensor, captions: list[str], metho
                   "(caption: group: true -> predicted (confidence); maps explain the predicted class)" + note)
     if rand:
         res.image("randomization.png", randomization_png(rand["curves"], threshold),
-                  "cascading parameter randomization (Adebayo et al. 2018): mean |Spearman| of the maps "
-                  "vs the trained model's, layers randomized from the top down")
+                  "cascading parameter randomization (Adebayo et al. 2018): similarity of the maps to the trained "
+                  "model's (mean of |Spearman| of |map|, |Spearman| of the signed map and SSIM), layers randomized "
+                  "from the top down")
     if faith:
         res.image("deletion_insertion.png", curves_png(faith["curves"]),
                   "deletion (lower is better) and insertion (higher is better) curves (Petsiuk et al. 2018)")
@@ -101,7 +102,7 @@ def maps_png(x: torch.Tensor, maps: Sequence[torch.Tensor], captions: Sequence[s
 
 
 def randomization_png(curves: dict[str, list[tuple[str, float]]], threshold: float) -> bytes:
-    """Mean |Spearman| per cascade step (1 at 'trained'), one line per method."""
+    """The similarity per cascade step (1 at 'trained'), one line per method."""
     fig, ax = new_figure(7, 4)
     labels = None
     for name, pts in curves.items():
@@ -112,7 +113,7 @@ def randomization_png(curves: dict[str, list[tuple[str, float]]], threshold: flo
         ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
     ax.axhline(threshold, color="gray", ls="--", lw=1, label=f"threshold (mean over steps) {threshold}")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_ylabel("|Spearman| vs trained-model map")
+    ax.set_ylabel("similarity to the trained-model map")
     ax.set_xlabel("randomized down to layer (cascading from the top)")
     ax.legend(fontsize=7)
     return figure_png(fig)

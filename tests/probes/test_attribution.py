@@ -492,6 +492,26 @@ def test_randomization_verdicts_are_the_same_for_every_seed(camnet):
     assert seen == {"saliency": {"pass"}, "grad_cam": {"pass"}, "guided_backprop": {"fail"}}, seen
 
 
+@pytest.mark.slow
+def test_demo_randomization_verdicts_are_the_same_for_every_seed(tmp_path):
+    """The shipped demo model at the demo's own settings (8 sanity images): each of five seeds
+    draws other demo images, cascade weights and bootstrap resamples, and every method gets
+    the same verdict under every seed, Guided Backprop failing and the others passing."""
+    from audit.demo.run import load_demo
+
+    seen = {}
+    for seed in range(5):
+        cfg = AuditConfig(seed=seed, checks=["attribution"],
+                          check_options={"attribution": {"faithfulness_images": 0}})
+        model, data, cfg = load_demo(tmp_path / str(seed), cfg, log=lambda *a: None)
+        assert cfg.check_options["attribution"]["sanity_images"] == 8  # the demo's setting
+        res = run_audit(model, data, cfg).check("attribution")
+        for met in (m for m in res.metrics if m.name == "passes_randomization"):
+            seen.setdefault(met.qualifiers["method"], set()).add(met.value)
+    assert seen.pop("guided_backprop") == {0.0}, seen
+    assert seen and all(v == {1.0} for v in seen.values()), seen
+
+
 def test_beats_random_needs_a_paired_win_beyond_the_random_orders_spread():
     """On 10 images whose class lives in the top-left corner: the map of the corner beats the
     random orders (Wilcoxon over images), a random map does not, and a map pointing away from
