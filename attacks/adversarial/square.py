@@ -129,23 +129,28 @@ class Square(BoundedAttack):
         fooled = obj.confirmed(x + d, lab, m)
         adv = torch.where(fooled.view(-1, 1, 1, 1), x + d, x)
         live = (~fooled).nonzero().flatten()
-        # the live samples' state, compacted only when a sample leaves (not gathered per query)
-        xl, dl, ml, ll = x[live], d[live], m[live], lab[live]
+        # the live samples' state, compacted only when a sample leaves (not gathered per query):
+        # L∞ keeps the current point x + d (a query changes one square of it), L2 the perturbation
+        xl, ml, ll = x[live], m[live], lab[live]
+        cur = (xl + d[live]) if norm == "linf" else d[live]
         for i in range(self.queries):
             if len(live) == 0:
                 break
-            prop = self._linf(dl, eps, i, gen, xl) if norm == "linf" else in_bounds(xl, self._l2(dl, eps, i, gen))
-            xp = xl + prop
+            if norm == "linf":
+                xp = self._linf(cur, xl, eps, i, gen)
+            else:
+                prop = in_bounds(xl, self._l2(cur, eps, i, gen))
+                xp = xl + prop
             mp, _ = obj(xp, ll)
             better = mp < ml
-            dl = torch.where(better.view(-1, 1, 1, 1), prop, dl)
+            cur = torch.where(better.view(-1, 1, 1, 1), xp if norm == "linf" else prop, cur)
             ml = torch.where(better, mp, ml)
             hit = obj.confirmed(xp, ll, mp)  # a hit the exact model does not share: search on
             if hit.any():
                 fooled[live[hit]] = True
                 adv[live[hit]] = xp[hit]
                 keep = ~hit
-                live, xl, dl, ml, ll = live[keep], xl[keep], dl[keep], ml[keep], ll[keep]
+                live, xl, cur, ml, ll = live[keep], xl[keep], cur[keep], ml[keep], ll[keep]
         return fooled, adv
 
     def _init(self, x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
@@ -168,20 +173,29 @@ class Square(BoundedAttack):
         p = p_schedule(i, self.queries, self.p_init)
         return min(max(int(round(math.sqrt(p * h * w))), least), h, w)
 
-    def _linf(self, d: torch.Tensor, eps: float, i: int, gen: torch.Generator, x: torch.Tensor) -> torch.Tensor:
-        """A random s×s square set to ±ε per channel, clipped to [0, 1]; as in the reference, the signs are drawn
-        again (up to 10 times) for a sample whose proposal, clipped to [0, 1], would leave its
-        current perturbation unchanged (a wasted query)."""
-        k, c, h, w = d.shape
+    def _linf(self, cur: torch.Tensor, x: torch.Tensor, eps: float, i: int, gen: torch.Generator) -> torch.Tensor:
+        """The proposals (k, C, H, W) from the current points ``cur`` = x + d: one random s×s
+        square per sample set to x ± ε (one sign per channel), clipped to [0, 1]; only the
+        squares are computed (the rest is a copy). As in the reference, the signs are drawn
+        again (up to 10 times) for a sample whose clipped square would leave its current point
+        unchanged (a wasted query)."""
+        k, c, h, w = cur.shape
         s = self._side(i, h, w, 1)
-        _, _, win = _windows(k, s, h, w, gen, d.device)
-        signs = _signs((k, c, 1, 1), gen, d)
+        r0 = torch.randint(0, h - s + 1, (k,), generator=gen).to(cur.device)
+        c0 = torch.randint(0, w - s + 1, (k,), generator=gen).to(cur.device)
+        ar = torch.arange(s, device=cur.device)
+        idx = (torch.arange(k, device=cur.device).view(k, 1, 1, 1), torch.arange(c, device=cur.device).view(1, c, 1, 1),
+               (r0.view(k, 1) + ar).view(k, 1, s, 1), (c0.view(k, 1) + ar).view(k, 1, 1, s))
+        xw, now = x[idx], cur[idx]                                      # (k, C, s, s)
+        signs = _signs((k, c, 1, 1), gen, cur)
         for _ in range(10):
-            prop = in_bounds(x, torch.where(win, signs * eps, d))
-            same = (prop == d).flatten(1).all(1)
+            new = (xw + signs * eps).clamp(0, 1)
+            same = (new == now).flatten(1).all(1)
             if not same.any():
                 break
-            signs = torch.where(same.view(-1, 1, 1, 1), _signs((k, c, 1, 1), gen, d), signs)
+            signs = torch.where(same.view(-1, 1, 1, 1), _signs((k, c, 1, 1), gen, cur), signs)
+        prop = cur.clone()
+        prop[idx] = new
         return prop
 
     def _l2(self, d: torch.Tensor, eps: float, i: int, gen: torch.Generator) -> torch.Tensor:
