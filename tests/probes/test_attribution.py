@@ -473,8 +473,7 @@ def test_randomization_verdicts_are_the_same_for_every_seed(camnet):
     """Five seeds (different images, cascade draws and bootstrap resamples) at the default 32
     sanity images: every method gets the same verdict under every seed, Guided Backprop
     failing and Saliency and Grad-CAM passing (Adebayo et al. 2018's pattern); each similarity
-    carries its interval, and the verdict is the one the interval gives. (At 16 images Guided
-    Backprop's interval straddled the threshold under one seed of five: inconclusive.)"""
+    carries its interval, and the verdict is the one the interval gives."""
     model = _audit_model(camnet)
     x, y = make_patterns(8, seed=11)
     data32 = AuditData(x, y, list(PATTERNS), [f"i{k}" for k in range(len(x))])
