@@ -97,10 +97,17 @@ def test_a_second_audit_into_the_same_folder_is_refused(tmp_path):
     assert taker.returncode == 0, taker.stderr
 
 
+def _default_ctrl_c() -> None:
+    """In the child before exec: Ctrl-C's default disposition, as in a terminal. A test run started
+    in the background of a non-interactive shell (`cmd &`, `nohup`) inherits SIGINT ignored, and a
+    program started so keeps it ignored (as it should), which no Ctrl-C test can then observe."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(args, **kw):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-m", "audit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, **kw)
+                            text=True, env=env, preexec_fn=_default_ctrl_c, **kw)
 
 
 def _importing_torch(pid):
