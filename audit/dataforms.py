@@ -184,13 +184,13 @@ def read_label_table(p: Path) -> list[tuple[str, str, int]]:
     return rows
 
 
-
 def inside(f: Path, base: Path) -> bool:
     """Whether ``f`` (links followed) lies inside the folder ``base``."""
     try:
         return f.resolve().is_relative_to(base.resolve())
     except (OSError, RuntimeError):
         return False
+
 
 def _resolve_image(base: Path, rel: str, where: str) -> Path:
     """``base / rel`` checked: inside ``base`` (a listed ``../x`` or absolute path is refused: a

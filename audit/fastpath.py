@@ -249,9 +249,10 @@ class FastPath:
         """The batch size for a loop (``role`` names it in the metadata): at most ``requested``
         and at most what fits in the free memory at the per-sample cost of one forward+backward
         measured on ``probe`` (N, C, H, W) once per model, precision, layout and image shape,
-        times ``factor`` (the loop's extra tensors per sample, e.g. captum's steps). A measurement that fails keeps ``requested``."""
+        times ``factor`` (the loop's extra tensors per sample, e.g. captum's steps). A
+        measurement that fails keeps ``requested``."""
         key = (self.s.precision, self._nhwc, tuple(probe.shape[1:]), probe.dtype)
-        try:  # measured once per model, precision, layout and image shape: not again in every work unit
+        try:
             per = self.state.per_sample.get(key)
             if per is None:
                 per = self.state.per_sample[key] = bytes_per_sample(self._step, probe, self.model)

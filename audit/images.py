@@ -29,6 +29,7 @@ MAX_IMAGE_PIXELS = 89_478_485
 #: held while PIL's own pixel limit is lifted to read a header (PIL keeps it in a global)
 _PIL_LIMIT = threading.Lock()
 
+
 def decode_image(path, size: tuple[int, int] | None = None, name: str | None = None):
     """The decoded image of ``path`` (a file, or a function returning its bytes; ``name`` in
     messages, the path by default). Its header is read first: an image of more than

@@ -108,8 +108,9 @@ def randomization(res: CheckResult, methods: list[AttrMethod], base: dict[str, t
     over the cascade of the mean of its three measures (|rank correlation of |map||, |rank
     correlation of the signed maps|, SSIM; the three the paper reports beside HOG), with its
     95% bootstrap interval over images. The verdict reads the interval: ``pass`` when it lies
-    at or below ``threshold``, ``fail`` when above, ``inconclusive`` when it straddles it. Raises when a step failed for a method that
-    ran (the caller turns that into ``attribution.sanity_failed``)."""
+    at or below ``threshold``, ``fail`` when above, ``inconclusive`` when it straddles it.
+    Raises when a step failed for a method that ran (the caller turns that into
+    ``attribution.sanity_failed``)."""
     if not methods or not steps:
         return {}
     for st in steps:
